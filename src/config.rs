@@ -1,0 +1,188 @@
+//! The validated, typed configuration (SPEC §3).
+//!
+//! `config/file.rs` mirrors the YAML; `config/expand.rs` resolves `${VAR}` and `*_file`;
+//! `config/validate.rs` turns the mirror into these types, collecting every error with its
+//! key path. Code outside this module never sees a raw string that validation should have
+//! settled.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, Uri};
+
+use crate::secret::Secret;
+
+mod duration;
+mod expand;
+mod file;
+mod validate;
+
+pub use duration::parse_duration;
+pub use expand::{Env, ProcessEnv};
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub genesys: GenesysConfig,
+    pub clients: Vec<ClientConfig>,
+    pub budgets: BudgetsConfig,
+    pub inbound: InboundConfig,
+    pub shared_state: Option<SharedStateConfig>,
+    /// Things that are allowed but probably not meant (e.g. Σ client budgets > org cap).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub max_body_bytes: u64,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM (`server.shutdown_grace`, default 30s).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenesysConfig {
+    pub region: String,
+    /// `https://api.{region}` unless overridden; no trailing slash, no path.
+    pub api_base: Uri,
+    /// `https://login.{region}` unless overridden; no trailing slash, no path.
+    pub login_base: Uri,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Unique label for logs, metrics and /status.
+    pub name: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub requests_per_minute: NonZeroU32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// One budget for the route, shared by every client.
+    Org,
+    /// One budget per client for the route.
+    Token,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointBudget {
+    pub method: Method,
+    /// Path template, e.g. `/api/v2/architect/ivrs/{ivrId}`.
+    pub path: String,
+    pub per_minute: NonZeroU32,
+    pub scope: BudgetScope,
+}
+
+#[derive(Debug, Clone)]
+pub struct BudgetsConfig {
+    pub token_per_minute: NonZeroU32,
+    pub org_per_minute: NonZeroU32,
+    pub window: Duration,
+    /// Safety margin added between gcpool's window and the upstream's (`budgets.guard`, default 5ms).
+    pub guard: Duration,
+    pub endpoints: Vec<EndpointBudget>,
+    pub queue: QueueConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub max_wait: Duration,
+    pub max_pending: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    /// sha256 of the key; the key itself is never kept.
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    pub method: Method,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub api_keys: Vec<ApiKey>,
+    pub allow_anonymous: bool,
+    /// Empty means every /api/v2 route.
+    pub allow_routes: Vec<RouteRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SharedStateConfig {
+    /// May carry a password, so it is a secret.
+    pub redis_url: Secret,
+    pub key_prefix: String,
+    pub replicas_hint: NonZeroU32,
+}
+
+/// Every error found while loading a config; each names its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// One problem in the config, at `path` (e.g. `clients[2].client_secret`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, expands and validates the config file at `path`.
+    ///
+    /// # Errors
+    /// Every problem found, each with its key path (and line, where the YAML parser gives one).
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        validate::load(path, env)
+    }
+
+    /// Parses and validates config text; `*_file` paths are relative to `base_dir`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_yaml(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        validate::from_yaml(text, base_dir, env)
+    }
+
+    /// The resolved config as YAML, with every secret replaced by `<redacted>`
+    /// (printed by `gcpool check`).
+    pub fn redacted_yaml(&self) -> String {
+        validate::redacted_yaml(self)
+    }
+}
