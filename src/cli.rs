@@ -1,29 +1,50 @@
-//! Command line: `run`, `check`, `simulate`, `demo`. The only place `anyhow` is used.
+//! Command line: `run`, `check`, `simulate`. The only place `anyhow` is used.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing::error;
 
+use crate::app::Gcpool;
 use crate::config::{Config, ProcessEnv};
+use crate::shutdown;
+use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "gcpool", version, about = "Credential-pool proxy and rate governor for the Genesys Cloud Platform API")]
+#[command(
+    name = "gcpool",
+    version,
+    about = "Credential-pool proxy and rate governor for the Genesys Cloud Platform API"
+)]
 struct Cli {
     /// Config file (runs the proxy when no subcommand is given).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "GCPOOL_CONFIG")]
     config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "GCPOOL_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    log_format: LogFormat,
+    /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy.
+    /// Run the proxy (needs --config).
     Run,
-    /// Load and validate the config; print it resolved, secrets redacted.
+    /// Load and validate the config; print it resolved, secrets redacted; exit 1 on errors.
     Check,
-    /// Run a Genesys Cloud simulator.
+    /// Run a Genesys Cloud simulator (token endpoint + /api/v2/** with rate limits).
     Simulate(crate::sim::SimulateArgs),
 }
 
@@ -32,11 +53,56 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => check(cli.config),
-        _ => {
-            eprintln!("error: not implemented yet");
+        Some(Command::Simulate(args)) => {
+            telemetry::init(cli.log_format, &cli.log_level);
+            report(runtime().and_then(|rt| {
+                rt.block_on(crate::sim::run_cli(args, shutdown::signal()))
+                    .context("simulator failed")
+            }))
+        }
+        Some(Command::Run) | None => {
+            let Some(path) = cli.config else {
+                eprintln!("error: --config FILE is required (see `gcpool --help`)");
+                return ExitCode::from(2);
+            };
+            telemetry::init(cli.log_format, &cli.log_level);
+            report(run(&path))
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path, &ProcessEnv).map_err(|errors| {
+        anyhow::anyhow!("{} is not a valid gcpool config:\n{errors}", path.display())
+    })?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    runtime()?.block_on(async move {
+        let gcpool = Gcpool::start(config).await?;
+        shutdown::signal().await;
+        gcpool.shutdown().trigger();
+        gcpool.wait().await;
+        Ok(())
+    })
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {

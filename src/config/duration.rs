@@ -7,5 +7,7 @@ use std::time::Duration;
 /// # Errors
 /// A message naming what is wrong with `text`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    Err(format!("cannot parse duration {text:?} (not implemented yet)"))
+    Err(format!(
+        "cannot parse duration {text:?} (not implemented yet)"
+    ))
 }

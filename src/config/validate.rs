@@ -12,7 +12,11 @@ pub(super) fn load(path: &Path, _env: &dyn Env) -> Result<Config, ConfigErrors> 
     }]))
 }
 
-pub(super) fn from_yaml(_text: &str, _base_dir: &Path, _env: &dyn Env) -> Result<Config, ConfigErrors> {
+pub(super) fn from_yaml(
+    _text: &str,
+    _base_dir: &Path,
+    _env: &dyn Env,
+) -> Result<Config, ConfigErrors> {
     Err(ConfigErrors(vec![]))
 }
 

@@ -1,0 +1,126 @@
+//! The admin listener (never the public one):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when a client has a usable token and no shutdown started; else 503 + JSON reason |
+//! | `GET /status` | JSON: version, uptime, shared state, one entry per client |
+//! | `GET /metrics` | Prometheus text exposition |
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::proxy::{ProxyBody, json_response};
+
+/// State the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pool: Arc<Pool>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    started: Instant,
+}
+
+impl Admin {
+    pub fn new(pool: Arc<Pool>, metrics: Metrics, shutdown: CancellationToken) -> Self {
+        Self {
+            pool,
+            metrics,
+            shutdown,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"message": "admin endpoints answer GET only", "code": "method.not.allowed", "status": 405}),
+            );
+        }
+        match request.uri().path() {
+            "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+            "/readyz" => self.readyz(),
+            "/status" => json_response(StatusCode::OK, &self.status()),
+            "/metrics" => {
+                self.refresh_gauges();
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.encode(),
+                )
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"message": "admin paths: /healthz /readyz /status /metrics", "code": "not.found", "status": 404}),
+            ),
+        }
+    }
+
+    fn readyz(&self) -> Response<ProxyBody> {
+        let (ready, reason) = if self.shutdown.is_cancelled() {
+            (false, "shutting down")
+        } else if !self.pool.is_ready(Instant::now()) {
+            (false, "no client has a usable token")
+        } else {
+            (true, "")
+        };
+        if ready {
+            json_response(StatusCode::OK, &json!({"status": "ready"}))
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": reason}),
+            )
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let clients: Vec<_> = self.pool.clients().iter().map(|c| c.status(now)).collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": now.saturating_duration_since(self.started).as_secs(),
+            "shared_state": {"backend": "memory", "up": true},
+            "clients": clients,
+        })
+    }
+
+    /// Gauges derived from state are computed at scrape time, not on the request path.
+    fn refresh_gauges(&self) {
+        let now = Instant::now();
+        for client in self.pool.clients() {
+            let name = [client.name.as_str()];
+            let status = client.status(now);
+            self.metrics
+                .client_healthy
+                .with_label_values(&name)
+                .set(i64::from(status.healthy));
+            self.metrics
+                .client_budget_limit
+                .with_label_values(&name)
+                .set(i64::from(status.budget_limit));
+            self.metrics
+                .token_expires_in
+                .with_label_values(&name)
+                .set(i64::try_from(status.token_expires_in_s).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

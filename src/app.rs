@@ -1,0 +1,171 @@
+//! The composition root: builds the pool, the token refreshers, the proxy and the admin
+//! listener from a [`Config`], and runs them until shutdown. `cli` and the integration
+//! tests both start gcpool through [`Gcpool::start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info, info_span};
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolClient};
+use crate::proxy::Proxy;
+use crate::server::{self, ServeOptions};
+use crate::shutdown::Shutdown;
+use crate::token::{TokenSlot, refresher};
+use crate::upstream::Upstream;
+
+/// Why gcpool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot register metrics")]
+    Metrics(#[source] prometheus::Error),
+}
+
+/// A running gcpool: API listener, admin listener, one token refresher per client.
+#[derive(Debug)]
+pub struct Gcpool {
+    api_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: Shutdown,
+    api: JoinHandle<std::io::Result<()>>,
+    admin: JoinHandle<std::io::Result<()>>,
+    pub metrics: Metrics,
+    pub pool: Arc<Pool>,
+}
+
+impl Gcpool {
+    /// Binds the listeners named in `config.server` and starts serving.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound or metrics cannot be registered.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let api = bind(config.server.listen).await?;
+        let admin = bind(config.server.admin_listen).await?;
+        Self::start_on(config, api, admin)
+    }
+
+    /// Starts serving on listeners the caller bound (tests bind `127.0.0.1:0`).
+    ///
+    /// # Errors
+    /// When metrics cannot be registered.
+    pub fn start_on(
+        config: Config,
+        api_listener: TcpListener,
+        admin_listener: TcpListener,
+    ) -> Result<Self, StartError> {
+        let api_addr = api_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.admin_listen,
+                source,
+            })?;
+        let metrics =
+            Metrics::register(&prometheus::Registry::new()).map_err(StartError::Metrics)?;
+        let shutdown = Shutdown::new();
+        let upstream = Upstream::new();
+
+        let clients = config
+            .clients
+            .iter()
+            .map(|c| {
+                let slot = Arc::new(TokenSlot::new(
+                    c.name.clone(),
+                    c.client_id.clone(),
+                    c.client_secret.clone(),
+                    config.genesys.login_base.clone(),
+                    upstream.clone(),
+                    metrics.token_refresh.clone(),
+                ));
+                shutdown.spawn(
+                    refresher::run(slot.clone(), shutdown.token())
+                        .instrument(info_span!("token_refresh", client = %c.name)),
+                );
+                Arc::new(PoolClient::new(
+                    c.name.clone(),
+                    slot,
+                    c.requests_per_minute.get(),
+                ))
+            })
+            .collect();
+        let pool = Arc::new(Pool::new(clients));
+
+        let proxy = Proxy::new(&config, pool.clone(), upstream, metrics.clone());
+        let options = ServeOptions {
+            idle_timeout: config.server.idle_timeout,
+            grace: config.server.shutdown_grace,
+        };
+        let api = tokio::spawn(server::serve(
+            api_listener,
+            move |request, _peer| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(request).await }
+            },
+            shutdown.token(),
+            options,
+        ));
+        let admin_state = Admin::new(pool.clone(), metrics.clone(), shutdown.token());
+        let admin = tokio::spawn(server::serve(
+            admin_listener,
+            move |request, _peer| {
+                let response = admin_state.handle(&request);
+                async move { response }
+            },
+            shutdown.token(),
+            options,
+        ));
+        info!(%api_addr, %admin_addr, clients = config.clients.len(), "gcpool listening");
+        Ok(Self {
+            api_addr,
+            admin_addr,
+            shutdown,
+            api,
+            admin,
+            metrics,
+            pool,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The shutdown owner; [`Shutdown::trigger`] starts a graceful stop.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Waits until both listeners have drained after shutdown, then stops background tasks.
+    pub async fn wait(self) {
+        let _ = self.api.await;
+        let _ = self.admin.await;
+        self.shutdown.trigger();
+        self.shutdown.wait_tasks().await;
+        info!("gcpool stopped");
+    }
+}

@@ -1,0 +1,223 @@
+//! Every Prometheus family of SPEC §7, registered on a caller-supplied registry.
+//!
+//! No global registry and no `register_*!` macros: tests get independent registries and
+//! `/metrics` shows exactly what is registered here. Label values come from closed sets
+//! (route templates or `other`, reject reasons, client names from config).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Buckets for latencies and waits, in seconds: 0.5 ms to 60 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The metric families gcpool exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_429: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub queue_wait: Histogram,
+    pub queue_pending: IntGauge,
+    pub client_budget_used: IntGaugeVec,
+    pub client_budget_limit: IntGaugeVec,
+    pub client_healthy: IntGaugeVec,
+    pub token_refresh: IntCounterVec,
+    pub token_expires_in: IntGaugeVec,
+    pub shared_state_up: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates every family and registers it on `registry`.
+    ///
+    /// # Errors
+    /// When a family is already registered on `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            c: C,
+        ) -> prometheus::Result<C> {
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let metrics = Self {
+            registry: registry.clone(),
+            requests: counter(
+                "gcpool_requests_total",
+                "Requests answered to callers, by route template, method, status and outcome.",
+                &["route", "method", "status", "outcome"],
+            )?,
+            rejections: counter(
+                "gcpool_rejections_total",
+                "Requests gcpool answered itself without forwarding, by reason.",
+                &["reason"],
+            )?,
+            upstream_requests: counter(
+                "gcpool_upstream_requests_total",
+                "Requests sent to the Genesys API, by client and status (error when no answer).",
+                &["client", "status"],
+            )?,
+            upstream_429: counter(
+                "gcpool_upstream_429_total",
+                "429 answers from the Genesys API, by client and route.",
+                &["client", "route"],
+            )?,
+            upstream_duration: reg(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "gcpool_upstream_duration_seconds",
+                        "Time from sending a request upstream to its response headers.",
+                    )
+                    .buckets(SECONDS_BUCKETS.to_vec()),
+                    &["route"],
+                )?,
+            )?,
+            queue_wait: reg(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gcpool_queue_wait_seconds",
+                        "Time a request waited for its admission slot.",
+                    )
+                    .buckets(SECONDS_BUCKETS.to_vec()),
+                )?,
+            )?,
+            queue_pending: reg(
+                registry,
+                IntGauge::new(
+                    "gcpool_queue_pending",
+                    "Requests waiting for an admission slot.",
+                )?,
+            )?,
+            client_budget_used: gauge_vec(
+                "gcpool_client_budget_used",
+                "Admissions in the client's current budget window.",
+                &["client"],
+            )?,
+            client_budget_limit: gauge_vec(
+                "gcpool_client_budget_limit",
+                "Admissions the client's budget allows per window.",
+                &["client"],
+            )?,
+            client_healthy: gauge_vec(
+                "gcpool_client_healthy",
+                "1 when the client has a usable token and is not failed or cooling down.",
+                &["client"],
+            )?,
+            token_refresh: counter(
+                "gcpool_token_refresh_total",
+                "Token grants attempted, by client and result (ok, error).",
+                &["client", "result"],
+            )?,
+            token_expires_in: gauge_vec(
+                "gcpool_token_expires_in_seconds",
+                "Seconds until the client's current token expires (0 when it has none).",
+                &["client"],
+            )?,
+            shared_state_up: reg(
+                registry,
+                IntGauge::new(
+                    "gcpool_shared_state_up",
+                    "1 while the budget store in use answers (always 1 for the in-memory store).",
+                )?,
+            )?,
+            build_info: gauge_vec(
+                "gcpool_build_info",
+                "Always 1; the version label carries the build.",
+                &["version"],
+            )?,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics.shared_state_up.set(1);
+        Ok(metrics)
+    }
+
+    /// The text exposition of everything registered.
+    pub fn encode(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spec_family_is_exported() {
+        let metrics = Metrics::register(&Registry::new()).unwrap();
+        metrics
+            .requests
+            .with_label_values(&["other", "GET", "200", "forwarded"])
+            .inc();
+        metrics.rejections.with_label_values(&["deadline"]).inc();
+        metrics
+            .upstream_requests
+            .with_label_values(&["pool-01", "200"])
+            .inc();
+        metrics
+            .upstream_429
+            .with_label_values(&["pool-01", "other"])
+            .inc();
+        metrics
+            .upstream_duration
+            .with_label_values(&["other"])
+            .observe(0.01);
+        metrics.queue_wait.observe(0.0);
+        for family in [
+            &metrics.client_budget_used,
+            &metrics.client_budget_limit,
+            &metrics.client_healthy,
+            &metrics.token_expires_in,
+        ] {
+            family.with_label_values(&["pool-01"]).set(1);
+        }
+        metrics
+            .token_refresh
+            .with_label_values(&["pool-01", "ok"])
+            .inc();
+        let text = metrics.encode();
+        for name in [
+            "gcpool_requests_total",
+            "gcpool_rejections_total",
+            "gcpool_upstream_requests_total",
+            "gcpool_upstream_429_total",
+            "gcpool_upstream_duration_seconds",
+            "gcpool_queue_wait_seconds",
+            "gcpool_queue_pending",
+            "gcpool_client_budget_used",
+            "gcpool_client_budget_limit",
+            "gcpool_client_healthy",
+            "gcpool_token_refresh_total",
+            "gcpool_token_expires_in_seconds",
+            "gcpool_shared_state_up",
+            "gcpool_build_info",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing from:\n{text}"
+            );
+        }
+    }
+}

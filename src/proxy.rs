@@ -1,0 +1,290 @@
+//! `Proxy::handle`: the request path, in request order.
+//!
+//! inbound checks → authenticate → read body (bounded) → choose a client → inject its token
+//! → forward → (401: refresh the token and retry once) → answer, with every fact recorded
+//! once in [`Exchange::finish`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::inbound::{self, Authenticator};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::upstream::{Upstream, UpstreamError};
+
+mod reject;
+mod rewrite;
+
+pub use reject::{REASON_HEADER, Reject, ceil_secs, json_response};
+pub use rewrite::ApiTarget;
+
+/// Response header: the pool client that served the request.
+pub const CLIENT_HEADER: &str = "x-gcpool-client";
+/// Response header: milliseconds the request waited for admission.
+pub const WAIT_HEADER: &str = "x-gcpool-wait-ms";
+
+/// Body of every response gcpool sends: streamed from upstream, or written by gcpool.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The request path. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Arc<Pool>,
+    upstream: Upstream,
+    metrics: Metrics,
+    target: ApiTarget,
+    auth: Authenticator,
+    max_body_bytes: u64,
+    request_timeout: Duration,
+}
+
+/// Facts learnt about one request, recorded once when it ends.
+#[derive(Debug)]
+struct Exchange {
+    method: Method,
+    route: &'static str,
+    client: Option<String>,
+    reject: Option<&'static str>,
+    upstream_error: bool,
+}
+
+/// How one upstream attempt ended, as the retry logic sees it.
+enum Attempt {
+    Done(Response<Incoming>),
+    /// The upstream refused the token: refresh it and try once more.
+    TokenRefused(Response<Incoming>),
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub fn new(config: &Config, pool: Arc<Pool>, upstream: Upstream, metrics: Metrics) -> Self {
+        let api = &config.genesys.api_base;
+        let target = ApiTarget {
+            scheme: api.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
+            authority: api
+                .authority()
+                .cloned()
+                .expect("config validation guarantees api_base has a host"),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                upstream,
+                metrics,
+                target,
+                auth: Authenticator::new(&config.inbound),
+                max_body_bytes: config.server.max_body_bytes,
+                request_timeout: config.server.request_timeout,
+            }),
+        }
+    }
+
+    /// Answers one caller request; never fails (errors become Genesys-shaped answers).
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let mut exchange = Exchange {
+            method: request.method().clone(),
+            route: "other",
+            client: None,
+            reject: None,
+            upstream_error: false,
+        };
+        let response = match self.forward(request, &mut exchange).await {
+            Ok(response) => response,
+            Err(reject) => {
+                if reject.is_rejection() {
+                    debug!(reason = reject.reason(), "request refused: {reject}");
+                    exchange.reject = Some(reject.reason());
+                } else {
+                    warn!(error = %reject, source = ?std::error::Error::source(&reject).map(ToString::to_string), "request failed upstream");
+                    exchange.upstream_error = true;
+                }
+                reject.into_response()
+            }
+        };
+        exchange.finish(&self.inner.metrics, response.status());
+        response
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let deadline = started + inner.request_timeout;
+
+        inbound::check_target(request.method(), request.uri(), &inner.target.authority)?;
+        inner.auth.authenticate(request.headers())?;
+        let (parts, body) = request.into_parts();
+        let body = read_body(&parts.headers, body, inner.max_body_bytes).await?;
+
+        let mut refreshed = false;
+        loop {
+            let now = Instant::now();
+            let lease = inner.pool.lease(now, None).ok_or(Reject::NoHealthyClient)?;
+            exchange.client = Some(lease.client.name.clone());
+            let waited = now.saturating_duration_since(started);
+
+            let upstream_request =
+                rewrite::upstream_request(&parts, body.clone(), &inner.target, &lease.token.value)
+                    .map_err(|_| Reject::BadPath)?;
+            let sent = Instant::now();
+            let remaining = deadline.saturating_duration_since(sent);
+            let result = inner.upstream.send(upstream_request, remaining).await;
+            inner
+                .metrics
+                .upstream_duration
+                .with_label_values(&[exchange.route])
+                .observe(sent.elapsed().as_secs_f64());
+            let attempt = match result {
+                Ok(response) => {
+                    let status = response.status();
+                    inner
+                        .metrics
+                        .upstream_requests
+                        .with_label_values(&[&lease.client.name, status.as_str()])
+                        .inc();
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        lease.client.record_upstream_429();
+                        inner
+                            .metrics
+                            .upstream_429
+                            .with_label_values(&[&lease.client.name, exchange.route])
+                            .inc();
+                    }
+                    if status == StatusCode::UNAUTHORIZED {
+                        Attempt::TokenRefused(response)
+                    } else {
+                        Attempt::Done(response)
+                    }
+                }
+                Err(error) => {
+                    inner
+                        .metrics
+                        .upstream_requests
+                        .with_label_values(&[&lease.client.name, "error"])
+                        .inc();
+                    return Err(match error {
+                        UpstreamError::Timeout => Reject::UpstreamTimeout,
+                        other => Reject::UpstreamUnreachable(other),
+                    });
+                }
+            };
+            let response = match attempt {
+                Attempt::TokenRefused(response) if !refreshed && Instant::now() < deadline => {
+                    // Tokens can die before expires_in (revocation, HIPAA idle timeout):
+                    // re-mint this client's token (single flight) and try once more.
+                    refreshed = true;
+                    let generation = lease.token.generation;
+                    lease.client.tokens.invalidate(generation);
+                    let slot = lease.client.tokens.clone();
+                    drop(lease);
+                    drop(response);
+                    let grant = tokio::time::timeout_at(deadline, slot.refresh(Some(generation)));
+                    match grant.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            warn!(client = %slot.name(), error = %e, "token refresh after upstream 401 failed");
+                        }
+                        Err(_) => return Err(Reject::UpstreamTimeout),
+                    }
+                    continue;
+                }
+                Attempt::TokenRefused(response) | Attempt::Done(response) => response,
+            };
+            return Ok(finish_response(response, &lease.client.name, waited));
+        }
+    }
+}
+
+/// Reads the caller's body, refusing it past `max` bytes (also for chunked bodies).
+async fn read_body(headers: &http::HeaderMap, body: Incoming, max: u64) -> Result<Bytes, Reject> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(Reject::BodyTooLarge(max));
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge(max)),
+        Err(_) => Err(Reject::BadBody),
+    }
+}
+
+/// The upstream answer as the caller gets it: hop-by-hop headers removed, gcpool's added.
+fn finish_response(
+    response: Response<Incoming>,
+    client: &str,
+    waited: Duration,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    rewrite::response_headers(&mut parts.headers);
+    if let Ok(value) = HeaderValue::from_str(client) {
+        parts.headers.insert(CLIENT_HEADER, value);
+    }
+    parts.headers.insert(
+        WAIT_HEADER,
+        HeaderValue::from(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)),
+    );
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// A bounded label for the method: the standard ones, or `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+// === impl Exchange ===
+
+impl Exchange {
+    fn finish(&self, metrics: &Metrics, status: StatusCode) {
+        let outcome = if self.reject.is_some() {
+            "rejected"
+        } else if self.upstream_error {
+            "error"
+        } else {
+            "forwarded"
+        };
+        metrics
+            .requests
+            .with_label_values(&[
+                self.route,
+                method_label(&self.method),
+                status.as_str(),
+                outcome,
+            ])
+            .inc();
+        if let Some(reason) = self.reject {
+            metrics.rejections.with_label_values(&[reason]).inc();
+        }
+    }
+}

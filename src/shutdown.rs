@@ -1,0 +1,75 @@
+//! Process shutdown: the signal future and the owner of every background task.
+//!
+//! On SIGTERM or Ctrl-C the token is cancelled: listeners stop accepting, `/readyz`
+//! answers 503, in-flight requests finish within the grace period, then tasks stop.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Owns the cancellation token and every background task.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A token cancelled when shutdown starts.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Starts shutdown.
+    pub fn trigger(&self) {
+        self.token.cancel();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves when shutdown starts.
+    pub async fn triggered(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Spawns a background task owned by this shutdown; it must watch [`Shutdown::token`].
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task);
+    }
+
+    /// Waits for every spawned task to end (after [`Shutdown::trigger`]).
+    pub async fn wait_tasks(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

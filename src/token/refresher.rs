@@ -1,0 +1,111 @@
+//! Background refresh of one client's token: at 70–80 % of its lifetime, with backoff and
+//! jitter after failures. One task per client, owned by [`crate::shutdown::Shutdown`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{GrantError, TokenSlot};
+
+/// First retry delay after a passing failure.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// First retry delay after the credentials were rejected (someone must fix them).
+const REJECTED_MIN: Duration = Duration::from_secs(5);
+/// Longest delay between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Keeps `slot` supplied with a token until `stop` is cancelled. The first grant is
+/// attempted at once, so spawning one task per client fetches all tokens concurrently.
+pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken) {
+    let mut failures: u32 = 0;
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sleep_until(next) => {}
+            _ = stop.cancelled() => return,
+        }
+        // A 401 on the request path may have refreshed it meanwhile: check before granting.
+        if let Some(token) = slot.current()
+            && failures == 0
+            && token.refresh_at > Instant::now()
+        {
+            next = token.refresh_at;
+            continue;
+        }
+        let stale = slot.current().map(|t| t.generation);
+        let result = tokio::select! {
+            r = slot.refresh(stale) => r,
+            _ = stop.cancelled() => return,
+        };
+        match result {
+            Ok(token) => {
+                if failures > 0 {
+                    info!(client = %slot.name(), "token grant succeeded again");
+                } else if token.generation == 1 {
+                    info!(client = %slot.name(), "token acquired");
+                }
+                failures = 0;
+                next = token.refresh_at;
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay = retry_delay(&error, failures);
+                warn!(
+                    client = %slot.name(),
+                    error = %error,
+                    source = ?std::error::Error::source(&error).map(ToString::to_string),
+                    "token grant failed; retrying in {delay:?}"
+                );
+                next = Instant::now() + delay;
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter in its upper half; honours the login host's
+/// `Retry-After`.
+fn retry_delay(error: &GrantError, failures: u32) -> Duration {
+    let base = if error.is_rejection() {
+        REJECTED_MIN
+    } else {
+        RETRY_MIN
+    };
+    let exp = base
+        .saturating_mul(1 << failures.saturating_sub(1).min(10))
+        .min(RETRY_MAX);
+    let jittered = exp.mul_f64(rand::rng().random_range(0.5..1.0));
+    match error {
+        GrantError::RateLimited {
+            retry_after: Some(after),
+        } => jittered.max(*after),
+        _ => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let e = GrantError::Status {
+            status: StatusCode::BAD_GATEWAY,
+        };
+        assert!(retry_delay(&e, 1) <= RETRY_MIN);
+        assert!(retry_delay(&e, 4) >= RETRY_MIN * 4);
+        assert!(retry_delay(&e, 40) <= RETRY_MAX);
+        let rejected = GrantError::Rejected {
+            status: StatusCode::UNAUTHORIZED,
+        };
+        assert!(retry_delay(&rejected, 1) >= REJECTED_MIN / 2);
+        let limited = GrantError::RateLimited {
+            retry_after: Some(Duration::from_secs(42)),
+        };
+        assert!(retry_delay(&limited, 1) >= Duration::from_secs(42));
+    }
+}
