@@ -1,0 +1,255 @@
+//! Shared harness for integration tests: real simulator, real gcpool (in-process or the
+//! binary), a plain HTTP client. Everything binds 127.0.0.1.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gcpool::app::Gcpool;
+use gcpool::config::{Config, Env};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+/// An environment for `${VAR}` expansion in test configs.
+#[derive(Debug, Default, Clone)]
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+/// One pool client of a test config: (gcpool name, client id, secret).
+pub type TestClient<'a> = (&'a str, &'a str, &'a str);
+
+/// The simulator's built-in clients, as gcpool `pool-0N` entries.
+pub const THREE_CLIENTS: [TestClient<'static>; 3] = [
+    ("pool-01", "sim-client-01", "sim-secret-01"),
+    ("pool-02", "sim-client-02", "sim-secret-02"),
+    ("pool-03", "sim-client-03", "sim-secret-03"),
+];
+
+/// Config YAML for a proxy in front of the simulator at `sim_url`, with `extra` appended
+/// at the top level (e.g. a `budgets:` block).
+pub fn config_yaml(sim_url: &str, listen: &str, admin: &str, clients: &[TestClient<'_>], extra: &str) -> String {
+    let mut yaml = format!(
+        "server:\n  listen: \"{listen}\"\n  admin_listen: \"{admin}\"\n  shutdown_grace: 10s\n\
+         genesys:\n  api_base: \"{sim_url}\"\n  login_base: \"{sim_url}\"\n\
+         inbound:\n  allow_anonymous: true\n\
+         clients:\n"
+    );
+    for (name, id, secret) in clients {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    client_id: \"{id}\"\n    client_secret: \"{secret}\"\n"
+        ));
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+/// Parses and validates `yaml` (panics with every error: a test config must be valid).
+pub fn config(yaml: &str) -> Config {
+    Config::from_yaml(yaml, Path::new("."), &MapEnv::default())
+        .unwrap_or_else(|e| panic!("test config must be valid:\n{e}\n---\n{yaml}"))
+}
+
+/// Starts gcpool in-process on free loopback ports.
+pub async fn start_gcpool(sim_url: &str, clients: &[TestClient<'_>], extra: &str) -> Gcpool {
+    let config = config(&config_yaml(sim_url, "127.0.0.1:0", "127.0.0.1:1", clients, extra));
+    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api listener");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin listener");
+    let gcpool = Gcpool::start_on(config, api, admin).expect("gcpool must start");
+    wait_ready(gcpool.admin_addr()).await;
+    gcpool
+}
+
+/// Waits (up to 10 s) until `/readyz` answers 200.
+pub async fn wait_ready(admin: SocketAddr) {
+    let client = HttpClient::new();
+    for _ in 0..200 {
+        if let Ok(rsp) = client.try_get(&format!("http://{admin}/readyz")).await {
+            if rsp.status == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gcpool at admin {admin} never became ready");
+}
+
+/// A free loopback port (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A fully read response.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body must be JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("header must be text"))
+            .unwrap_or_else(|| panic!("header {name} missing in {:?}", self.headers))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A small keep-alive HTTP/1.1 client.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+        let response = self.inner.request(request).await.map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn try_get(&self, url: &str) -> Result<Answer, String> {
+        let request = Request::builder()
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        self.send(request).await
+    }
+
+    pub async fn get(&self, url: &str) -> Answer {
+        self.try_get(url).await.unwrap_or_else(|e| panic!("GET {url} failed: {e}"))
+    }
+
+    pub async fn request(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .expect("test request must be valid");
+        self.send(request).await.unwrap_or_else(|e| panic!("request to {url} failed: {e}"))
+    }
+}
+
+/// The gcpool binary, started with a config file; stderr captured to a file.
+#[derive(Debug)]
+pub struct GcpoolProcess {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GcpoolProcess {
+    /// Writes `yaml` (with `{API}` / `{ADMIN}` replaced by free ports) and runs
+    /// `gcpool run --config` on it.
+    pub fn spawn(yaml_template: &str, env: &[(&str, &str)]) -> Self {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let yaml = yaml_template
+            .replace("{API}", &api.to_string())
+            .replace("{ADMIN}", &admin.to_string());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("gcpool.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gcpool"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn gcpool binary");
+        Self {
+            child,
+            api,
+            admin,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM must succeed");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "gcpool did not exit within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for GcpoolProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
