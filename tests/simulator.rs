@@ -783,6 +783,35 @@ async fn shutdown_finishes_in_flight_requests_then_refuses() {
 }
 
 #[tokio::test]
+async fn dropping_the_simulator_stops_it() {
+    let sim = Simulator::start(SimOptions::default()).await.unwrap();
+    let addr = sim.addr();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    drop(sim);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener must close after drop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn inconsistent_options_are_refused() {
+    for opts in [
+        SimOptions::default().window(Duration::ZERO),
+        SimOptions::default().hidden_limit("nobody", 1),
+        SimOptions::default().route_limit(Method::GET, "/users/{id}", 1),
+        SimOptions::default().token_lifetime(Duration::MAX),
+    ] {
+        let err = Simulator::start(opts.clone()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{opts:?}");
+    }
+}
+
+#[tokio::test]
 async fn simulate_flags_build_the_options() {
     #[derive(Parser)]
     struct Cli {

@@ -36,6 +36,9 @@ pub(crate) async fn serve(
     state: Arc<State>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "simulator listening");
+    }
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -145,6 +145,13 @@ impl State {
         if opts.window.is_zero() {
             return Err(invalid("simulator window must be longer than zero".into()));
         }
+        // Instants plus these must not overflow; a century is plenty for any test.
+        const MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+        if opts.window > MAX || opts.token_lifetime > MAX {
+            return Err(invalid(
+                "simulator window and token lifetime must be at most 100 years".into(),
+            ));
+        }
         let mut clients = BTreeMap::new();
         for c in &opts.clients {
             let token_limit = opts
@@ -344,6 +351,7 @@ impl State {
         }
 
         if let Some((wait, limit)) = binding {
+            tracing::debug!(client = %client_id, limit = limit.key, "simulator answered 429");
             counters.rejected_429 += 1;
             client.rejected_429 += 1;
             for r in &mut matching {
