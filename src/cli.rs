@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ProcessEnv};
 
 #[derive(Debug, Parser)]
-#[command(name = "gcpool", version, about = "Credential-pool proxy and rate governor for the Genesys Cloud Platform API")]
+#[command(
+    name = "gcpool",
+    version,
+    about = "Credential-pool proxy and rate governor for the Genesys Cloud Platform API"
+)]
 struct Cli {
     /// Config file (runs the proxy when no subcommand is given).
     #[arg(long, global = true)]

@@ -60,15 +60,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total_ns = total_ns.saturating_add(part_ns(number, unit_ms).ok_or_else(|| {
-            format!("duration {s:?} has an invalid number {number:?}")
-        })?);
+        total_ns = total_ns.saturating_add(
+            part_ns(number, unit_ms)
+                .ok_or_else(|| format!("duration {s:?} has an invalid number {number:?}"))?,
+        );
         if total_ns > MAX_MS * 1_000_000 {
             return Err(format!("duration {s:?} is longer than a year"));
         }
         rest = next;
     }
-    if total_ns % 1_000_000 != 0 {
+    if !total_ns.is_multiple_of(1_000_000) {
         return Err(format!(
             "duration {s:?} is finer than a millisecond; use whole milliseconds"
         ));
@@ -167,7 +168,10 @@ mod tests {
             (".s", "invalid number"),
             ("1.0001s", "finer than a millisecond"),
             ("9999999h", "longer than a year"),
-            ("99999999999999999999999999999999999999999h", "invalid number"),
+            (
+                "99999999999999999999999999999999999999999h",
+                "invalid number",
+            ),
             ("1s-", "unknown unit"),
         ];
         for (input, reason) in cases {
@@ -183,14 +187,18 @@ mod tests {
         assert_eq!(format_duration(ms(90_000)), "1m30s");
         assert_eq!(format_duration(ms(3_600_000)), "1h");
         assert_eq!(format_duration(Duration::ZERO), "0s");
-        for n in [1, 5, 999, 1_000, 1_001, 59_999, 60_000, 3_599_999, 3_600_001, 86_400_000] {
+        for n in [
+            1, 5, 999, 1_000, 1_001, 59_999, 60_000, 3_599_999, 3_600_001, 86_400_000,
+        ] {
             assert_eq!(parse_duration(&format_duration(ms(n))), Ok(ms(n)), "{n}");
         }
     }
 
     #[test]
     fn never_panics_on_odd_input() {
-        for input in ["ms", "h1", "1hh", "1µs", "1sm", "..", "1.", "٣s", "1\u{0}s", "1m30"] {
+        for input in [
+            "ms", "h1", "1hh", "1µs", "1sm", "..", "1.", "٣s", "1\u{0}s", "1m30",
+        ] {
             let _ = parse_duration(input);
         }
     }

@@ -106,10 +106,16 @@ pub(super) fn read_secret_file(path: &Path) -> Result<String, String> {
     let shown = path.display();
     let bytes = std::fs::read(path).map_err(|err| match err.kind() {
         io::ErrorKind::NotFound => format!("file {shown} does not exist"),
-        io::ErrorKind::PermissionDenied => format!("file {shown} cannot be read: permission denied"),
-        _ => format!("file {shown} cannot be read: {}", lower_first(&err.to_string())),
+        io::ErrorKind::PermissionDenied => {
+            format!("file {shown} cannot be read: permission denied")
+        }
+        _ => format!(
+            "file {shown} cannot be read: {}",
+            lower_first(&err.to_string())
+        ),
     })?;
-    let text = String::from_utf8(bytes).map_err(|_| format!("file {shown} is not valid UTF-8 text"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("file {shown} is not valid UTF-8 text"))?;
     let value = text.trim_end();
     if value.is_empty() {
         return Err(format!("file {shown} is empty"));
@@ -118,7 +124,7 @@ pub(super) fn read_secret_file(path: &Path) -> Result<String, String> {
 }
 
 /// OS error messages start with a capital letter; ours do not.
-fn lower_first(text: &str) -> String {
+pub(super) fn lower_first(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(c) => c.to_lowercase().chain(chars).collect(),
@@ -133,7 +139,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -143,7 +152,11 @@ mod tests {
         assert_eq!(expand("x-${A}-y", &e).unwrap(), "x-alpha-y");
         assert_eq!(expand("${B:-beta}", &e).unwrap(), "beta");
         assert_eq!(expand("${A:-beta}", &e).unwrap(), "alpha");
-        assert_eq!(expand("${EMPTY:-d}", &e).unwrap(), "d", "empty counts as unset with :-");
+        assert_eq!(
+            expand("${EMPTY:-d}", &e).unwrap(),
+            "d",
+            "empty counts as unset with :-"
+        );
         assert_eq!(expand("${EMPTY}", &e).unwrap(), "");
         assert_eq!(expand("${B:-}", &e).unwrap(), "");
         assert_eq!(expand("${B:-a:-b}", &e).unwrap(), "a:-b");
@@ -176,9 +189,21 @@ mod tests {
     fn malformed_references_are_errors() {
         let e = env(&[]);
         assert!(expand("${A", &e).unwrap_err().contains("unterminated"));
-        assert!(expand("${}", &e).unwrap_err().contains("not a valid variable"));
-        assert!(expand("${1A}", &e).unwrap_err().contains("not a valid variable"));
-        assert!(expand("${A B}", &e).unwrap_err().contains("not a valid variable"));
+        assert!(
+            expand("${}", &e)
+                .unwrap_err()
+                .contains("not a valid variable")
+        );
+        assert!(
+            expand("${1A}", &e)
+                .unwrap_err()
+                .contains("not a valid variable")
+        );
+        assert!(
+            expand("${A B}", &e)
+                .unwrap_err()
+                .contains("not a valid variable")
+        );
     }
 
     #[test]
@@ -198,7 +223,10 @@ mod tests {
 
         let missing = dir.path().join("nope");
         let err = read_secret_file(&missing).unwrap_err();
-        assert!(err.contains("does not exist") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("does not exist") && err.contains("nope"),
+            "{err}"
+        );
 
         let err = read_secret_file(dir.path()).unwrap_err();
         assert!(err.contains("cannot be read"), "{err}");
@@ -208,6 +236,9 @@ mod tests {
     fn relative_paths_are_relative_to_the_config_dir() {
         let base = Path::new("/etc/gcpool");
         assert_eq!(resolve_path(base, "s/x"), Path::new("/etc/gcpool/s/x"));
-        assert_eq!(resolve_path(base, "/run/secrets/x"), Path::new("/run/secrets/x"));
+        assert_eq!(
+            resolve_path(base, "/run/secrets/x"),
+            Path::new("/run/secrets/x")
+        );
     }
 }

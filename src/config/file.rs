@@ -253,11 +253,13 @@ fn yaml_error(err: &serde_yaml::Error) -> ConfigError {
         (None, None) => FILE_PATH.to_owned(),
     };
     let message = match unknown_field(message) {
-        Some(key) => message.replacen("unknown field", "unknown key", 1).replacen(
-            &format!("`{key}`, expected"),
-            &format!("`{key}`; expected"),
-            1,
-        ),
+        Some(key) => message
+            .replacen("unknown field", "unknown key", 1)
+            .replacen(
+                &format!("`{key}`, expected"),
+                &format!("`{key}`; expected"),
+                1,
+            ),
         None => message.to_owned(),
     };
     ConfigError {
@@ -297,7 +299,11 @@ mod tests {
         let err = parse("server:\n  listen: 127.0.0.1:1\n  lisen: x\n").unwrap_err();
         assert_eq!(err.path, "server.lisen");
         assert_eq!(err.line, Some(3));
-        assert!(err.message.contains("unknown key `lisen`"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown key `lisen`"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("listen"), "{}", err.message);
     }
 
@@ -341,7 +347,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(file.server.unwrap().max_body_bytes.as_deref(), Some("0123"));
-        assert_eq!(file.inbound.unwrap().allow_anonymous.as_deref(), Some("true"));
+        assert_eq!(
+            file.inbound.unwrap().allow_anonymous.as_deref(),
+            Some("true")
+        );
         assert_eq!(file.clients.unwrap()[0].client_id.as_deref(), Some("12345"));
     }
 
