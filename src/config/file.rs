@@ -325,7 +325,6 @@ mod tests {
     #[test]
     fn syntax_error_has_a_line() {
         let err = parse("server:\n  listen: 127.0.0.1:1\n admin_listen: x\n").unwrap_err();
-        eprintln!("{err}");
         assert_eq!(err.path, FILE_PATH);
         assert_eq!(err.line, Some(3));
         assert!(err.line.is_some());

@@ -1036,3 +1036,564 @@ fn redact_redis_url(url: &str) -> String {
         None => format!("{scheme}://{rest}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const CLIENT: &str =
+        "clients:\n  - name: pool-01\n    client_id: id-01\n    client_secret: s3cret-01\n";
+    const ANON: &str = "inbound:\n  allow_anonymous: true\n";
+
+    fn no_env() -> HashMap<String, String> {
+        HashMap::new()
+    }
+
+    fn ok_in(text: &str, dir: &Path, env: &HashMap<String, String>) -> Config {
+        match from_yaml(text, dir, env) {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid config, got:\n{e}"),
+        }
+    }
+
+    fn ok(text: &str) -> Config {
+        ok_in(text, Path::new("."), &no_env())
+    }
+
+    fn errors_in(text: &str, dir: &Path, env: &HashMap<String, String>) -> Vec<ConfigError> {
+        match from_yaml(text, dir, env) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e.0,
+        }
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        errors_in(text, Path::new("."), &no_env())
+    }
+
+    /// The one error at `path`; fails when there is none or more than one.
+    fn error_at<'a>(errs: &'a [ConfigError], path: &str) -> &'a str {
+        let found: Vec<_> = errs.iter().filter(|e| e.path == path).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one error at {path}, got: {errs:#?}"
+        );
+        &found[0].message
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let c = ok(&format!("{CLIENT}{ANON}"));
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.admin_listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.server.max_body_bytes, 512_000);
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.genesys.region, "mypurecloud.com");
+        assert_eq!(base_url(&c.genesys.api_base), "https://api.mypurecloud.com");
+        assert_eq!(
+            base_url(&c.genesys.login_base),
+            "https://login.mypurecloud.com"
+        );
+        assert_eq!(c.clients.len(), 1);
+        assert_eq!(c.clients[0].name, "pool-01");
+        assert_eq!(c.clients[0].client_id, "id-01");
+        assert_eq!(c.clients[0].client_secret.expose(), "s3cret-01");
+        assert_eq!(c.clients[0].requests_per_minute.get(), 300);
+        assert_eq!(c.budgets.token_per_minute.get(), 300);
+        assert_eq!(c.budgets.org_per_minute.get(), 3000);
+        assert_eq!(c.budgets.window, Duration::from_secs(60));
+        assert_eq!(c.budgets.guard, Duration::from_millis(5));
+        assert!(c.budgets.endpoints.is_empty());
+        assert_eq!(c.budgets.queue.max_wait, Duration::from_secs(10));
+        assert_eq!(c.budgets.queue.max_pending, 10_000);
+        assert!(c.inbound.allow_anonymous);
+        assert!(c.inbound.api_keys.is_empty() && c.inbound.allow_routes.is_empty());
+        assert!(c.shared_state.is_none());
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key_path() {
+        let text = "\
+server:
+  listen: nowhere
+  request_timeout: 0s
+clients:
+  - name: Pool_01
+    client_id: a
+    client_secret: ''
+  - name: pool-02
+    client_id: a
+    client_secret: x
+budgets:
+  window: 2h
+  endpoints:
+    - route: GET /users
+      per_minute: 0
+";
+        let errs = errors(text);
+        assert!(error_at(&errs, "server.listen").contains("\"nowhere\" is not an address"));
+        assert!(error_at(&errs, "server.request_timeout").contains("greater than 0"));
+        assert!(error_at(&errs, "clients[0].name").contains("not a valid name"));
+        assert!(error_at(&errs, "clients[0].client_secret").contains("empty"));
+        assert!(error_at(&errs, "clients[1].client_id").contains("duplicate client_id"));
+        assert!(error_at(&errs, "budgets.window").contains("1h"));
+        assert!(error_at(&errs, "budgets.endpoints[0].route").contains("/api/v2/"));
+        assert!(error_at(&errs, "budgets.endpoints[0].per_minute").contains("greater than 0"));
+        assert!(error_at(&errs, "inbound").contains("no caller could be authenticated"));
+        assert_eq!(errs.len(), 9, "{errs:#?}");
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_the_key_path() {
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret: ${{GC_CLIENT_04_SECRET}}\n"
+        );
+        let errs = errors(&text);
+        let msg = error_at(&errs, "clients[0].client_secret");
+        assert!(msg.contains("GC_CLIENT_04_SECRET is not set"), "{msg}");
+        assert_eq!(errs.len(), 1, "no second 'is empty' error: {errs:#?}");
+    }
+
+    #[test]
+    fn variables_expand_in_every_value_but_not_in_keys() {
+        let env: HashMap<String, String> = [
+            ("ID", "id-from-env"),
+            ("SECRET", "secret-from-env"),
+            ("RPM", "120"),
+            ("ANON", "true"),
+            ("PORT", "18080"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let text = "\
+server:
+  listen: 127.0.0.1:${PORT}
+clients:
+  - name: pool-01
+    client_id: ${ID}
+    client_secret: ${SECRET}
+    requests_per_minute: ${RPM}
+inbound:
+  allow_anonymous: ${ANON}
+";
+        let c = ok_in(text, Path::new("."), &env);
+        assert_eq!(c.server.listen.port(), 18080);
+        assert_eq!(c.clients[0].client_id, "id-from-env");
+        assert_eq!(c.clients[0].client_secret.expose(), "secret-from-env");
+        assert_eq!(c.clients[0].requests_per_minute.get(), 120);
+        assert!(c.inbound.allow_anonymous);
+
+        let errs = errors_in(
+            &format!("{CLIENT}{ANON}${{KEY}}: 1\n"),
+            Path::new("."),
+            &env,
+        );
+        assert!(errs[0].message.contains("unknown key"), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_variable_cannot_inject_yaml() {
+        let env: HashMap<String, String> = [("ID", "x\nserver:\n  listen: 0.0.0.0:1".to_owned())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let text =
+            format!("{ANON}clients:\n  - name: a\n    client_id: ${{ID}}\n    client_secret: s\n");
+        let c = ok_in(&text, Path::new("."), &env);
+        assert_eq!(c.clients[0].client_id, "x\nserver:\n  listen: 0.0.0.0:1");
+        assert_eq!(c.server.listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn secrets_come_from_exactly_one_of_value_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::write(dir.path().join("secrets/gc01"), "from-file\n").unwrap();
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret_file: secrets/gc01\n"
+        );
+        let c = ok_in(&text, dir.path(), &no_env());
+        assert_eq!(c.clients[0].client_secret.expose(), "from-file");
+
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret: y\n    client_secret_file: secrets/gc01\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        assert!(error_at(&errs, "clients[0].client_secret").contains("not both"));
+
+        let errs = errors(&format!("{ANON}clients:\n  - name: a\n    client_id: x\n"));
+        assert!(error_at(&errs, "clients[0].client_secret").contains("is required"));
+    }
+
+    #[test]
+    fn missing_secret_file_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret_file: gone/gc01\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        let msg = error_at(&errs, "clients[0].client_secret_file");
+        assert!(
+            msg.contains("gone/gc01") && msg.contains("does not exist"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn client_rules() {
+        let errs = errors(&format!("{ANON}clients: []\n"));
+        assert!(error_at(&errs, "clients").contains("at least one client"));
+
+        let many: String = (0..51)
+            .map(|i| format!("  - {{name: c{i}, client_id: id{i}, client_secret: s}}\n"))
+            .collect();
+        let errs = errors(&format!("{ANON}clients:\n{many}"));
+        assert!(error_at(&errs, "clients").contains("at most 50"));
+
+        let fifty: String = (0..50)
+            .map(|i| format!("  - {{name: c{i}, client_id: id{i}, client_secret: s}}\n"))
+            .collect();
+        assert_eq!(ok(&format!("{ANON}clients:\n{fifty}")).clients.len(), 50);
+
+        let text = format!(
+            "{ANON}clients:\n  - {{name: a, client_id: x, client_secret: s}}\n  - {{name: a, client_id: y, client_secret: s}}\n  - {{name: '{}', client_id: z, client_secret: s}}\n  - {{name: '-a', client_id: w, client_secret: s}}\n",
+            "b".repeat(65)
+        );
+        let errs = errors(&text);
+        assert!(error_at(&errs, "clients[1].name").contains("duplicate client name \"a\""));
+        assert!(error_at(&errs, "clients[2].name").contains("longer than 64"));
+        assert!(error_at(&errs, "clients[3].name").contains("not a valid name"));
+        for name in ["pool-01", "0", "a.b_c-d"] {
+            assert!(parse_client_name(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn client_budget_defaults_to_token_budget_and_sum_over_org_cap_warns() {
+        let text = format!(
+            "{ANON}budgets:\n  token_per_minute: 100\n  org_per_minute: 150\nclients:\n  - {{name: a, client_id: x, client_secret: s}}\n  - {{name: b, client_id: y, client_secret: s, requests_per_minute: 60}}\n"
+        );
+        let c = ok(&text);
+        assert_eq!(c.clients[0].requests_per_minute.get(), 100);
+        assert_eq!(c.clients[1].requests_per_minute.get(), 60);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("160") && c.warnings[0].contains("the org cap binds"));
+    }
+
+    #[test]
+    fn budget_rules() {
+        let text = format!(
+            "{CLIENT}{ANON}budgets:
+  token_per_minute: 0
+  org_per_minute: many
+  window: 1s
+  guard: 1s
+  endpoints:
+    - {{route: 'PUT /api/v2/architect/ivrs/{{ivrId}}', per_minute: 100}}
+    - {{route: 'PUT /api/v2/architect/ivrs/{{id}}', per_minute: 50, scope: token}}
+    - {{route: 'FETCH /api/v2/users', per_minute: 1}}
+    - {{route: 'GET /api/v2/users', per_minute: 1, scope: user}}
+    - {{per_minute: 1}}
+  queue:
+    max_wait: soon
+    max_pending: 0
+"
+        );
+        let errs = errors(&text);
+        assert!(error_at(&errs, "budgets.token_per_minute").contains("greater than 0"));
+        assert!(error_at(&errs, "budgets.org_per_minute").contains("\"many\""));
+        assert!(error_at(&errs, "budgets.guard").contains("shorter than budgets.window"));
+        assert!(error_at(&errs, "budgets.endpoints[1].route").contains("duplicate route"));
+        assert!(error_at(&errs, "budgets.endpoints[2].route").contains("\"FETCH\""));
+        assert!(error_at(&errs, "budgets.endpoints[3].scope").contains("org or token"));
+        assert!(error_at(&errs, "budgets.endpoints[4].route").contains("is required"));
+        assert!(error_at(&errs, "budgets.queue.max_wait").contains("\"soon\""));
+        assert!(error_at(&errs, "budgets.queue.max_pending").contains("greater than 0"));
+        assert_eq!(errs.len(), 9, "{errs:#?}");
+
+        let c = ok(&format!(
+            "{CLIENT}{ANON}budgets:\n  window: 10s\n  guard: 0s\n  endpoints:\n    - {{route: 'PUT /api/v2/architect/ivrs/{{ivrId}}', per_minute: 100, scope: token}}\n    - {{route: 'GET /api/v2/architect/ivrs/{{ivrId}}', per_minute: 100}}\n  queue: {{max_wait: 0s}}\n"
+        ));
+        assert_eq!(c.budgets.window, Duration::from_secs(10));
+        assert_eq!(c.budgets.guard, Duration::ZERO);
+        assert_eq!(c.budgets.queue.max_wait, Duration::ZERO);
+        let e = &c.budgets.endpoints[0];
+        assert_eq!(
+            (e.method.clone(), e.path.as_str()),
+            (Method::PUT, "/api/v2/architect/ivrs/{ivrId}")
+        );
+        assert_eq!((e.per_minute.get(), e.scope), (100, BudgetScope::Token));
+        assert_eq!(c.budgets.endpoints[1].scope, BudgetScope::Org);
+    }
+
+    #[test]
+    fn route_format() {
+        for ok in [
+            "GET /api/v2/users/{userId}",
+            "POST /api/v2/analytics/conversations/details/query",
+            "HEAD /api/v2/a",
+            "DELETE  /api/v2/x/{a}/y/{b_2}",
+        ] {
+            assert!(parse_route(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "is not \"METHOD"),
+            ("GET", "is not \"METHOD"),
+            ("GET /api/v2/a extra", "is not \"METHOD"),
+            ("get /api/v2/a", "method \"get\""),
+            ("GET /api/v1/a", "does not start with /api/v2/"),
+            ("GET /api/v2/", "empty segment"),
+            ("GET /api/v2/a/", "empty segment"),
+            ("GET /api/v2/a//b", "empty segment"),
+            ("GET /api/v2/a{id}", "literal"),
+            ("GET /api/v2/{id}x", "whole {param}"),
+            ("GET /api/v2/{}", "must be a name"),
+            ("GET /api/v2/{a-b}", "must be a name"),
+            ("GET /api/v2/{a}/{a}", "twice"),
+            ("GET /api/v2/a?b=c", "literal"),
+        ] {
+            let err = parse_route(bad).map(|_| ()).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tls.crt"), "x").unwrap();
+        let text = format!(
+            "{CLIENT}{ANON}server:\n  listen: 127.0.0.1:80\n  admin_listen: 127.0.0.1:80\n  max_body_bytes: -1\n  idle_timeout: 5d\n  shutdown_grace: ''\n  tls:\n    cert_file: tls.crt\n    key_file: tls.key\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        assert!(error_at(&errs, "server.admin_listen").contains("never be on the public listener"));
+        assert!(error_at(&errs, "server.max_body_bytes").contains("negative"));
+        assert!(error_at(&errs, "server.idle_timeout").contains("unknown unit"));
+        assert!(error_at(&errs, "server.shutdown_grace").contains("empty"));
+        assert!(error_at(&errs, "server.tls.key_file").contains("tls.key does not exist"));
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+
+        assert!(collide(
+            "0.0.0.0:8080".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        ));
+        assert!(!collide(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        ));
+        assert!(!collide(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.2:1".parse().unwrap()
+        ));
+
+        let text = format!(
+            "{CLIENT}{ANON}server:\n  tls: {{cert_file: tls.crt, key_file: tls.crt}}\n  listen: '[::1]:0'\n  admin_listen: '[::1]:0'\n"
+        );
+        let c = ok_in(&text, dir.path(), &no_env());
+        assert_eq!(c.server.tls.unwrap().cert_file, dir.path().join("tls.crt"));
+
+        let errs = errors(&format!("{CLIENT}{ANON}server:\n  tls: {{}}\n"));
+        assert!(error_at(&errs, "server.tls.cert_file").contains("is required"));
+        assert!(error_at(&errs, "server.tls.key_file").contains("is required"));
+    }
+
+    #[test]
+    fn genesys_rules() {
+        let c = ok(&format!(
+            "{CLIENT}{ANON}genesys:\n  region: euw2.pure.cloud\n  login_base: http://127.0.0.1:9000/\n"
+        ));
+        assert_eq!(c.genesys.region, "euw2.pure.cloud");
+        assert_eq!(base_url(&c.genesys.api_base), "https://api.euw2.pure.cloud");
+        assert_eq!(base_url(&c.genesys.login_base), "http://127.0.0.1:9000");
+        assert_eq!(
+            c.genesys.login_base.authority().unwrap().as_str(),
+            "127.0.0.1:9000"
+        );
+
+        let errs = errors(&format!(
+            "{CLIENT}{ANON}genesys:\n  region: https://mypurecloud.com\n  api_base: ftp://x\n  login_base: http://h/oauth\n"
+        ));
+        assert!(error_at(&errs, "genesys.region").contains("plain domain"));
+        assert!(error_at(&errs, "genesys.api_base").contains("http or https"));
+        assert!(error_at(&errs, "genesys.login_base").contains("path"));
+        for bad in ["localhost", "a..b", "-a.com", "a_b.com", ""] {
+            assert!(parse_region(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "api.mypurecloud.com",
+            "http://",
+            "https://u:p@h",
+            "http://h?x=1",
+        ] {
+            assert!(parse_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn anonymous_needs_a_loopback_listener() {
+        for listen in ["127.0.0.1:8080", "127.9.9.9:8080", "'[::1]:8080'"] {
+            let text = format!("{CLIENT}{ANON}server:\n  listen: {listen}\n");
+            assert!(ok(&text).inbound.allow_anonymous, "{listen}");
+        }
+        for listen in ["0.0.0.0:8080", "10.0.0.1:8080", "'[::]:8080'"] {
+            let errs = errors(&format!("{CLIENT}{ANON}server:\n  listen: {listen}\n"));
+            let msg = error_at(&errs, "inbound.allow_anonymous");
+            assert!(
+                msg.contains("loopback") && msg.contains("api_keys"),
+                "{msg}"
+            );
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+        }
+        let errs = errors(&format!("{CLIENT}inbound:\n  allow_anonymous: false\n"));
+        assert!(error_at(&errs, "inbound").contains("no caller could be authenticated"));
+        let errs = errors(&format!("{CLIENT}inbound:\n  allow_anonymous: yes\n"));
+        assert!(error_at(&errs, "inbound.allow_anonymous").contains("true or false"));
+    }
+
+    #[test]
+    fn api_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), "file-key\n").unwrap();
+        let hex = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+        let text = format!(
+            "{CLIENT}server: {{listen: 0.0.0.0:8080}}\ninbound:\n  api_keys:\n    - {{name: a, key_sha256: {hex}}}\n    - {{name: b, key: test}}\n    - {{name: c, key_file: k}}\n  allow_routes: ['GET /api/v2/users/{{userId}}']\n"
+        );
+        let c = ok_in(&text, dir.path(), &no_env());
+        let keys = &c.inbound.api_keys;
+        assert_eq!(keys.len(), 3);
+        let test_digest: [u8; 32] = Sha256::digest(b"test").into();
+        assert_eq!(keys[0].sha256, test_digest, "hex is case-insensitive");
+        assert_eq!(keys[1].sha256, test_digest, "`key` is hashed at load");
+        assert_eq!(
+            keys[2].sha256,
+            <[u8; 32]>::from(Sha256::digest(b"file-key"))
+        );
+        assert_eq!(c.inbound.allow_routes[0].method, Method::GET);
+        assert_eq!(c.inbound.allow_routes[0].path, "/api/v2/users/{userId}");
+
+        let text = format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key_sha256: abc}}\n    - {{name: a, key: ''}}\n    - {{name: c, key: x, key_file: k}}\n    - {{name: d}}\n    - {{key: x}}\n  allow_routes: ['GET /users']\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        assert!(error_at(&errs, "inbound.api_keys[0].key_sha256").contains("64 hex"));
+        assert!(error_at(&errs, "inbound.api_keys[1].name").contains("duplicate"));
+        assert!(error_at(&errs, "inbound.api_keys[1].key").contains("empty"));
+        assert!(error_at(&errs, "inbound.api_keys[2]").contains("exactly one"));
+        assert!(error_at(&errs, "inbound.api_keys[3].key_sha256").contains("is required"));
+        assert!(error_at(&errs, "inbound.api_keys[4].name").contains("is required"));
+        assert!(error_at(&errs, "inbound.allow_routes[0]").contains("/api/v2/"));
+        assert_eq!(errs.len(), 7, "{errs:#?}");
+    }
+
+    #[test]
+    fn shared_state_rules() {
+        let c = ok(&format!(
+            "{CLIENT}{ANON}shared_state:\n  redis_url: redis://:pw@redis:6379/0\n"
+        ));
+        let s = c.shared_state.unwrap();
+        assert_eq!(s.redis_url.expose(), "redis://:pw@redis:6379/0");
+        assert_eq!(s.key_prefix, "gcpool");
+        assert_eq!(s.replicas_hint.get(), 1);
+
+        let errs = errors(&format!(
+            "{CLIENT}{ANON}shared_state:\n  redis_url: http://:topsecret@redis\n  key_prefix: ''\n  replicas_hint: 0\n"
+        ));
+        let msg = error_at(&errs, "shared_state.redis_url");
+        assert!(
+            msg.contains("redis://") && !msg.contains("topsecret"),
+            "{msg}"
+        );
+        assert!(error_at(&errs, "shared_state.key_prefix").contains("empty"));
+        assert!(error_at(&errs, "shared_state.replicas_hint").contains("greater than 0"));
+
+        let errs = errors(&format!("{CLIENT}{ANON}shared_state: {{key_prefix: x}}\n"));
+        assert!(error_at(&errs, "shared_state.redis_url").contains("is required"));
+        assert!(check_redis_url("rediss://u:p@/0").is_err());
+    }
+
+    #[test]
+    fn redacted_yaml_shows_no_secret_and_reparses() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("redis"),
+            "rediss://user:redispw@redis:6380/2?password=qpw\n",
+        )
+        .unwrap();
+        let text = "clients:\n  - {name: a, client_id: id-a, client_secret: clientpw}\ninbound:\n  api_keys: [{name: k, key: apikeyvalue}]\nshared_state:\n  redis_url_file: redis\n  replicas_hint: 3\nbudgets:\n  endpoints: [{route: 'PUT /api/v2/architect/ivrs/{ivrId}', per_minute: 100}]\n  guard: 250ms\n";
+        let c = ok_in(text, dir.path(), &no_env());
+        let out = redacted_yaml(&c);
+        for secret in ["clientpw", "apikeyvalue", "redispw", "qpw", "user"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        let digest = format!("{:x}", Sha256::digest(b"apikeyvalue"));
+        assert!(!out.contains(&digest[..16]), "digest leaked:\n{out}");
+        assert!(out.contains("client_secret: <redacted>"), "{out}");
+        assert!(out.contains("key_sha256: <redacted>"), "{out}");
+        assert!(
+            out.contains("redis_url: rediss://***@redis:6380/2?<redacted>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("route: PUT /api/v2/architect/ivrs/{ivrId}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("guard: 250ms") && out.contains("request_timeout: 30s"),
+            "{out}"
+        );
+        assert!(
+            out.contains("replicas_hint: 3") && out.contains("client_id: id-a"),
+            "{out}"
+        );
+        file::parse(&out).expect("the printed config uses only known keys");
+    }
+
+    #[test]
+    fn redis_url_redaction() {
+        assert_eq!(
+            redact_redis_url("redis://redis:6379/0"),
+            "redis://redis:6379/0"
+        );
+        assert_eq!(
+            redact_redis_url("redis://:p/w?#@h:1/0"),
+            "redis://***@h:1/0"
+        );
+        assert_eq!(redact_redis_url("nonsense"), "<redacted>");
+    }
+
+    #[test]
+    fn load_reads_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "pw").unwrap();
+        let path = dir.path().join("gcpool.yaml");
+        std::fs::write(
+            &path,
+            format!("{ANON}clients:\n  - {{name: a, client_id: x, client_secret_file: secret}}\n"),
+        )
+        .unwrap();
+        let c = load(&path, &no_env()).unwrap();
+        assert_eq!(c.clients[0].client_secret.expose(), "pw");
+
+        let errs = load(&dir.path().join("missing.yaml"), &no_env())
+            .unwrap_err()
+            .0;
+        assert!(errs[0].message.contains("missing.yaml"), "{errs:#?}");
+    }
+
+    #[test]
+    fn errors_display_path_line_and_message() {
+        let errs = from_yaml("clients:\n  - nme: a\n", Path::new("."), &no_env()).unwrap_err();
+        let shown = errs.to_string();
+        assert!(
+            shown.starts_with("clients[0].nme (line 2): unknown key `nme`"),
+            "{shown}"
+        );
+    }
+}
