@@ -1,25 +1,1599 @@
 //! Turns the YAML mirror into a typed [`Config`], collecting every error with its key path.
+//!
+//! Each value is expanded (`${VAR}`), read from its `*_file` where one is given, parsed and
+//! checked here; a problem is recorded with its key path and validation goes on with the
+//! default, so one run reports every error. Also prints the resolved config, redacted.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
+use std::time::Duration;
 
-use super::{Config, ConfigError, ConfigErrors, Env};
+use http::{Method, Uri};
+use sha2::{Digest, Sha256};
 
-pub(super) fn load(path: &Path, _env: &dyn Env) -> Result<Config, ConfigErrors> {
-    Err(ConfigErrors(vec![ConfigError {
-        path: path.display().to_string(),
-        line: None,
-        message: "config loading not implemented yet".into(),
-    }]))
+use super::duration::{format_duration, parse_duration};
+use super::expand::{expand, lower_first, read_secret_file, resolve_path};
+use super::file::{self, FILE_PATH};
+use super::{
+    ApiKey, BudgetScope, BudgetsConfig, ClientConfig, Config, ConfigError, ConfigErrors,
+    EndpointBudget, Env, GenesysConfig, InboundConfig, QueueConfig, RouteRule, ServerConfig,
+    SharedStateConfig, TlsConfig,
+};
+use crate::secret::Secret;
+
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+const DEFAULT_MAX_BODY_BYTES: u64 = 512_000;
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_REGION: &str = "mypurecloud.com";
+const MAX_CLIENTS: usize = 50;
+const MAX_CLIENT_NAME: usize = 64;
+const DEFAULT_TOKEN_PER_MINUTE: NonZeroU32 = NonZeroU32::new(300).expect("300 is not zero");
+const DEFAULT_ORG_PER_MINUTE: NonZeroU32 = NonZeroU32::new(3000).expect("3000 is not zero");
+const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+const MAX_WINDOW: Duration = Duration::from_secs(3600);
+const DEFAULT_GUARD: Duration = Duration::from_millis(5);
+const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_PENDING: usize = 10_000;
+const DEFAULT_KEY_PREFIX: &str = "gcpool";
+const DEFAULT_REPLICAS_HINT: NonZeroU32 = NonZeroU32::MIN;
+const ROUTE_METHODS: [Method; 6] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+];
+/// What `redacted_yaml` prints in place of a secret.
+const REDACTED: &str = "<redacted>";
+
+pub(super) fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ConfigErrors(vec![ConfigError {
+            path: FILE_PATH.into(),
+            line: None,
+            message: format!(
+                "cannot read {}: {}",
+                path.display(),
+                lower_first(&err.to_string())
+            ),
+        }])
+    })?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    from_yaml(&text, base_dir, env)
 }
 
 pub(super) fn from_yaml(
-    _text: &str,
-    _base_dir: &Path,
-    _env: &dyn Env,
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Env,
 ) -> Result<Config, ConfigErrors> {
-    Err(ConfigErrors(vec![]))
+    let file = file::parse(text).map_err(|err| ConfigErrors(vec![err]))?;
+    let mut v = Validator {
+        env,
+        base_dir,
+        errors: Vec::new(),
+    };
+    let config = v.config(file);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
 }
 
-pub(super) fn redacted_yaml(_config: &Config) -> String {
-    String::new()
+pub(super) fn redacted_yaml(config: &Config) -> String {
+    let c = config;
+    let resolved = file::Resolved {
+        server: file::ResolvedServer {
+            listen: c.server.listen.to_string(),
+            admin_listen: c.server.admin_listen.to_string(),
+            tls: c.server.tls.as_ref().map(|t| file::ResolvedTls {
+                cert_file: t.cert_file.display().to_string(),
+                key_file: t.key_file.display().to_string(),
+            }),
+            max_body_bytes: c.server.max_body_bytes,
+            request_timeout: format_duration(c.server.request_timeout),
+            idle_timeout: format_duration(c.server.idle_timeout),
+            shutdown_grace: format_duration(c.server.shutdown_grace),
+        },
+        genesys: file::ResolvedGenesys {
+            region: c.genesys.region.clone(),
+            api_base: base_url(&c.genesys.api_base),
+            login_base: base_url(&c.genesys.login_base),
+        },
+        clients: c
+            .clients
+            .iter()
+            .map(|cl| file::ResolvedClient {
+                name: cl.name.clone(),
+                client_id: cl.client_id.clone(),
+                client_secret: REDACTED,
+                requests_per_minute: cl.requests_per_minute.get(),
+            })
+            .collect(),
+        budgets: file::ResolvedBudgets {
+            token_per_minute: c.budgets.token_per_minute.get(),
+            org_per_minute: c.budgets.org_per_minute.get(),
+            window: format_duration(c.budgets.window),
+            guard: format_duration(c.budgets.guard),
+            endpoints: c
+                .budgets
+                .endpoints
+                .iter()
+                .map(|e| file::ResolvedEndpoint {
+                    route: format!("{} {}", e.method, e.path),
+                    per_minute: e.per_minute.get(),
+                    scope: match e.scope {
+                        BudgetScope::Org => "org",
+                        BudgetScope::Token => "token",
+                    },
+                })
+                .collect(),
+            queue: file::ResolvedQueue {
+                max_wait: format_duration(c.budgets.queue.max_wait),
+                max_pending: c.budgets.queue.max_pending,
+            },
+        },
+        inbound: file::ResolvedInbound {
+            api_keys: c
+                .inbound
+                .api_keys
+                .iter()
+                .map(|k| file::ResolvedApiKey {
+                    name: k.name.clone(),
+                    key_sha256: REDACTED,
+                })
+                .collect(),
+            allow_anonymous: c.inbound.allow_anonymous,
+            allow_routes: c
+                .inbound
+                .allow_routes
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.path))
+                .collect(),
+        },
+        shared_state: c.shared_state.as_ref().map(|s| file::ResolvedSharedState {
+            redis_url: redact_redis_url(s.redis_url.expose()),
+            key_prefix: s.key_prefix.clone(),
+            replicas_hint: s.replicas_hint.get(),
+        }),
+    };
+    file::print(&resolved)
+}
+
+/// Marks a value whose error has already been recorded, so callers add no second error.
+#[derive(Debug, Clone, Copy)]
+struct Reported;
+
+/// An optional config value after expansion and parsing.
+type Field<T> = Result<Option<T>, Reported>;
+
+/// Collects errors while turning the mirror into a [`Config`].
+struct Validator<'a> {
+    env: &'a dyn Env,
+    base_dir: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+// === impl Validator ===
+
+impl Validator<'_> {
+    fn config(&mut self, f: file::File) -> Config {
+        let (server, listen_ok) = self.server(f.server.unwrap_or_default());
+        let genesys = self.genesys(f.genesys.unwrap_or_default());
+        // Budgets come before clients: a client's budget defaults to `token_per_minute`.
+        let budgets = self.budgets(f.budgets.unwrap_or_default());
+        let clients = self.clients(f.clients.unwrap_or_default(), budgets.token_per_minute);
+        let inbound = self.inbound(
+            f.inbound.unwrap_or_default(),
+            listen_ok.then_some(server.listen),
+        );
+        let shared_state = f.shared_state.map(|s| self.shared_state(s));
+
+        let mut warnings = Vec::new();
+        let pool: u64 = clients
+            .iter()
+            .map(|c| u64::from(c.requests_per_minute.get()))
+            .sum();
+        let org = budgets.org_per_minute.get();
+        if pool > u64::from(org) {
+            warnings.push(format!(
+                "the clients' requests_per_minute add up to {pool} per minute, more than \
+                 budgets.org_per_minute ({org}): the org cap binds"
+            ));
+        }
+
+        Config {
+            server,
+            genesys,
+            clients,
+            budgets,
+            inbound,
+            shared_state,
+            warnings,
+        }
+    }
+
+    /// The server section, and whether `server.listen` was valid (for the anonymous check).
+    fn server(&mut self, s: file::Server) -> (ServerConfig, bool) {
+        let listen = self.parse("server.listen", s.listen, parse_socket_addr);
+        let admin = self.parse("server.admin_listen", s.admin_listen, parse_socket_addr);
+        let (listen_ok, admin_ok) = (listen.is_ok(), admin.is_ok());
+        let listen = or_default(listen, DEFAULT_LISTEN);
+        let admin_listen = or_default(admin, DEFAULT_ADMIN_LISTEN);
+        if listen_ok && admin_ok && collide(listen, admin_listen) {
+            self.error(
+                "server.admin_listen",
+                format!(
+                    "{admin_listen} collides with server.listen ({listen}): the admin endpoints \
+                     must never be on the public listener"
+                ),
+            );
+        }
+        let max_body_bytes = self.parse(
+            "server.max_body_bytes",
+            s.max_body_bytes,
+            parse_positive_u64,
+        );
+        let tls = s.tls.map(|t| self.tls(t));
+        let config = ServerConfig {
+            listen,
+            admin_listen,
+            tls: tls.flatten(),
+            max_body_bytes: or_default(max_body_bytes, DEFAULT_MAX_BODY_BYTES),
+            request_timeout: self.positive_duration(
+                "server.request_timeout",
+                s.request_timeout,
+                DEFAULT_REQUEST_TIMEOUT,
+            ),
+            idle_timeout: self.positive_duration(
+                "server.idle_timeout",
+                s.idle_timeout,
+                DEFAULT_IDLE_TIMEOUT,
+            ),
+            shutdown_grace: self.positive_duration(
+                "server.shutdown_grace",
+                s.shutdown_grace,
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+        };
+        (config, listen_ok)
+    }
+
+    fn tls(&mut self, t: file::Tls) -> Option<TlsConfig> {
+        let cert_file = self.existing_file("server.tls.cert_file", t.cert_file);
+        let key_file = self.existing_file("server.tls.key_file", t.key_file);
+        Some(TlsConfig {
+            cert_file: cert_file?,
+            key_file: key_file?,
+        })
+    }
+
+    /// A required path that must name an existing file; relative to the config's directory.
+    fn existing_file(&mut self, path: &str, raw: Option<String>) -> Option<std::path::PathBuf> {
+        let value = match self.text(path, raw) {
+            Ok(Some(v)) if !v.is_empty() => v,
+            Ok(_) => {
+                self.error(path, "is required");
+                return None;
+            }
+            Err(Reported) => return None,
+        };
+        let file = resolve_path(self.base_dir, &value);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.is_file() => Some(file),
+            Ok(_) => {
+                self.error(path, format!("{} is not a file", file.display()));
+                None
+            }
+            Err(_) => {
+                self.error(path, format!("file {} does not exist", file.display()));
+                None
+            }
+        }
+    }
+
+    fn genesys(&mut self, g: file::Genesys) -> GenesysConfig {
+        let region = self.parse("genesys.region", g.region, parse_region);
+        let region = or_default(region, DEFAULT_REGION.to_owned());
+        let api_base = self.base("genesys.api_base", g.api_base, "api", &region);
+        let login_base = self.base("genesys.login_base", g.login_base, "login", &region);
+        GenesysConfig {
+            region,
+            api_base,
+            login_base,
+        }
+    }
+
+    /// `api_base` / `login_base`: given, or `https://{host}.{region}`.
+    fn base(&mut self, path: &str, raw: Option<String>, host: &str, region: &str) -> Uri {
+        let fallback = || Uri::from_static("https://api.mypurecloud.com");
+        match self.parse(path, raw, parse_base_url) {
+            Ok(Some(uri)) => uri,
+            Err(Reported) => fallback(),
+            Ok(None) => match parse_base_url(&format!("https://{host}.{region}")) {
+                Ok(uri) => uri,
+                Err(message) => {
+                    self.error(path, message);
+                    fallback()
+                }
+            },
+        }
+    }
+
+    fn clients(&mut self, raw: Vec<file::Client>, default_rpm: NonZeroU32) -> Vec<ClientConfig> {
+        if raw.is_empty() {
+            self.error(
+                "clients",
+                "at least one client is required (the pool holds 1 to 50 OAuth clients)",
+            );
+        } else if raw.len() > MAX_CLIENTS {
+            self.error(
+                "clients",
+                format!(
+                    "{} clients given; the pool holds at most {MAX_CLIENTS}",
+                    raw.len()
+                ),
+            );
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut clients = Vec::with_capacity(raw.len());
+        for (i, c) in raw.into_iter().enumerate() {
+            let p = format!("clients[{i}]");
+            let name_path = format!("{p}.name");
+            let name = self.required(&name_path, c.name, parse_client_name);
+            if let Some(name) = &name {
+                if let Some(first) = names.get(name) {
+                    self.error(
+                        &name_path,
+                        format!("duplicate client name {name:?} (also clients[{first}].name)"),
+                    );
+                } else {
+                    names.insert(name.clone(), i);
+                }
+            }
+            let id_path = format!("{p}.client_id");
+            let client_id = self.required(&id_path, c.client_id, non_empty);
+            if let Some(id) = &client_id {
+                if let Some(first) = ids.get(id) {
+                    self.error(
+                        &id_path,
+                        format!("duplicate client_id (also clients[{first}].client_id)"),
+                    );
+                } else {
+                    ids.insert(id.clone(), i);
+                }
+            }
+            let secret = self.secret(&p, "client_secret", c.client_secret, c.client_secret_file);
+            let rpm = self.parse(
+                &format!("{p}.requests_per_minute"),
+                c.requests_per_minute,
+                parse_positive_u32,
+            );
+            clients.push(ClientConfig {
+                name: name.unwrap_or_default(),
+                client_id: client_id.unwrap_or_default(),
+                client_secret: secret.unwrap_or_else(|| Secret::new("")),
+                requests_per_minute: or_default(rpm, default_rpm),
+            });
+        }
+        clients
+    }
+
+    /// A secret given inline (`{key}`) or read from a file (`{key}_file`); exactly one is
+    /// required. Error messages never contain the value.
+    fn secret(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<String>,
+        file: Option<String>,
+    ) -> Option<Secret> {
+        let value_path = format!("{parent}.{key}");
+        let file_path = format!("{parent}.{key}_file");
+        match (value, file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    &value_path,
+                    format!("give either {key} or {key}_file, not both"),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(&value_path, format!("is required (or {key}_file)"));
+                None
+            }
+            (Some(raw), None) => match self.text(&value_path, Some(raw)) {
+                Ok(Some(v)) if !v.is_empty() => Some(Secret::new(v)),
+                Ok(_) => {
+                    self.error(&value_path, "is empty");
+                    None
+                }
+                Err(Reported) => None,
+            },
+            (None, Some(raw)) => self.secret_file(&file_path, raw).map(Secret::new),
+        }
+    }
+
+    /// Reads the secret named by a `*_file` key.
+    fn secret_file(&mut self, path: &str, raw: String) -> Option<String> {
+        let file = match self.text(path, Some(raw)) {
+            Ok(Some(v)) if !v.is_empty() => resolve_path(self.base_dir, &v),
+            Ok(_) => {
+                self.error(path, "is empty");
+                return None;
+            }
+            Err(Reported) => return None,
+        };
+        match read_secret_file(&file) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.error(path, message);
+                None
+            }
+        }
+    }
+
+    fn budgets(&mut self, b: file::Budgets) -> BudgetsConfig {
+        let token = self.parse(
+            "budgets.token_per_minute",
+            b.token_per_minute,
+            parse_positive_u32,
+        );
+        let org = self.parse(
+            "budgets.org_per_minute",
+            b.org_per_minute,
+            parse_positive_u32,
+        );
+        let window = self.positive_duration("budgets.window", b.window, DEFAULT_WINDOW);
+        if window > MAX_WINDOW {
+            self.error(
+                "budgets.window",
+                format!(
+                    "{} is longer than the maximum of 1h",
+                    format_duration(window)
+                ),
+            );
+        }
+        let guard = self.parse("budgets.guard", b.guard, parse_duration);
+        let guard_ok = guard.is_ok();
+        let guard = or_default(guard, DEFAULT_GUARD);
+        if guard_ok && guard >= window {
+            self.error(
+                "budgets.guard",
+                format!(
+                    "{} must be shorter than budgets.window ({})",
+                    format_duration(guard),
+                    format_duration(window)
+                ),
+            );
+        }
+
+        let mut endpoints = Vec::new();
+        let mut seen: HashMap<(Method, String), usize> = HashMap::new();
+        for (i, e) in b.endpoints.unwrap_or_default().into_iter().enumerate() {
+            let p = format!("budgets.endpoints[{i}]");
+            let route_path = format!("{p}.route");
+            let route = self.required(&route_path, e.route, parse_route);
+            if let Some(r) = &route {
+                let key = (r.method.clone(), template_shape(&r.path));
+                if let Some(first) = seen.get(&key) {
+                    self.error(
+                        &route_path,
+                        format!(
+                            "duplicate route {} {} (also budgets.endpoints[{first}].route)",
+                            r.method, r.path
+                        ),
+                    );
+                } else {
+                    seen.insert(key, i);
+                }
+            }
+            let per_minute =
+                self.required(&format!("{p}.per_minute"), e.per_minute, parse_positive_u32);
+            let scope = self.parse(&format!("{p}.scope"), e.scope, parse_scope);
+            if let (Some(route), Some(per_minute)) = (route, per_minute) {
+                endpoints.push(EndpointBudget {
+                    method: route.method,
+                    path: route.path,
+                    per_minute,
+                    scope: or_default(scope, BudgetScope::Org),
+                });
+            }
+        }
+
+        let q = b.queue.unwrap_or_default();
+        let max_wait = self.parse("budgets.queue.max_wait", q.max_wait, parse_duration);
+        let max_pending = self.parse(
+            "budgets.queue.max_pending",
+            q.max_pending,
+            parse_positive_usize,
+        );
+        BudgetsConfig {
+            token_per_minute: or_default(token, DEFAULT_TOKEN_PER_MINUTE),
+            org_per_minute: or_default(org, DEFAULT_ORG_PER_MINUTE),
+            window,
+            guard,
+            endpoints,
+            queue: QueueConfig {
+                max_wait: or_default(max_wait, DEFAULT_MAX_WAIT),
+                max_pending: or_default(max_pending, DEFAULT_MAX_PENDING),
+            },
+        }
+    }
+
+    /// `listen` is `server.listen` when it was valid.
+    fn inbound(&mut self, i: file::Inbound, listen: Option<SocketAddr>) -> InboundConfig {
+        let raw_keys = i.api_keys.unwrap_or_default();
+        let key_count = raw_keys.len();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut api_keys = Vec::new();
+        for (n, k) in raw_keys.into_iter().enumerate() {
+            let p = format!("inbound.api_keys[{n}]");
+            let name_path = format!("{p}.name");
+            let name = self.required(&name_path, k.name, non_empty);
+            if let Some(name) = &name {
+                if let Some(first) = names.get(name) {
+                    self.error(
+                        &name_path,
+                        format!(
+                            "duplicate api key name {name:?} (also inbound.api_keys[{first}].name)"
+                        ),
+                    );
+                } else {
+                    names.insert(name.clone(), n);
+                }
+            }
+            let sha256 = self.api_key_digest(&p, k.key_sha256, k.key, k.key_file);
+            if let (Some(name), Some(sha256)) = (name, sha256) {
+                api_keys.push(ApiKey { name, sha256 });
+            }
+        }
+
+        let anonymous = self.parse("inbound.allow_anonymous", i.allow_anonymous, parse_bool);
+        match (anonymous, listen) {
+            (Ok(Some(true)), Some(listen)) if !listen.ip().is_loopback() => self.error(
+                "inbound.allow_anonymous",
+                format!(
+                    "anonymous callers are allowed only when server.listen is a loopback address \
+                     (127.0.0.0/8 or ::1), and {listen} is not: anyone who reaches it could spend \
+                     the pool's quota; add inbound.api_keys instead"
+                ),
+            ),
+            (Ok(None | Some(false)), _) if key_count == 0 => self.error(
+                "inbound",
+                "no caller could be authenticated: add inbound.api_keys or allow_anonymous on a \
+                 loopback listener",
+            ),
+            _ => {}
+        }
+
+        let mut allow_routes = Vec::new();
+        for (n, raw) in i.allow_routes.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("inbound.allow_routes[{n}]");
+            if let Some(route) = self.required(&path, Some(raw), parse_route) {
+                allow_routes.push(route);
+            }
+        }
+
+        InboundConfig {
+            api_keys,
+            allow_anonymous: or_default(anonymous, false),
+            allow_routes,
+        }
+    }
+
+    /// Exactly one of `key_sha256`, `key` (hashed here) or `key_file` (read, then hashed).
+    fn api_key_digest(
+        &mut self,
+        parent: &str,
+        key_sha256: Option<String>,
+        key: Option<String>,
+        key_file: Option<String>,
+    ) -> Option<[u8; 32]> {
+        let given = [key_sha256.is_some(), key.is_some(), key_file.is_some()];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                self.error(
+                    format!("{parent}.key_sha256"),
+                    "is required (or key, or key_file)",
+                );
+                return None;
+            }
+            1 => {}
+            _ => {
+                self.error(parent, "give exactly one of key_sha256, key or key_file");
+                return None;
+            }
+        }
+        if let Some(raw) = key_sha256 {
+            let path = format!("{parent}.key_sha256");
+            return self.required(&path, Some(raw), parse_sha256_hex);
+        }
+        if let Some(raw) = key {
+            let path = format!("{parent}.key");
+            return match self.text(&path, Some(raw)) {
+                Ok(Some(v)) if !v.is_empty() => Some(Sha256::digest(v.as_bytes()).into()),
+                Ok(_) => {
+                    self.error(&path, "is empty");
+                    None
+                }
+                Err(Reported) => None,
+            };
+        }
+        let raw = key_file?;
+        let value = self.secret_file(&format!("{parent}.key_file"), raw)?;
+        Some(Sha256::digest(value.as_bytes()).into())
+    }
+
+    fn shared_state(&mut self, s: file::SharedState) -> SharedStateConfig {
+        let from_file = s.redis_url_file.is_some();
+        let url = self.secret("shared_state", "redis_url", s.redis_url, s.redis_url_file);
+        if let Some(url) = &url {
+            let path = if from_file {
+                "shared_state.redis_url_file"
+            } else {
+                "shared_state.redis_url"
+            };
+            if let Err(message) = check_redis_url(url.expose()) {
+                self.error(path, message);
+            }
+        }
+        let prefix = self.parse("shared_state.key_prefix", s.key_prefix, parse_key_prefix);
+        let replicas = self.parse(
+            "shared_state.replicas_hint",
+            s.replicas_hint,
+            parse_positive_u32,
+        );
+        SharedStateConfig {
+            redis_url: url.unwrap_or_else(|| Secret::new("")),
+            key_prefix: or_default(prefix, DEFAULT_KEY_PREFIX.to_owned()),
+            replicas_hint: or_default(replicas, DEFAULT_REPLICAS_HINT),
+        }
+    }
+
+    // --- helpers ---
+
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    /// The value with `${VAR}` expanded; `Ok(None)` when the key is absent.
+    fn text(&mut self, path: &str, raw: Option<String>) -> Field<String> {
+        let Some(raw) = raw else { return Ok(None) };
+        match expand(&raw, self.env) {
+            Ok(value) => Ok(Some(value)),
+            Err(message) => {
+                self.error(path, message);
+                Err(Reported)
+            }
+        }
+    }
+
+    /// The value expanded and parsed; `Ok(None)` when the key is absent.
+    fn parse<T>(
+        &mut self,
+        path: &str,
+        raw: Option<String>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Field<T> {
+        let Some(text) = self.text(path, raw)? else {
+            return Ok(None);
+        };
+        match parse(&text) {
+            Ok(value) => Ok(Some(value)),
+            Err(message) => {
+                self.error(path, message);
+                Err(Reported)
+            }
+        }
+    }
+
+    /// Like [`Validator::parse`] for a key that must be present.
+    fn required<T>(
+        &mut self,
+        path: &str,
+        raw: Option<String>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match self.parse(path, raw, parse) {
+            Ok(Some(value)) => Some(value),
+            Ok(None) => {
+                self.error(path, "is required");
+                None
+            }
+            Err(Reported) => None,
+        }
+    }
+
+    /// A duration greater than zero, or `default` when absent.
+    fn positive_duration(
+        &mut self,
+        path: &str,
+        raw: Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match self.parse(path, raw, parse_duration) {
+            Ok(Some(d)) if d.is_zero() => {
+                self.error(path, "must be greater than 0");
+                default
+            }
+            other => or_default(other, default),
+        }
+    }
+}
+
+/// The value, or `default` when absent or invalid (an invalid value's error is recorded).
+fn or_default<T>(field: Field<T>, default: T) -> T {
+    match field {
+        Ok(Some(value)) => value,
+        Ok(None) | Err(Reported) => default,
+    }
+}
+
+/// True when two listeners would fight over one port. Port 0 picks a free port, so never.
+fn collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+// === value parsers: each returns a lower-case message naming what is wrong ===
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not an address such as 127.0.0.1:8080 or [::1]:8080 (IP and port; host \
+             names are not resolved)"
+        )
+    })
+}
+
+fn parse_whole(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{s:?} is negative; expected a whole number greater than 0"
+        ));
+    }
+    t.parse::<u64>()
+        .map_err(|_| format!("expected a whole number greater than 0, found {s:?}"))
+}
+
+fn parse_positive_u64(s: &str) -> Result<u64, String> {
+    match parse_whole(s)? {
+        0 => Err("must be greater than 0".into()),
+        n => Ok(n),
+    }
+}
+
+fn parse_positive_u32(s: &str) -> Result<NonZeroU32, String> {
+    let n = parse_positive_u64(s)?;
+    u32::try_from(n)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| format!("{n} is too large (at most {})", u32::MAX))
+}
+
+fn parse_positive_usize(s: &str) -> Result<usize, String> {
+    let n = parse_positive_u64(s)?;
+    usize::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("expected true or false, found {s:?}")),
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// `[a-z0-9][a-z0-9._-]*`, at most 64 characters: safe as a metric label and in logs.
+fn parse_client_name(s: &str) -> Result<String, String> {
+    let valid_first = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid_rest = s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else if s.len() > MAX_CLIENT_NAME {
+        Err(format!("is longer than {MAX_CLIENT_NAME} characters"))
+    } else if !valid_first || !valid_rest {
+        Err(format!(
+            "{s:?} is not a valid name: use lower-case letters, digits, `.`, `_` and `-`, \
+             starting with a letter or digit (e.g. pool-01)"
+        ))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// A plain domain such as `mypurecloud.com` or `euw2.pure.cloud`.
+fn parse_region(s: &str) -> Result<String, String> {
+    let hint = "expected a Genesys Cloud region domain such as mypurecloud.com or euw2.pure.cloud";
+    if s.contains("://") || s.contains('/') {
+        return Err(format!(
+            "{s:?} is not a plain domain (no scheme, no path); {hint}"
+        ));
+    }
+    let labels_ok = s.split('.').all(|label| {
+        !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    });
+    if !labels_ok || !s.contains('.') {
+        return Err(format!("{s:?} is not a domain; {hint}"));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// An `http`/`https` URL with a host and no path, query or credentials; stored without a path.
+fn parse_base_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a URL such as https://api.mypurecloud.com"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => "http",
+        Some("https") => "https",
+        Some(other) => return Err(format!("{s:?} has scheme {other:?}; use http or https")),
+        None => {
+            return Err(format!(
+                "{s:?} has no scheme; write e.g. https://api.mypurecloud.com"
+            ));
+        }
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{s:?} has no host"));
+    };
+    if authority.host().is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!("{s:?} must not contain credentials"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{s:?} must not have a path or query: gcpool appends /api/v2/... itself"
+        ));
+    }
+    format!("{scheme}://{authority}")
+        .parse()
+        .map_err(|_| format!("{s:?} is not a URL such as https://api.mypurecloud.com"))
+}
+
+/// `"METHOD /api/v2/..."`: literal segments and whole-segment `{param}`s.
+fn parse_route(s: &str) -> Result<RouteRule, String> {
+    let example = "e.g. \"GET /api/v2/users/{userId}\"";
+    let mut parts = s.split_whitespace();
+    let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "route {s:?} is not \"METHOD /api/v2/...\"; {example}"
+        ));
+    };
+    let Some(method) = ROUTE_METHODS.iter().find(|m| m.as_str() == method) else {
+        return Err(format!(
+            "method {method:?} is not one of GET, POST, PUT, PATCH, DELETE, HEAD"
+        ));
+    };
+    let Some(rest) = path.strip_prefix("/api/v2/") else {
+        return Err(format!(
+            "path {path:?} does not start with /api/v2/; {example}"
+        ));
+    };
+    let mut params: Vec<&str> = Vec::new();
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            return Err(format!(
+                "path {path:?} has an empty segment (a double or trailing slash)"
+            ));
+        }
+        if let Some(inner) = segment.strip_prefix('{') {
+            let Some(name) = inner.strip_suffix('}') else {
+                return Err(format!(
+                    "segment {segment:?} of {path:?} must be a whole {{param}} or a literal"
+                ));
+            };
+            let name_ok =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !name_ok {
+                return Err(format!(
+                    "parameter {segment:?} of {path:?} must be a name of letters, digits and `_`"
+                ));
+            }
+            if params.contains(&name) {
+                return Err(format!("parameter {segment:?} appears twice in {path:?}"));
+            }
+            params.push(name);
+        } else if !segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '~' | ':'))
+        {
+            return Err(format!(
+                "segment {segment:?} of {path:?} must be a whole {{param}} or a literal of \
+                 letters, digits, `.`, `_` and `-`"
+            ));
+        }
+    }
+    Ok(RouteRule {
+        method: method.clone(),
+        path: path.to_owned(),
+    })
+}
+
+/// The path with every parameter name erased: `{userId}` and `{id}` are the same route.
+fn template_shape(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn parse_scope(s: &str) -> Result<BudgetScope, String> {
+    match s.trim() {
+        "org" => Ok(BudgetScope::Org),
+        "token" => Ok(BudgetScope::Token),
+        _ => Err(format!("scope {s:?} is not org or token")),
+    }
+}
+
+/// 64 hex characters. The message does not echo the value.
+fn parse_sha256_hex(s: &str) -> Result<[u8; 32], String> {
+    let s = s.trim();
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return Err(format!(
+            "must be 64 hex characters (the sha256 of the key, e.g. from `sha256sum`), found {} characters",
+            s.chars().count()
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hex = std::str::from_utf8(pair).map_err(|_| "must be 64 hex characters".to_owned())?;
+        *byte = u8::from_str_radix(hex, 16).map_err(|_| "must be 64 hex characters".to_owned())?;
+    }
+    Ok(out)
+}
+
+/// `redis://` or `rediss://` with a host. The message does not echo the URL (it may hold a
+/// password).
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        return Err("must start with redis:// or rediss://".into());
+    };
+    let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = after_userinfo
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    if host.is_empty() {
+        return Err("has no host (expected e.g. redis://redis:6379/0)".into());
+    }
+    Ok(())
+}
+
+fn parse_key_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else if s.chars().any(char::is_whitespace) {
+        Err(format!("{s:?} must not contain whitespace"))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// `scheme://authority`, without the `/` that `Uri`'s `Display` adds.
+fn base_url(uri: &Uri) -> String {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+        _ => uri.to_string(),
+    }
+}
+
+/// The Redis URL with any user info (password) and query replaced, so it can be printed.
+fn redact_redis_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return REDACTED.into();
+    };
+    // The last `@` ends the user info; a password may itself contain `/`, `?` or `#`.
+    let rest = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_owned(),
+    };
+    match rest.find(['?', '#']) {
+        Some(i) => format!("{scheme}://{}?{REDACTED}", &rest[..i]),
+        None => format!("{scheme}://{rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const CLIENT: &str =
+        "clients:\n  - name: pool-01\n    client_id: id-01\n    client_secret: s3cret-01\n";
+    const ANON: &str = "inbound:\n  allow_anonymous: true\n";
+
+    fn no_env() -> HashMap<String, String> {
+        HashMap::new()
+    }
+
+    fn ok_in(text: &str, dir: &Path, env: &HashMap<String, String>) -> Config {
+        match from_yaml(text, dir, env) {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid config, got:\n{e}"),
+        }
+    }
+
+    fn ok(text: &str) -> Config {
+        ok_in(text, Path::new("."), &no_env())
+    }
+
+    fn errors_in(text: &str, dir: &Path, env: &HashMap<String, String>) -> Vec<ConfigError> {
+        match from_yaml(text, dir, env) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e.0,
+        }
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        errors_in(text, Path::new("."), &no_env())
+    }
+
+    /// The one error at `path`; fails when there is none or more than one.
+    fn error_at<'a>(errs: &'a [ConfigError], path: &str) -> &'a str {
+        let found: Vec<_> = errs.iter().filter(|e| e.path == path).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one error at {path}, got: {errs:#?}"
+        );
+        &found[0].message
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let c = ok(&format!("{CLIENT}{ANON}"));
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.admin_listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.server.max_body_bytes, 512_000);
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.genesys.region, "mypurecloud.com");
+        assert_eq!(base_url(&c.genesys.api_base), "https://api.mypurecloud.com");
+        assert_eq!(
+            base_url(&c.genesys.login_base),
+            "https://login.mypurecloud.com"
+        );
+        assert_eq!(c.clients.len(), 1);
+        assert_eq!(c.clients[0].name, "pool-01");
+        assert_eq!(c.clients[0].client_id, "id-01");
+        assert_eq!(c.clients[0].client_secret.expose(), "s3cret-01");
+        assert_eq!(c.clients[0].requests_per_minute.get(), 300);
+        assert_eq!(c.budgets.token_per_minute.get(), 300);
+        assert_eq!(c.budgets.org_per_minute.get(), 3000);
+        assert_eq!(c.budgets.window, Duration::from_secs(60));
+        assert_eq!(c.budgets.guard, Duration::from_millis(5));
+        assert!(c.budgets.endpoints.is_empty());
+        assert_eq!(c.budgets.queue.max_wait, Duration::from_secs(10));
+        assert_eq!(c.budgets.queue.max_pending, 10_000);
+        assert!(c.inbound.allow_anonymous);
+        assert!(c.inbound.api_keys.is_empty() && c.inbound.allow_routes.is_empty());
+        assert!(c.shared_state.is_none());
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key_path() {
+        let text = "\
+server:
+  listen: nowhere
+  request_timeout: 0s
+clients:
+  - name: Pool_01
+    client_id: a
+    client_secret: ''
+  - name: pool-02
+    client_id: a
+    client_secret: x
+budgets:
+  window: 2h
+  endpoints:
+    - route: GET /users
+      per_minute: 0
+";
+        let errs = errors(text);
+        assert!(error_at(&errs, "server.listen").contains("\"nowhere\" is not an address"));
+        assert!(error_at(&errs, "server.request_timeout").contains("greater than 0"));
+        assert!(error_at(&errs, "clients[0].name").contains("not a valid name"));
+        assert!(error_at(&errs, "clients[0].client_secret").contains("empty"));
+        assert!(error_at(&errs, "clients[1].client_id").contains("duplicate client_id"));
+        assert!(error_at(&errs, "budgets.window").contains("1h"));
+        assert!(error_at(&errs, "budgets.endpoints[0].route").contains("/api/v2/"));
+        assert!(error_at(&errs, "budgets.endpoints[0].per_minute").contains("greater than 0"));
+        assert!(error_at(&errs, "inbound").contains("no caller could be authenticated"));
+        assert_eq!(errs.len(), 9, "{errs:#?}");
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_the_key_path() {
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret: ${{GC_CLIENT_04_SECRET}}\n"
+        );
+        let errs = errors(&text);
+        let msg = error_at(&errs, "clients[0].client_secret");
+        assert!(msg.contains("GC_CLIENT_04_SECRET is not set"), "{msg}");
+        assert_eq!(errs.len(), 1, "no second 'is empty' error: {errs:#?}");
+    }
+
+    #[test]
+    fn variables_expand_in_every_value_but_not_in_keys() {
+        let env: HashMap<String, String> = [
+            ("ID", "id-from-env"),
+            ("SECRET", "secret-from-env"),
+            ("RPM", "120"),
+            ("ANON", "true"),
+            ("PORT", "18080"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let text = "\
+server:
+  listen: 127.0.0.1:${PORT}
+clients:
+  - name: pool-01
+    client_id: ${ID}
+    client_secret: ${SECRET}
+    requests_per_minute: ${RPM}
+inbound:
+  allow_anonymous: ${ANON}
+";
+        let c = ok_in(text, Path::new("."), &env);
+        assert_eq!(c.server.listen.port(), 18080);
+        assert_eq!(c.clients[0].client_id, "id-from-env");
+        assert_eq!(c.clients[0].client_secret.expose(), "secret-from-env");
+        assert_eq!(c.clients[0].requests_per_minute.get(), 120);
+        assert!(c.inbound.allow_anonymous);
+
+        let errs = errors_in(
+            &format!("{CLIENT}{ANON}${{KEY}}: 1\n"),
+            Path::new("."),
+            &env,
+        );
+        assert!(errs[0].message.contains("unknown key"), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_variable_cannot_inject_yaml() {
+        let env: HashMap<String, String> = [("ID", "x\nserver:\n  listen: 0.0.0.0:1".to_owned())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let text =
+            format!("{ANON}clients:\n  - name: a\n    client_id: ${{ID}}\n    client_secret: s\n");
+        let c = ok_in(&text, Path::new("."), &env);
+        assert_eq!(c.clients[0].client_id, "x\nserver:\n  listen: 0.0.0.0:1");
+        assert_eq!(c.server.listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn secrets_come_from_exactly_one_of_value_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::write(dir.path().join("secrets/gc01"), "from-file\n").unwrap();
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret_file: secrets/gc01\n"
+        );
+        let c = ok_in(&text, dir.path(), &no_env());
+        assert_eq!(c.clients[0].client_secret.expose(), "from-file");
+
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret: y\n    client_secret_file: secrets/gc01\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        assert!(error_at(&errs, "clients[0].client_secret").contains("not both"));
+
+        let errs = errors(&format!("{ANON}clients:\n  - name: a\n    client_id: x\n"));
+        assert!(error_at(&errs, "clients[0].client_secret").contains("is required"));
+    }
+
+    #[test]
+    fn missing_secret_file_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{ANON}clients:\n  - name: a\n    client_id: x\n    client_secret_file: gone/gc01\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        let msg = error_at(&errs, "clients[0].client_secret_file");
+        assert!(
+            msg.contains("gone/gc01") && msg.contains("does not exist"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn client_rules() {
+        let errs = errors(&format!("{ANON}clients: []\n"));
+        assert!(error_at(&errs, "clients").contains("at least one client"));
+
+        let many: String = (0..51)
+            .map(|i| format!("  - {{name: c{i}, client_id: id{i}, client_secret: s}}\n"))
+            .collect();
+        let errs = errors(&format!("{ANON}clients:\n{many}"));
+        assert!(error_at(&errs, "clients").contains("at most 50"));
+
+        let fifty: String = (0..50)
+            .map(|i| format!("  - {{name: c{i}, client_id: id{i}, client_secret: s}}\n"))
+            .collect();
+        assert_eq!(ok(&format!("{ANON}clients:\n{fifty}")).clients.len(), 50);
+
+        let text = format!(
+            "{ANON}clients:\n  - {{name: a, client_id: x, client_secret: s}}\n  - {{name: a, client_id: y, client_secret: s}}\n  - {{name: '{}', client_id: z, client_secret: s}}\n  - {{name: '-a', client_id: w, client_secret: s}}\n",
+            "b".repeat(65)
+        );
+        let errs = errors(&text);
+        assert!(error_at(&errs, "clients[1].name").contains("duplicate client name \"a\""));
+        assert!(error_at(&errs, "clients[2].name").contains("longer than 64"));
+        assert!(error_at(&errs, "clients[3].name").contains("not a valid name"));
+        for name in ["pool-01", "0", "a.b_c-d"] {
+            assert!(parse_client_name(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn client_budget_defaults_to_token_budget_and_sum_over_org_cap_warns() {
+        let text = format!(
+            "{ANON}budgets:\n  token_per_minute: 100\n  org_per_minute: 150\nclients:\n  - {{name: a, client_id: x, client_secret: s}}\n  - {{name: b, client_id: y, client_secret: s, requests_per_minute: 60}}\n"
+        );
+        let c = ok(&text);
+        assert_eq!(c.clients[0].requests_per_minute.get(), 100);
+        assert_eq!(c.clients[1].requests_per_minute.get(), 60);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("160") && c.warnings[0].contains("the org cap binds"));
+    }
+
+    #[test]
+    fn budget_rules() {
+        let text = format!(
+            "{CLIENT}{ANON}budgets:
+  token_per_minute: 0
+  org_per_minute: many
+  window: 1s
+  guard: 1s
+  endpoints:
+    - {{route: 'PUT /api/v2/architect/ivrs/{{ivrId}}', per_minute: 100}}
+    - {{route: 'PUT /api/v2/architect/ivrs/{{id}}', per_minute: 50, scope: token}}
+    - {{route: 'FETCH /api/v2/users', per_minute: 1}}
+    - {{route: 'GET /api/v2/users', per_minute: 1, scope: user}}
+    - {{per_minute: 1}}
+  queue:
+    max_wait: soon
+    max_pending: 0
+"
+        );
+        let errs = errors(&text);
+        assert!(error_at(&errs, "budgets.token_per_minute").contains("greater than 0"));
+        assert!(error_at(&errs, "budgets.org_per_minute").contains("\"many\""));
+        assert!(error_at(&errs, "budgets.guard").contains("shorter than budgets.window"));
+        assert!(error_at(&errs, "budgets.endpoints[1].route").contains("duplicate route"));
+        assert!(error_at(&errs, "budgets.endpoints[2].route").contains("\"FETCH\""));
+        assert!(error_at(&errs, "budgets.endpoints[3].scope").contains("org or token"));
+        assert!(error_at(&errs, "budgets.endpoints[4].route").contains("is required"));
+        assert!(error_at(&errs, "budgets.queue.max_wait").contains("\"soon\""));
+        assert!(error_at(&errs, "budgets.queue.max_pending").contains("greater than 0"));
+        assert_eq!(errs.len(), 9, "{errs:#?}");
+
+        let c = ok(&format!(
+            "{CLIENT}{ANON}budgets:\n  window: 10s\n  guard: 0s\n  endpoints:\n    - {{route: 'PUT /api/v2/architect/ivrs/{{ivrId}}', per_minute: 100, scope: token}}\n    - {{route: 'GET /api/v2/architect/ivrs/{{ivrId}}', per_minute: 100}}\n  queue: {{max_wait: 0s}}\n"
+        ));
+        assert_eq!(c.budgets.window, Duration::from_secs(10));
+        assert_eq!(c.budgets.guard, Duration::ZERO);
+        assert_eq!(c.budgets.queue.max_wait, Duration::ZERO);
+        let e = &c.budgets.endpoints[0];
+        assert_eq!(
+            (e.method.clone(), e.path.as_str()),
+            (Method::PUT, "/api/v2/architect/ivrs/{ivrId}")
+        );
+        assert_eq!((e.per_minute.get(), e.scope), (100, BudgetScope::Token));
+        assert_eq!(c.budgets.endpoints[1].scope, BudgetScope::Org);
+    }
+
+    #[test]
+    fn route_format() {
+        for ok in [
+            "GET /api/v2/users/{userId}",
+            "POST /api/v2/analytics/conversations/details/query",
+            "HEAD /api/v2/a",
+            "DELETE  /api/v2/x/{a}/y/{b_2}",
+        ] {
+            assert!(parse_route(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "is not \"METHOD"),
+            ("GET", "is not \"METHOD"),
+            ("GET /api/v2/a extra", "is not \"METHOD"),
+            ("get /api/v2/a", "method \"get\""),
+            ("GET /api/v1/a", "does not start with /api/v2/"),
+            ("GET /api/v2/", "empty segment"),
+            ("GET /api/v2/a/", "empty segment"),
+            ("GET /api/v2/a//b", "empty segment"),
+            ("GET /api/v2/a{id}", "literal"),
+            ("GET /api/v2/{id}x", "whole {param}"),
+            ("GET /api/v2/{}", "must be a name"),
+            ("GET /api/v2/{a-b}", "must be a name"),
+            ("GET /api/v2/{a}/{a}", "twice"),
+            ("GET /api/v2/a?b=c", "literal"),
+        ] {
+            let err = parse_route(bad).map(|_| ()).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tls.crt"), "x").unwrap();
+        let text = format!(
+            "{CLIENT}{ANON}server:\n  listen: 127.0.0.1:80\n  admin_listen: 127.0.0.1:80\n  max_body_bytes: -1\n  idle_timeout: 5d\n  shutdown_grace: ''\n  tls:\n    cert_file: tls.crt\n    key_file: tls.key\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        assert!(error_at(&errs, "server.admin_listen").contains("never be on the public listener"));
+        assert!(error_at(&errs, "server.max_body_bytes").contains("negative"));
+        assert!(error_at(&errs, "server.idle_timeout").contains("unknown unit"));
+        assert!(error_at(&errs, "server.shutdown_grace").contains("empty"));
+        assert!(error_at(&errs, "server.tls.key_file").contains("tls.key does not exist"));
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+
+        assert!(collide(
+            "0.0.0.0:8080".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        ));
+        assert!(!collide(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        ));
+        assert!(!collide(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.2:1".parse().unwrap()
+        ));
+
+        let text = format!(
+            "{CLIENT}{ANON}server:\n  tls: {{cert_file: tls.crt, key_file: tls.crt}}\n  listen: '[::1]:0'\n  admin_listen: '[::1]:0'\n"
+        );
+        let c = ok_in(&text, dir.path(), &no_env());
+        assert_eq!(c.server.tls.unwrap().cert_file, dir.path().join("tls.crt"));
+
+        let errs = errors(&format!("{CLIENT}{ANON}server:\n  tls: {{}}\n"));
+        assert!(error_at(&errs, "server.tls.cert_file").contains("is required"));
+        assert!(error_at(&errs, "server.tls.key_file").contains("is required"));
+    }
+
+    #[test]
+    fn genesys_rules() {
+        let c = ok(&format!(
+            "{CLIENT}{ANON}genesys:\n  region: euw2.pure.cloud\n  login_base: http://127.0.0.1:9000/\n"
+        ));
+        assert_eq!(c.genesys.region, "euw2.pure.cloud");
+        assert_eq!(base_url(&c.genesys.api_base), "https://api.euw2.pure.cloud");
+        assert_eq!(base_url(&c.genesys.login_base), "http://127.0.0.1:9000");
+        assert_eq!(
+            c.genesys.login_base.authority().unwrap().as_str(),
+            "127.0.0.1:9000"
+        );
+
+        let errs = errors(&format!(
+            "{CLIENT}{ANON}genesys:\n  region: https://mypurecloud.com\n  api_base: ftp://x\n  login_base: http://h/oauth\n"
+        ));
+        assert!(error_at(&errs, "genesys.region").contains("plain domain"));
+        assert!(error_at(&errs, "genesys.api_base").contains("http or https"));
+        assert!(error_at(&errs, "genesys.login_base").contains("path"));
+        for bad in ["localhost", "a..b", "-a.com", "a_b.com", ""] {
+            assert!(parse_region(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "api.mypurecloud.com",
+            "http://",
+            "https://u:p@h",
+            "http://h?x=1",
+        ] {
+            assert!(parse_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn anonymous_needs_a_loopback_listener() {
+        for listen in ["127.0.0.1:8080", "127.9.9.9:8080", "'[::1]:8080'"] {
+            let text = format!("{CLIENT}{ANON}server:\n  listen: {listen}\n");
+            assert!(ok(&text).inbound.allow_anonymous, "{listen}");
+        }
+        for listen in ["0.0.0.0:8080", "10.0.0.1:8080", "'[::]:8080'"] {
+            let errs = errors(&format!("{CLIENT}{ANON}server:\n  listen: {listen}\n"));
+            let msg = error_at(&errs, "inbound.allow_anonymous");
+            assert!(
+                msg.contains("loopback") && msg.contains("api_keys"),
+                "{msg}"
+            );
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+        }
+        let errs = errors(&format!("{CLIENT}inbound:\n  allow_anonymous: false\n"));
+        assert!(error_at(&errs, "inbound").contains("no caller could be authenticated"));
+        let errs = errors(&format!("{CLIENT}inbound:\n  allow_anonymous: yes\n"));
+        assert!(error_at(&errs, "inbound.allow_anonymous").contains("true or false"));
+    }
+
+    #[test]
+    fn api_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), "file-key\n").unwrap();
+        let hex = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+        let text = format!(
+            "{CLIENT}server: {{listen: 0.0.0.0:8080}}\ninbound:\n  api_keys:\n    - {{name: a, key_sha256: {hex}}}\n    - {{name: b, key: test}}\n    - {{name: c, key_file: k}}\n  allow_routes: ['GET /api/v2/users/{{userId}}']\n"
+        );
+        let c = ok_in(&text, dir.path(), &no_env());
+        let keys = &c.inbound.api_keys;
+        assert_eq!(keys.len(), 3);
+        let test_digest: [u8; 32] = Sha256::digest(b"test").into();
+        assert_eq!(keys[0].sha256, test_digest, "hex is case-insensitive");
+        assert_eq!(keys[1].sha256, test_digest, "`key` is hashed at load");
+        assert_eq!(
+            keys[2].sha256,
+            <[u8; 32]>::from(Sha256::digest(b"file-key"))
+        );
+        assert_eq!(c.inbound.allow_routes[0].method, Method::GET);
+        assert_eq!(c.inbound.allow_routes[0].path, "/api/v2/users/{userId}");
+
+        let text = format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key_sha256: abc}}\n    - {{name: a, key: ''}}\n    - {{name: c, key: x, key_file: k}}\n    - {{name: d}}\n    - {{key: x}}\n  allow_routes: ['GET /users']\n"
+        );
+        let errs = errors_in(&text, dir.path(), &no_env());
+        assert!(error_at(&errs, "inbound.api_keys[0].key_sha256").contains("64 hex"));
+        assert!(error_at(&errs, "inbound.api_keys[1].name").contains("duplicate"));
+        assert!(error_at(&errs, "inbound.api_keys[1].key").contains("empty"));
+        assert!(error_at(&errs, "inbound.api_keys[2]").contains("exactly one"));
+        assert!(error_at(&errs, "inbound.api_keys[3].key_sha256").contains("is required"));
+        assert!(error_at(&errs, "inbound.api_keys[4].name").contains("is required"));
+        assert!(error_at(&errs, "inbound.allow_routes[0]").contains("/api/v2/"));
+        assert_eq!(errs.len(), 7, "{errs:#?}");
+    }
+
+    #[test]
+    fn shared_state_rules() {
+        let c = ok(&format!(
+            "{CLIENT}{ANON}shared_state:\n  redis_url: redis://:pw@redis:6379/0\n"
+        ));
+        let s = c.shared_state.unwrap();
+        assert_eq!(s.redis_url.expose(), "redis://:pw@redis:6379/0");
+        assert_eq!(s.key_prefix, "gcpool");
+        assert_eq!(s.replicas_hint.get(), 1);
+
+        let errs = errors(&format!(
+            "{CLIENT}{ANON}shared_state:\n  redis_url: http://:topsecret@redis\n  key_prefix: ''\n  replicas_hint: 0\n"
+        ));
+        let msg = error_at(&errs, "shared_state.redis_url");
+        assert!(
+            msg.contains("redis://") && !msg.contains("topsecret"),
+            "{msg}"
+        );
+        assert!(error_at(&errs, "shared_state.key_prefix").contains("empty"));
+        assert!(error_at(&errs, "shared_state.replicas_hint").contains("greater than 0"));
+
+        let errs = errors(&format!("{CLIENT}{ANON}shared_state: {{key_prefix: x}}\n"));
+        assert!(error_at(&errs, "shared_state.redis_url").contains("is required"));
+        assert!(check_redis_url("rediss://u:p@/0").is_err());
+    }
+
+    #[test]
+    fn redacted_yaml_shows_no_secret_and_reparses() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("redis"),
+            "rediss://user:redispw@redis:6380/2?password=qpw\n",
+        )
+        .unwrap();
+        let text = "clients:\n  - {name: a, client_id: id-a, client_secret: clientpw}\ninbound:\n  api_keys: [{name: k, key: apikeyvalue}]\nshared_state:\n  redis_url_file: redis\n  replicas_hint: 3\nbudgets:\n  endpoints: [{route: 'PUT /api/v2/architect/ivrs/{ivrId}', per_minute: 100}]\n  guard: 250ms\n";
+        let c = ok_in(text, dir.path(), &no_env());
+        let out = redacted_yaml(&c);
+        for secret in ["clientpw", "apikeyvalue", "redispw", "qpw", "user"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        let digest = format!("{:x}", Sha256::digest(b"apikeyvalue"));
+        assert!(!out.contains(&digest[..16]), "digest leaked:\n{out}");
+        assert!(out.contains("client_secret: <redacted>"), "{out}");
+        assert!(out.contains("key_sha256: <redacted>"), "{out}");
+        assert!(
+            out.contains("redis_url: rediss://***@redis:6380/2?<redacted>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("route: PUT /api/v2/architect/ivrs/{ivrId}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("guard: 250ms") && out.contains("request_timeout: 30s"),
+            "{out}"
+        );
+        assert!(
+            out.contains("replicas_hint: 3") && out.contains("client_id: id-a"),
+            "{out}"
+        );
+        file::parse(&out).expect("the printed config uses only known keys");
+    }
+
+    #[test]
+    fn redis_url_redaction() {
+        assert_eq!(
+            redact_redis_url("redis://redis:6379/0"),
+            "redis://redis:6379/0"
+        );
+        assert_eq!(
+            redact_redis_url("redis://:p/w?#@h:1/0"),
+            "redis://***@h:1/0"
+        );
+        assert_eq!(redact_redis_url("nonsense"), "<redacted>");
+    }
+
+    #[test]
+    fn load_reads_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "pw").unwrap();
+        let path = dir.path().join("gcpool.yaml");
+        std::fs::write(
+            &path,
+            format!("{ANON}clients:\n  - {{name: a, client_id: x, client_secret_file: secret}}\n"),
+        )
+        .unwrap();
+        let c = load(&path, &no_env()).unwrap();
+        assert_eq!(c.clients[0].client_secret.expose(), "pw");
+
+        let errs = load(&dir.path().join("missing.yaml"), &no_env())
+            .unwrap_err()
+            .0;
+        assert!(errs[0].message.contains("missing.yaml"), "{errs:#?}");
+    }
+
+    #[test]
+    fn errors_display_path_line_and_message() {
+        let errs = from_yaml("clients:\n  - nme: a\n", Path::new("."), &no_env()).unwrap_err();
+        let shown = errs.to_string();
+        assert!(
+            shown.starts_with("clients[0].nme (line 2): unknown key `nme`"),
+            "{shown}"
+        );
+    }
 }
