@@ -88,8 +88,27 @@ pub(super) fn from_yaml(
     if v.errors.is_empty() {
         Ok(config)
     } else {
+        // Report in the order of the file's sections (budgets are checked before clients).
+        v.errors.sort_by_key(|e| section_rank(&e.path));
         Err(ConfigErrors(v.errors))
     }
+}
+
+/// Position of an error's top-level section in the documented order of the file.
+fn section_rank(path: &str) -> usize {
+    const SECTIONS: [&str; 6] = [
+        "server",
+        "genesys",
+        "clients",
+        "budgets",
+        "inbound",
+        "shared_state",
+    ];
+    let top = path.split(['.', '[']).next().unwrap_or_default();
+    SECTIONS
+        .iter()
+        .position(|s| *s == top)
+        .unwrap_or(SECTIONS.len())
 }
 
 pub(super) fn redacted_yaml(config: &Config) -> String {
