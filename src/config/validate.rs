@@ -1615,4 +1615,22 @@ inbound:
             "{shown}"
         );
     }
+
+    /// Every truncation and every single-character deletion of a full config either loads
+    /// or reports errors: nothing panics.
+    #[test]
+    fn never_panics_on_damaged_input() {
+        let text = include_str!("../../tests/fixtures/config/valid.yaml");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+        let env: HashMap<String, String> =
+            [("GCPOOL_TEST_CLIENT_SECRET".to_owned(), "s".to_owned())].into();
+        assert!(from_yaml(text, &dir, &env).is_ok());
+        let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        for &i in &boundaries {
+            let _ = from_yaml(&text[..i], &dir, &env);
+            let next = text[i..].chars().next().map_or(0, char::len_utf8);
+            let damaged = format!("{}{}", &text[..i], &text[i + next..]);
+            let _ = from_yaml(&damaged, &dir, &env);
+        }
+    }
 }
