@@ -238,11 +238,16 @@ fn is_blank(text: &str) -> bool {
 /// Turns a serde_yaml error into a [`ConfigError`]: `path` from the error's key path (with
 /// the unknown key appended for unknown fields), `line` from its location.
 fn yaml_error(err: &serde_yaml::Error) -> ConfigError {
-    let line = err.location().map(|l| l.line());
+    let location = err.location();
+    let line = location.as_ref().map(serde_yaml::Location::line);
     let full = err.to_string();
-    // Display is "[path: ]message[ at line L column C]"; the location is reported separately.
-    let text = match full.rfind(" at line ") {
-        Some(i) if line.is_some() => &full[..i],
+    // Display is "[path: ]message[ at line L column C]"; that location is reported in `line`.
+    // Syntax errors end with the mark of their context instead, which is kept.
+    let suffix = location
+        .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+        .unwrap_or_default();
+    let text = match full.strip_suffix(&suffix) {
+        Some(text) if !suffix.is_empty() => text,
         _ => full.as_str(),
     };
     let (path, message) = split_path(text);

@@ -88,8 +88,27 @@ pub(super) fn from_yaml(
     if v.errors.is_empty() {
         Ok(config)
     } else {
+        // Report in the order of the file's sections (budgets are checked before clients).
+        v.errors.sort_by_key(|e| section_rank(&e.path));
         Err(ConfigErrors(v.errors))
     }
+}
+
+/// Position of an error's top-level section in the documented order of the file.
+fn section_rank(path: &str) -> usize {
+    const SECTIONS: [&str; 6] = [
+        "server",
+        "genesys",
+        "clients",
+        "budgets",
+        "inbound",
+        "shared_state",
+    ];
+    let top = path.split(['.', '[']).next().unwrap_or_default();
+    SECTIONS
+        .iter()
+        .position(|s| *s == top)
+        .unwrap_or(SECTIONS.len())
 }
 
 pub(super) fn redacted_yaml(config: &Config) -> String {
@@ -1595,5 +1614,23 @@ inbound:
             shown.starts_with("clients[0].nme (line 2): unknown key `nme`"),
             "{shown}"
         );
+    }
+
+    /// Every truncation and every single-character deletion of a full config either loads
+    /// or reports errors: nothing panics.
+    #[test]
+    fn never_panics_on_damaged_input() {
+        let text = include_str!("../../tests/fixtures/config/valid.yaml");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+        let env: HashMap<String, String> =
+            [("GCPOOL_TEST_CLIENT_SECRET".to_owned(), "s".to_owned())].into();
+        assert!(from_yaml(text, &dir, &env).is_ok());
+        let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        for &i in &boundaries {
+            let _ = from_yaml(&text[..i], &dir, &env);
+            let next = text[i..].chars().next().map_or(0, char::len_utf8);
+            let damaged = format!("{}{}", &text[..i], &text[i + next..]);
+            let _ = from_yaml(&damaged, &dir, &env);
+        }
     }
 }
