@@ -19,7 +19,12 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
     // A request that takes 1.5 s upstream is in flight when SIGTERM arrives.
     let slow = tokio::spawn(async move {
         HttpClient::new()
-            .request(Method::GET, &format!("http://{api}/api/v2/users"), &[("x-sim-delay-ms", "1500")], "")
+            .request(
+                Method::GET,
+                &format!("http://{api}/api/v2/users"),
+                &[("x-sim-delay-ms", "1500")],
+                "",
+            )
             .await
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -27,10 +32,22 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let refused = tokio::net::TcpStream::connect(api).await;
-    assert!(refused.is_err(), "new connections are refused once shutdown started");
+    assert!(
+        refused.is_err(),
+        "new connections are refused once shutdown started"
+    );
 
     let answer = slow.await.unwrap();
-    assert_eq!(answer.status, StatusCode::OK, "the in-flight request completes: {}", answer.text());
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "the in-flight request completes: {}",
+        answer.text()
+    );
     let exit = process.wait_exit(Duration::from_secs(10)).await;
-    assert!(exit.success(), "gcpool exits 0 after draining: {exit:?}\n{}", process.stderr());
+    assert!(
+        exit.success(),
+        "gcpool exits 0 after draining: {exit:?}\n{}",
+        process.stderr()
+    );
 }

@@ -43,9 +43,16 @@ async fn short_lived_tokens_never_surface_as_401() {
     }
     let stats = sim.stats();
     assert!(total > 400, "steady traffic for 10 s ({total} requests)");
-    assert_eq!(stats.rejected_401, 0, "no expired token was ever sent upstream");
+    assert_eq!(
+        stats.rejected_401, 0,
+        "no expired token was ever sent upstream"
+    );
     // 3 initial grants + ≥ 4 refreshes each over 10 s of 2 s tokens.
-    assert!(stats.token_grants >= 3 * 5, "tokens were really refreshed: {} grants", stats.token_grants);
+    assert!(
+        stats.token_grants >= 3 * 5,
+        "tokens were really refreshed: {} grants",
+        stats.token_grants
+    );
 }
 
 /// A token revoked upstream (401) is re-minted and the request retried once, unseen by
@@ -61,10 +68,19 @@ async fn upstream_401_refreshes_the_token_and_retries_once() {
 
     sim.revoke_tokens();
     let answer = client.get(&url).await;
-    assert_eq!(answer.status, StatusCode::OK, "the caller never sees the 401: {}", answer.text());
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "the caller never sees the 401: {}",
+        answer.text()
+    );
     let stats = sim.stats();
     assert_eq!(stats.rejected_401, 1, "one 401 upstream, then the retry");
-    assert_eq!(stats.token_grants, grants_before + 1, "exactly one new grant");
+    assert_eq!(
+        stats.token_grants,
+        grants_before + 1,
+        "exactly one new grant"
+    );
 }
 
 /// One of three clients has a wrong secret: gcpool gets ready, serves through the other
@@ -85,36 +101,80 @@ async fn wrong_secret_client_is_left_out_and_nothing_secret_is_printed() {
     let client = HttpClient::new();
     let mut tokens_seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let answer = client.get(&format!("http://{}/api/v2/users?pageSize=1", process.api)).await;
+        let answer = client
+            .get(&format!("http://{}/api/v2/users?pageSize=1", process.api))
+            .await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-        assert_ne!(answer.header("x-gcpool-client"), "pool-02", "the failed client is never used");
+        assert_ne!(
+            answer.header("x-gcpool-client"),
+            "pool-02",
+            "the failed client is never used"
+        );
         for header in answer.json()["headers"].as_array().unwrap() {
-            if header[0].as_str().unwrap().eq_ignore_ascii_case("authorization") {
-                let token = header[1].as_str().unwrap().trim_start_matches("Bearer ").to_owned();
+            if header[0]
+                .as_str()
+                .unwrap()
+                .eq_ignore_ascii_case("authorization")
+            {
+                let token = header[1]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("Bearer ")
+                    .to_owned();
                 tokens_seen.insert(token);
             }
         }
     }
     assert_eq!(tokens_seen.len(), 2, "two healthy clients, two tokens");
 
-    let status = client.get(&format!("http://{}/status", process.admin)).await;
+    let status = client
+        .get(&format!("http://{}/status", process.admin))
+        .await;
     let status_json = status.json();
-    let bad = status_json["clients"].as_array().unwrap().iter().find(|c| c["name"] == "pool-02").unwrap();
+    let bad = status_json["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "pool-02")
+        .unwrap();
     assert_eq!(bad["state"], "failed", "{status_json}");
     assert_eq!(bad["healthy"], false);
-    let metrics = client.get(&format!("http://{}/metrics", process.admin)).await.text();
-    assert!(metrics.contains(r#"gcpool_client_healthy{client="pool-02"} 0"#), "{metrics}");
-    assert!(metrics.contains(r#"gcpool_token_refresh_total{client="pool-02",result="error"}"#), "{metrics}");
+    let metrics = client
+        .get(&format!("http://{}/metrics", process.admin))
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"gcpool_client_healthy{client="pool-02"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gcpool_token_refresh_total{client="pool-02",result="error"}"#),
+        "{metrics}"
+    );
 
     process.terminate();
     process.wait_exit(Duration::from_secs(15)).await;
     let logs = process.stderr();
-    assert!(logs.contains("pool-02"), "the failure is logged by client name:\n{logs}");
-    let mut secrets: Vec<String> = vec![wrong_secret.into(), "sim-secret-01".into(), "sim-secret-03".into()];
+    assert!(
+        logs.contains("pool-02"),
+        "the failure is logged by client name:\n{logs}"
+    );
+    let mut secrets: Vec<String> = vec![
+        wrong_secret.into(),
+        "sim-secret-01".into(),
+        "sim-secret-03".into(),
+    ];
     secrets.extend(tokens_seen);
     for secret in &secrets {
-        for (place, text) in [("logs", &logs), ("/status", &status.text()), ("/metrics", &metrics)] {
-            assert!(!text.contains(secret.as_str()), "a secret or token appears in {place}");
+        for (place, text) in [
+            ("logs", &logs),
+            ("/status", &status.text()),
+            ("/metrics", &metrics),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret or token appears in {place}"
+            );
         }
     }
 }

@@ -40,7 +40,13 @@ pub const THREE_CLIENTS: [TestClient<'static>; 3] = [
 
 /// Config YAML for a proxy in front of the simulator at `sim_url`, with `extra` appended
 /// at the top level (e.g. a `budgets:` block).
-pub fn config_yaml(sim_url: &str, listen: &str, admin: &str, clients: &[TestClient<'_>], extra: &str) -> String {
+pub fn config_yaml(
+    sim_url: &str,
+    listen: &str,
+    admin: &str,
+    clients: &[TestClient<'_>],
+    extra: &str,
+) -> String {
     let mut yaml = format!(
         "server:\n  listen: \"{listen}\"\n  admin_listen: \"{admin}\"\n  shutdown_grace: 10s\n\
          genesys:\n  api_base: \"{sim_url}\"\n  login_base: \"{sim_url}\"\n\
@@ -64,9 +70,19 @@ pub fn config(yaml: &str) -> Config {
 
 /// Starts gcpool in-process on free loopback ports.
 pub async fn start_gcpool(sim_url: &str, clients: &[TestClient<'_>], extra: &str) -> Gcpool {
-    let config = config(&config_yaml(sim_url, "127.0.0.1:0", "127.0.0.1:1", clients, extra));
-    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api listener");
-    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin listener");
+    let config = config(&config_yaml(
+        sim_url,
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        clients,
+        extra,
+    ));
+    let api = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind api listener");
+    let admin = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin listener");
     let gcpool = Gcpool::start_on(config, api, admin).expect("gcpool must start");
     wait_ready(gcpool.admin_addr()).await;
     gcpool
@@ -105,8 +121,12 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body must be JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body must be JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn header(&self, name: &str) -> &str {
@@ -141,9 +161,17 @@ impl HttpClient {
     }
 
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
-        let response = self.inner.request(request).await.map_err(|e| format!("{e:?}"))?;
+        let response = self
+            .inner
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
@@ -160,10 +188,18 @@ impl HttpClient {
     }
 
     pub async fn get(&self, url: &str) -> Answer {
-        self.try_get(url).await.unwrap_or_else(|e| panic!("GET {url} failed: {e}"))
+        self.try_get(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url} failed: {e}"))
     }
 
-    pub async fn request(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
         let mut builder = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
@@ -171,7 +207,9 @@ impl HttpClient {
         let request = builder
             .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
             .expect("test request must be valid");
-        self.send(request).await.unwrap_or_else(|e| panic!("request to {url} failed: {e}"))
+        self.send(request)
+            .await
+            .unwrap_or_else(|e| panic!("request to {url} failed: {e}"))
     }
 }
 
@@ -241,7 +279,10 @@ impl GcpoolProcess {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(tokio::time::Instant::now() < deadline, "gcpool did not exit within {limit:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gcpool did not exit within {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
