@@ -926,3 +926,74 @@ async fn serve_runs_on_a_given_listener_until_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+/// Writes raw bytes on a fresh connection and returns everything read until the server closes.
+async fn raw_exchange(sim: &Simulator, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(sim.addr())
+        .await
+        .expect("simulator must accept");
+    stream
+        .write_all(request)
+        .await
+        .expect("request must be written");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("simulator must answer and close")
+        .expect("reading the answer");
+    answer
+}
+
+#[tokio::test]
+async fn bad_bytes_never_break_the_simulator() {
+    let sim = Simulator::start(SimOptions::default()).await.unwrap();
+    let c = client();
+    let t = token(&c, &sim, 1).await;
+
+    let garbage = raw_exchange(&sim, b"\x00\xff garbage\r\n\r\n").await;
+    assert!(garbage.starts_with(b"HTTP/1.1 400"), "hyper answers 400");
+
+    let mut req = b"GET /api/v2/users HTTP/1.1\r\nhost: x\r\nconnection: close\r\n".to_vec();
+    req.extend_from_slice(b"authorization: Bearer \xff\xfe\r\n\r\n");
+    let answer = raw_exchange(&sim, &req).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 401"),
+        "non-utf8 bearer is no token"
+    );
+
+    let basic = b"POST /oauth/token HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+        authorization: Basic \xc3\x28\r\ncontent-length: 29\r\n\r\ngrant_type=client_credentials";
+    let answer = raw_exchange(&sim, basic).await;
+    assert!(answer.starts_with(b"HTTP/1.1 401"), "garbled basic is 401");
+
+    let mut req = format!(
+        "POST /api/v2/users/%E9 HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {t}\r\ncontent-length: 2\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(b"x-latin1: caf\xe9\r\n\r\n\xff\xfe");
+    let answer = raw_exchange(&sim, &req).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "non-utf8 values are echoed"
+    );
+    let body_at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head must end")
+        + 4;
+    let echo: Value = serde_json::from_slice(&answer[body_at..]).unwrap();
+    assert_eq!(echo["path"], "/api/v2/users/%E9");
+    assert_eq!(echo["body"], "\u{fffd}\u{fffd}");
+    assert_eq!(echo["body_len"], 2);
+    let latin1 = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "x-latin1")
+        .unwrap();
+    assert_eq!(latin1[1], "caf\u{fffd}");
+
+    let rsp = api(&c, &sim, Method::GET, "/api/v2/users", &t).await;
+    assert_eq!(rsp.status, StatusCode::OK, "still serving");
+}
