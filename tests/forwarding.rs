@@ -273,8 +273,13 @@ async fn refusals_are_genesys_shaped_and_never_reach_the_upstream() {
 /// Writes `raw` on a fresh connection and returns everything read until close (or 2 s).
 async fn raw_request(addr: std::net::SocketAddr, raw: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to gcpool");
+    stream
+        .write_all(raw.as_bytes())
+        .await
+        .expect("write request");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {

@@ -92,10 +92,10 @@ pub async fn start_gcpool(sim_url: &str, clients: &[TestClient<'_>], extra: &str
 pub async fn wait_ready(admin: SocketAddr) {
     let client = HttpClient::new();
     for _ in 0..200 {
-        if let Ok(rsp) = client.try_get(&format!("http://{admin}/readyz")).await {
-            if rsp.status == StatusCode::OK {
-                return;
-            }
+        if let Ok(rsp) = client.try_get(&format!("http://{admin}/readyz")).await
+            && rsp.status == StatusCode::OK
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
