@@ -41,7 +41,8 @@ pub struct ClientStatus {
     pub name: String,
     pub state: &'static str,
     pub healthy: bool,
-    pub budget_used: u64,
+    /// Admissions in the current budget window; `None` until the budget engine counts them.
+    pub budget_used: Option<u64>,
     pub budget_limit: u32,
     pub in_flight: u32,
     pub token_expires_in_s: u64,
@@ -83,7 +84,7 @@ impl PoolClient {
             name: self.name.clone(),
             state,
             healthy: state == "ready",
-            budget_used: 0,
+            budget_used: None,
             budget_limit: self.budget_limit,
             in_flight: self.in_flight(),
             token_expires_in_s: self.tokens.expires_in(now).as_secs(),

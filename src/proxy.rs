@@ -2,7 +2,7 @@
 //!
 //! inbound checks → authenticate → read body (bounded) → choose a client → inject its token
 //! → forward → (401: refresh the token and retry once) → answer, with every fact recorded
-//! once in [`Exchange::finish`].
+//! once in `Exchange::finish`.
 
 use std::sync::Arc;
 use std::time::Duration;
