@@ -1,0 +1,184 @@
+//! Budgets: what a budget is, the store that keeps them, and the admission decision.
+//!
+//! A budget is "at most N admissions in any window of length W" ([`window`]). A request
+//! names its candidates (one per healthy client, each with the budgets that apply to it:
+//! the client's token budget, the route's budget, the org cap); the store finds, for each
+//! candidate, the earliest instant every one of its budgets admits the request, picks the
+//! soonest candidate (ties: the first, i.e. the fewest in flight), and reserves that instant
+//! in all its budgets at once, or refuses when it lies past the request's `max_wait`.
+//!
+//! The store is a trait so a Redis implementation can replace the in-memory one without
+//! touching the request path. Knows nothing of HTTP.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub mod memory;
+pub mod window;
+
+pub use memory::MemoryStore;
+
+/// Index of a budget in the store's table.
+pub type BudgetId = usize;
+
+/// Dense id of a route template (see `routes`), used for route cool-downs.
+pub type RouteKey = u16;
+
+/// Which limit a budget stands for; also the `x-gcpool-reason` of a local 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetKind {
+    Token,
+    Endpoint,
+    Org,
+}
+
+/// One budget as configured.
+#[derive(Debug, Clone)]
+pub struct BudgetDef {
+    pub kind: BudgetKind,
+    /// Stable name, e.g. `token:pool-01`, `endpoint:PUT /api/v2/architect/ivrs/{ivrId}`, `org`.
+    pub name: String,
+    /// Admissions allowed per window.
+    pub limit: u32,
+    /// The window, guard time included.
+    pub window: Duration,
+}
+
+/// One way to serve a request: a client and the budgets that apply if it is used.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub client: usize,
+    /// Shared budgets (org, route in org scope) first: when several bind at the same
+    /// instant, the first is named, and a shared one says more ("no client would help").
+    pub budgets: Vec<BudgetId>,
+}
+
+/// What to admit: candidates in order of preference, the route, how long it may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitRequest<'a> {
+    pub candidates: &'a [Candidate],
+    pub route: Option<RouteKey>,
+    pub max_wait: Duration,
+}
+
+/// Something that cools down after an upstream 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoolDown {
+    Client(usize),
+    Route(RouteKey),
+    Pool,
+}
+
+/// What held a request back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    Budget(BudgetId),
+    ClientCoolDown,
+    RouteCoolDown,
+    PoolCoolDown,
+}
+
+/// A reserved instant in a set of budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Index into [`AdmitRequest::candidates`].
+    pub candidate: usize,
+    /// How long until the reserved instant.
+    pub wait: Duration,
+    /// What made it wait (if it waits).
+    pub binding: Option<Binding>,
+    pub(crate) slot: Slot,
+}
+
+/// Where a reservation sits, to give it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub(crate) at: window::Micros,
+    pub(crate) budgets: Vec<BudgetId>,
+}
+
+/// Why no slot was reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Wait until the earliest instant a candidate would be admitted; `None` if never.
+    pub wait: Option<Duration>,
+    pub binding: Option<Binding>,
+}
+
+/// The store's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Admitted(Reservation),
+    Refused(Refusal),
+}
+
+/// The store could not decide (the Redis store's connection failed).
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error("budget store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A boxed future, for dyn-compatible async methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Keeps every budget's admissions and the cool-downs.
+pub trait BudgetStore: Send + Sync + fmt::Debug {
+    /// Finds the soonest candidate and reserves its instant in all its budgets, or refuses.
+    fn admit<'a>(
+        &'a self,
+        request: AdmitRequest<'a>,
+    ) -> BoxFuture<'a, Result<Decision, BudgetError>>;
+
+    /// Gives a reservation back (the caller left before its instant).
+    fn release(&self, reservation: &Reservation);
+
+    /// No admission for `target` before `duration` from now.
+    fn cool_down(&self, target: CoolDown, duration: Duration);
+
+    /// Lowers a budget's limit (learned from an upstream 429); false if not lower.
+    fn lower_limit(&self, budget: BudgetId, limit: u32) -> bool;
+
+    /// Admissions in the budget's current window, and its limit.
+    fn usage(&self, budget: BudgetId) -> (u32, u32);
+
+    /// How long `client` still cools down (zero when it does not).
+    fn cooling(&self, client: usize) -> Duration;
+}
+
+// === impl BudgetKind ===
+
+impl BudgetKind {
+    /// The `x-gcpool-reason` of a local 429 this budget caused.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Token => "token_budget",
+            Self::Endpoint => "endpoint_budget",
+            Self::Org => "org_budget",
+        }
+    }
+}
+
+/// Admissions per window for a per-minute rate: `rate × window / 60 s`, at least 1.
+pub fn per_window(per_minute: u32, window: Duration) -> u32 {
+    let n = u128::from(per_minute) * window.as_micros() / 60_000_000;
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_scale_with_the_window() {
+        assert_eq!(per_window(300, Duration::from_secs(60)), 300);
+        assert_eq!(per_window(300, Duration::from_secs(2)), 10);
+        assert_eq!(
+            per_window(100, Duration::from_millis(100)),
+            1,
+            "never below 1"
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! `MemoryStore`: the budgets of one process, [`Window`]s behind one lock.
+//!
+//! Admission is a short critical section (no await inside), so one mutex over all budgets
+//! keeps "reserve in all or in none" trivially atomic. Time comes from `tokio::time`, so
+//! paused-time tests drive it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::{Micros, Window, joint_earliest};
+use super::{
+    AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, CoolDown,
+    Decision, Refusal, Reservation, RouteKey, Slot,
+};
+
+/// Budgets and cool-downs of this process.
+#[derive(Debug)]
+pub struct MemoryStore {
+    epoch: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    windows: Vec<Window>,
+    /// Instant (µs since epoch) before which each client admits nothing.
+    client_cool: Vec<Micros>,
+    route_cool: HashMap<RouteKey, Micros>,
+    pool_cool: Micros,
+}
+
+impl MemoryStore {
+    /// A store for `budgets` (indexed by position) and `clients` clients.
+    pub fn new(budgets: &[BudgetDef], clients: usize) -> Self {
+        let windows = budgets
+            .iter()
+            .map(|b| Window::new(b.limit, micros(b.window)))
+            .collect();
+        Self {
+            epoch: Instant::now(),
+            state: Mutex::new(State {
+                windows,
+                client_cool: vec![0; clients],
+                route_cool: HashMap::new(),
+                pool_cool: 0,
+            }),
+        }
+    }
+
+    fn now(&self) -> Micros {
+        micros(self.epoch.elapsed())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave windows half-updated in a way that
+        // breaks the rule (each step keeps them sorted), so keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The decision, taken under the lock.
+    pub fn admit_now(&self, request: AdmitRequest<'_>) -> Decision {
+        let now = self.now();
+        let max_wait = micros(request.max_wait);
+        let mut state = self.lock();
+        let state = &mut *state;
+        let route_cool = request
+            .route
+            .and_then(|r| state.route_cool.get(&r).copied())
+            .unwrap_or(0);
+        let mut best: Option<(Micros, usize, Option<Binding>)> = None;
+        for (index, candidate) in request.candidates.iter().enumerate() {
+            let client_cool = state
+                .client_cool
+                .get(candidate.client)
+                .copied()
+                .unwrap_or(0);
+            let (from, mut binding) = [
+                (now, None),
+                (client_cool, Some(Binding::ClientCoolDown)),
+                (route_cool, Some(Binding::RouteCoolDown)),
+                (state.pool_cool, Some(Binding::PoolCoolDown)),
+            ]
+            .into_iter()
+            .fold((now, None), |acc, x| if x.0 > acc.0 { x } else { acc });
+            for &b in &candidate.budgets {
+                if let Some(w) = state.windows.get_mut(b) {
+                    w.prune(now);
+                }
+            }
+            let windows = candidate
+                .budgets
+                .iter()
+                .filter_map(|&b| state.windows.get(b));
+            let Some((at, moved_by)) = joint_earliest(windows, from) else {
+                continue;
+            };
+            if let Some(k) = moved_by {
+                binding = Some(Binding::Budget(candidate.budgets[k]));
+            }
+            if best.as_ref().is_none_or(|(t, _, _)| at < *t) {
+                best = Some((at, index, binding));
+            }
+        }
+        let Some((at, index, binding)) = best else {
+            return Decision::Refused(Refusal {
+                wait: None,
+                binding: None,
+            });
+        };
+        let wait = at - now;
+        if wait > max_wait {
+            return Decision::Refused(Refusal {
+                wait: Some(Duration::from_micros(wait)),
+                binding,
+            });
+        }
+        let budgets = request.candidates[index].budgets.clone();
+        for &b in &budgets {
+            if let Some(w) = state.windows.get_mut(b) {
+                w.reserve(at);
+            }
+        }
+        Decision::Admitted(Reservation {
+            candidate: index,
+            wait: Duration::from_micros(wait),
+            binding: if wait > 0 { binding } else { None },
+            slot: Slot { at, budgets },
+        })
+    }
+}
+
+impl BudgetStore for MemoryStore {
+    fn admit<'a>(
+        &'a self,
+        request: AdmitRequest<'a>,
+    ) -> BoxFuture<'a, Result<Decision, BudgetError>> {
+        let decision = self.admit_now(request);
+        Box::pin(std::future::ready(Ok(decision)))
+    }
+
+    fn release(&self, reservation: &Reservation) {
+        let mut state = self.lock();
+        for &b in &reservation.slot.budgets {
+            if let Some(w) = state.windows.get_mut(b) {
+                w.release(reservation.slot.at);
+            }
+        }
+    }
+
+    fn cool_down(&self, target: CoolDown, duration: Duration) {
+        let until = self.now().saturating_add(micros(duration));
+        let mut state = self.lock();
+        let slot = match target {
+            CoolDown::Client(c) => match state.client_cool.get_mut(c) {
+                Some(slot) => slot,
+                None => return,
+            },
+            CoolDown::Route(r) => state.route_cool.entry(r).or_insert(0),
+            CoolDown::Pool => &mut state.pool_cool,
+        };
+        *slot = (*slot).max(until);
+    }
+
+    fn lower_limit(&self, budget: BudgetId, limit: u32) -> bool {
+        let mut state = self.lock();
+        match state.windows.get_mut(budget) {
+            Some(w) if limit < w.limit() => {
+                w.set_limit(limit);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn usage(&self, budget: BudgetId) -> (u32, u32) {
+        let now = self.now();
+        let state = self.lock();
+        state
+            .windows
+            .get(budget)
+            .map(|w| (w.used(now), w.limit()))
+            .unwrap_or_default()
+    }
+
+    fn cooling(&self, client: usize) -> Duration {
+        let now = self.now();
+        let state = self.lock();
+        let until = state
+            .client_cool
+            .get(client)
+            .copied()
+            .unwrap_or(0)
+            .max(state.pool_cool);
+        Duration::from_micros(until.saturating_sub(now))
+    }
+}
+
+fn micros(d: Duration) -> Micros {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{BudgetKind, Candidate};
+
+    fn defs() -> Vec<BudgetDef> {
+        let def = |kind, name: &str, limit| BudgetDef {
+            kind,
+            name: name.into(),
+            limit,
+            window: Duration::from_secs(1),
+        };
+        vec![
+            def(BudgetKind::Token, "token:a", 2),
+            def(BudgetKind::Token, "token:b", 2),
+            def(BudgetKind::Org, "org", 3),
+        ]
+    }
+
+    fn candidates() -> Vec<Candidate> {
+        vec![
+            Candidate {
+                client: 0,
+                budgets: vec![2, 0],
+            },
+            Candidate {
+                client: 1,
+                budgets: vec![2, 1],
+            },
+        ]
+    }
+
+    fn admit(store: &MemoryStore, cands: &[Candidate], max_wait: Duration) -> Decision {
+        store.admit_now(AdmitRequest {
+            candidates: cands,
+            route: Some(7),
+            max_wait,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spreads_over_clients_then_queues_under_the_org_cap() {
+        let store = MemoryStore::new(&defs(), 2);
+        let c = candidates();
+        let mut chosen = Vec::new();
+        for _ in 0..3 {
+            match admit(&store, &c, Duration::ZERO) {
+                Decision::Admitted(r) => {
+                    assert_eq!(r.wait, Duration::ZERO);
+                    chosen.push(c[r.candidate].client);
+                }
+                other => panic!("must admit at once: {other:?}"),
+            }
+        }
+        assert_eq!(
+            chosen,
+            [0, 0, 1],
+            "first candidate until its token budget is full"
+        );
+        // Org cap (3) binds now: the 4th waits a whole window.
+        match admit(&store, &c, Duration::ZERO) {
+            Decision::Refused(r) => {
+                assert_eq!(r.wait, Some(Duration::from_secs(1)));
+                assert_eq!(r.binding, Some(Binding::Budget(2)));
+            }
+            other => panic!("must refuse: {other:?}"),
+        }
+        let Decision::Admitted(r) = admit(&store, &c, Duration::from_secs(2)) else {
+            panic!("must queue within max_wait");
+        };
+        assert_eq!(r.wait, Duration::from_secs(1));
+        assert_eq!(store.usage(2), (3, 3));
+        store.release(&r);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            store.usage(2),
+            (0, 3),
+            "released slot and past window both gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cool_downs_push_admission_back() {
+        let store = MemoryStore::new(&defs(), 2);
+        let c = candidates();
+        store.cool_down(CoolDown::Client(0), Duration::from_secs(3));
+        let Decision::Admitted(r) = admit(&store, &c, Duration::ZERO) else {
+            panic!()
+        };
+        assert_eq!(c[r.candidate].client, 1, "the cooling client is avoided");
+        assert_eq!(store.cooling(0), Duration::from_secs(3));
+        store.cool_down(CoolDown::Route(7), Duration::from_secs(2));
+        match admit(&store, &c, Duration::ZERO) {
+            Decision::Refused(r) => {
+                assert_eq!(r.wait, Some(Duration::from_secs(2)));
+                assert_eq!(r.binding, Some(Binding::RouteCoolDown));
+            }
+            other => panic!("route cool-down must hold it back: {other:?}"),
+        }
+        store.cool_down(CoolDown::Pool, Duration::from_secs(5));
+        let Decision::Refused(r) = admit(&store, &c, Duration::ZERO) else {
+            panic!()
+        };
+        assert_eq!(r.binding, Some(Binding::PoolCoolDown));
+        assert!(store.lower_limit(0, 1));
+        assert!(!store.lower_limit(0, 5), "only ever lowered");
+        assert_eq!(store.usage(0).1, 1);
+    }
+}
