@@ -118,8 +118,10 @@ proptest! {
         for op in ops {
             now += op.dt;
             pending.retain(|(t, _)| *t > now);
-            if let Some(k) = op.release {
-                if !pending.is_empty() {
+            if let Some(k) = op.release
+                && !pending.is_empty()
+            {
+                {
                     let (t, used) = pending.remove(k % pending.len());
                     for &b in &used {
                         prop_assert!(windows[b].release(t));
