@@ -121,15 +121,13 @@ proptest! {
             if let Some(k) = op.release
                 && !pending.is_empty()
             {
-                {
-                    let (t, used) = pending.remove(k % pending.len());
-                    for &b in &used {
-                        prop_assert!(windows[b].release(t));
-                        let i = history[b].iter().position(|&x| x == t).unwrap();
-                        history[b].remove(i);
-                    }
-                    continue;
+                let (t, used) = pending.remove(k % pending.len());
+                for &b in &used {
+                    prop_assert!(windows[b].release(t));
+                    let i = history[b].iter().position(|&x| x == t).unwrap();
+                    history[b].remove(i);
                 }
+                continue;
             }
             let used: Vec<usize> = (0..budgets.len()).filter(|b| op.mask & (1 << b) != 0).collect();
             if used.is_empty() {
