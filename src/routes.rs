@@ -284,10 +284,12 @@ impl RouteTable {
 
     /// For a template that [`find_template`](Self::find_template) does not know, the
     /// operation with the same method it most likely means: the same path with other
-    /// parameter names (or a concrete value where the template has a parameter), else a
-    /// path with the same number of segments differing in at most two of them (the fewest;
-    /// on a tie, the first in the list).
+    /// parameter names (or a concrete value where the template has a parameter), else the
+    /// closest path with the same number of segments, where a parameter counts as any other
+    /// parameter, a value in place of a parameter costs 1, a misspelt literal its edit
+    /// distance, and at most 2 in all (on a tie, the first in the list). Config-time only.
     pub fn suggest(&self, method: &Method, template: &str) -> Option<Operation> {
+        const MAX_COST: usize = 2;
         let method = RouteMethod::from_http(method)?;
         if let Ok(found) = self.routers[method as usize].at(template) {
             return self.operations.get(found.value.index()).copied();
@@ -297,14 +299,24 @@ impl RouteTable {
             .iter()
             .filter(|op| op.method == method)
             .filter_map(|op| {
-                let segments = op.template.split('/');
-                if segments.clone().count() != wanted.len() {
+                let segments: Vec<&str> = op.template.split('/').collect();
+                if segments.len() != wanted.len() {
                     return None;
                 }
-                let differing = segments.zip(&wanted).filter(|(a, b)| a != *b).count();
-                (differing <= 2).then_some((differing, *op))
+                let mut cost = 0;
+                for (have, want) in segments.iter().zip(&wanted) {
+                    cost += match (is_param(have), is_param(want)) {
+                        (true, true) => 0,
+                        (false, false) => edit_distance(have, want),
+                        _ => 1,
+                    };
+                    if cost > MAX_COST {
+                        return None;
+                    }
+                }
+                Some((cost, *op))
             })
-            .min_by_key(|(differing, _)| *differing)
+            .min_by_key(|(cost, _)| *cost)
             .map(|(_, op)| op)
     }
 
@@ -355,6 +367,26 @@ impl fmt::Debug for RouteTable {
             .field("operations", &self.operations.len())
             .finish_non_exhaustive()
     }
+}
+
+fn is_param(segment: &str) -> bool {
+    segment.starts_with('{')
+}
+
+/// Levenshtein distance over chars; for config-time suggestions only.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// `/api/v2/` then non-empty segments: literals of `[A-Za-z0-9._-]` or whole `{name}`s with
