@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::{Method, Uri};
 
+use crate::routes::RouteId;
 use crate::secret::Secret;
 
 mod duration;
@@ -84,6 +85,8 @@ pub struct EndpointBudget {
     pub method: Method,
     /// Path template, e.g. `/api/v2/architect/ivrs/{ivrId}`.
     pub path: String,
+    /// The operation `method path` names in [`RouteTable::genesys`](crate::routes::RouteTable::genesys).
+    pub route: RouteId,
     pub per_minute: NonZeroU32,
     pub scope: BudgetScope,
 }
@@ -115,7 +118,10 @@ pub struct ApiKey {
 #[derive(Debug, Clone)]
 pub struct RouteRule {
     pub method: Method,
+    /// Path template, e.g. `/api/v2/users/{userId}`.
     pub path: String,
+    /// The operation `method path` names in [`RouteTable::genesys`](crate::routes::RouteTable::genesys).
+    pub route: RouteId,
 }
 
 #[derive(Debug, Clone)]

@@ -33,6 +33,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -236,6 +236,20 @@ fn every_error_is_reported_in_one_run() {
 }
 
 #[test]
+fn unknown_route_names_route_key_and_suggestion() {
+    let stderr = rejected("unknown_route.yaml");
+    assert_names(
+        &stderr,
+        &[
+            "budgets.endpoints[0].route: unknown route \"PUT /api/v2/architect/ivr/{ivrId}\" \
+             (not a Genesys Platform API operation); did you mean \"PUT /api/v2/architect/ivrs/{ivrId}\"?",
+            "inbound.allow_routes[0]: unknown route \"GET /api/v2/users/{id}\"",
+            "did you mean \"GET /api/v2/users/{userId}\"?",
+        ],
+    );
+}
+
+#[test]
 fn missing_config_file_names_it() {
     let out = check(&fixture("no-such-file.yaml"), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);

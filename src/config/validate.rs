@@ -21,6 +21,7 @@ use super::{
     EndpointBudget, Env, GenesysConfig, InboundConfig, QueueConfig, RouteRule, ServerConfig,
     SharedStateConfig, TlsConfig,
 };
+use crate::routes::{RouteId, RouteTable};
 use crate::secret::Secret;
 
 const DEFAULT_LISTEN: SocketAddr =
@@ -501,14 +502,13 @@ impl Validator<'_> {
         }
 
         let mut endpoints = Vec::new();
-        let mut seen: HashMap<(Method, String), usize> = HashMap::new();
+        let mut seen: HashMap<RouteId, usize> = HashMap::new();
         for (i, e) in b.endpoints.unwrap_or_default().into_iter().enumerate() {
             let p = format!("budgets.endpoints[{i}]");
             let route_path = format!("{p}.route");
             let route = self.required(&route_path, e.route, parse_route);
             if let Some(r) = &route {
-                let key = (r.method.clone(), template_shape(&r.path));
-                if let Some(first) = seen.get(&key) {
+                if let Some(first) = seen.get(&r.route) {
                     self.error(
                         &route_path,
                         format!(
@@ -517,7 +517,7 @@ impl Validator<'_> {
                         ),
                     );
                 } else {
-                    seen.insert(key, i);
+                    seen.insert(r.route, i);
                 }
             }
             let per_minute =
@@ -527,6 +527,7 @@ impl Validator<'_> {
                 endpoints.push(EndpointBudget {
                     method: route.method,
                     path: route.path,
+                    route: route.route,
                     per_minute,
                     scope: or_default(scope, BudgetScope::Org),
                 });
@@ -909,8 +910,40 @@ fn parse_base_url(s: &str) -> Result<Uri, String> {
         .map_err(|_| format!("{s:?} is not a URL such as https://api.mypurecloud.com"))
 }
 
-/// `"METHOD /api/v2/..."`: literal segments and whole-segment `{param}`s.
+/// `"METHOD /api/v2/..."` naming an operation of the Genesys route table, exactly
+/// (parameter names included).
 fn parse_route(s: &str) -> Result<RouteRule, String> {
+    let (method, path) = parse_route_text(s)?;
+    let table = RouteTable::genesys();
+    match table.find_template(&method, &path) {
+        Some(route) => Ok(RouteRule {
+            method,
+            path,
+            route,
+        }),
+        None => Err(unknown_route(table, &method, &path)),
+    }
+}
+
+/// Why `method path` is not a route, with the operation it probably means.
+fn unknown_route(table: &RouteTable, method: &Method, path: &str) -> String {
+    let mut message =
+        format!("unknown route \"{method} {path}\" (not a Genesys Platform API operation)");
+    if let Some(op) = table.suggest(method, path) {
+        message.push_str(&format!("; did you mean \"{op}\"?"));
+    } else {
+        let methods = table.methods_at(path);
+        if !methods.is_empty() {
+            let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            message.push_str(&format!("; that path has {}", names.join(", ")));
+        }
+    }
+    message
+}
+
+/// The form of a route: `"METHOD /api/v2/..."` with literal segments and whole-segment
+/// `{param}`s. Whether it exists is [`parse_route`]'s question.
+fn parse_route_text(s: &str) -> Result<(Method, String), String> {
     let example = "e.g. \"GET /api/v2/users/{userId}\"";
     let mut parts = s.split_whitespace();
     let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -962,18 +995,7 @@ fn parse_route(s: &str) -> Result<RouteRule, String> {
             ));
         }
     }
-    Ok(RouteRule {
-        method: method.clone(),
-        path: path.to_owned(),
-    })
-}
-
-/// The path with every parameter name erased: `{userId}` and `{id}` are the same route.
-fn template_shape(path: &str) -> String {
-    path.split('/')
-        .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
-        .collect::<Vec<_>>()
-        .join("/")
+    Ok((method.clone(), path.to_owned()))
 }
 
 fn parse_scope(s: &str) -> Result<BudgetScope, String> {
@@ -1317,7 +1339,7 @@ inbound:
   guard: 1s
   endpoints:
     - {{route: 'PUT /api/v2/architect/ivrs/{{ivrId}}', per_minute: 100}}
-    - {{route: 'PUT /api/v2/architect/ivrs/{{id}}', per_minute: 50, scope: token}}
+    - {{route: 'PUT  /api/v2/architect/ivrs/{{ivrId}}', per_minute: 50, scope: token}}
     - {{route: 'FETCH /api/v2/users', per_minute: 1}}
     - {{route: 'GET /api/v2/users', per_minute: 1, scope: user}}
     - {{per_minute: 1}}
@@ -1350,7 +1372,59 @@ inbound:
             (Method::PUT, "/api/v2/architect/ivrs/{ivrId}")
         );
         assert_eq!((e.per_minute.get(), e.scope), (100, BudgetScope::Token));
+        assert_eq!(
+            RouteTable::genesys().operation(e.route).to_string(),
+            "PUT /api/v2/architect/ivrs/{ivrId}"
+        );
         assert_eq!(c.budgets.endpoints[1].scope, BudgetScope::Org);
+        assert_ne!(c.budgets.endpoints[1].route, e.route);
+    }
+
+    /// Budget and allow-list routes must be operations of the route table, exactly.
+    #[test]
+    fn routes_must_be_genesys_operations() {
+        let text = format!(
+            "{CLIENT}budgets:
+  endpoints:
+    - {{route: 'PUT /api/v2/architect/ivr/{{ivrId}}', per_minute: 1}}
+    - {{route: 'PUT /api/v2/architect/ivrs/{{id}}', per_minute: 1}}
+    - {{route: 'PATCH /api/v2/architect/ivrs/{{ivrId}}', per_minute: 1}}
+    - {{route: 'GET /api/v2/nothing/like/this', per_minute: 1}}
+    - {{route: 'GET /api/v2/users/me', per_minute: 1}}
+inbound:
+  allow_anonymous: true
+  allow_routes:
+    - 'GET /api/v2/users/{{id}}'
+    - 'GET /api/v2/users/{{userId}}'
+    - 'HEAD /api/v2/tokens/me'
+"
+        );
+        let errs = errors(&text);
+        let e0 = error_at(&errs, "budgets.endpoints[0].route");
+        assert!(
+            e0.contains(
+                "unknown route \"PUT /api/v2/architect/ivr/{ivrId}\" (not a Genesys Platform API operation); did you mean \"PUT /api/v2/architect/ivrs/{ivrId}\"?"
+            ),
+            "{e0}"
+        );
+        let e1 = error_at(&errs, "budgets.endpoints[1].route");
+        assert!(
+            e1.contains("did you mean \"PUT /api/v2/architect/ivrs/{ivrId}\""),
+            "{e1}"
+        );
+        let e2 = error_at(&errs, "budgets.endpoints[2].route");
+        assert!(e2.contains("that path has GET, PUT, DELETE"), "{e2}");
+        let e3 = error_at(&errs, "budgets.endpoints[3].route");
+        assert!(
+            e3.ends_with("(not a Genesys Platform API operation)"),
+            "{e3}"
+        );
+        let a0 = error_at(&errs, "inbound.allow_routes[0]");
+        assert!(
+            a0.contains("did you mean \"GET /api/v2/users/{userId}\""),
+            "{a0}"
+        );
+        assert_eq!(errs.len(), 5, "{errs:#?}");
     }
 
     #[test]
@@ -1361,7 +1435,7 @@ inbound:
             "HEAD /api/v2/a",
             "DELETE  /api/v2/x/{a}/y/{b_2}",
         ] {
-            assert!(parse_route(ok).is_ok(), "{ok}");
+            assert!(parse_route_text(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("", "is not \"METHOD"),
@@ -1379,7 +1453,7 @@ inbound:
             ("GET /api/v2/{a}/{a}", "twice"),
             ("GET /api/v2/a?b=c", "literal"),
         ] {
-            let err = parse_route(bad).map(|_| ()).unwrap_err();
+            let err = parse_route_text(bad).map(|_| ()).unwrap_err();
             assert!(err.contains(why), "{bad:?}: {err}");
         }
     }
@@ -1496,6 +1570,10 @@ inbound:
         );
         assert_eq!(c.inbound.allow_routes[0].method, Method::GET);
         assert_eq!(c.inbound.allow_routes[0].path, "/api/v2/users/{userId}");
+        assert_eq!(
+            RouteTable::genesys().template(c.inbound.allow_routes[0].route),
+            "/api/v2/users/{userId}"
+        );
 
         let text = format!(
             "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key_sha256: abc}}\n    - {{name: a, key: ''}}\n    - {{name: c, key: x, key_file: k}}\n    - {{name: d}}\n    - {{key: x}}\n  allow_routes: ['GET /users']\n"
