@@ -16,23 +16,31 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{ClientStatus, Pool};
 use crate::proxy::{ProxyBody, json_response};
 
 /// State the admin endpoints read.
 #[derive(Debug, Clone)]
 pub struct Admin {
     pool: Arc<Pool>,
+    admission: Arc<Admission>,
     metrics: Metrics,
     shutdown: CancellationToken,
     started: Instant,
 }
 
 impl Admin {
-    pub fn new(pool: Arc<Pool>, metrics: Metrics, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        pool: Arc<Pool>,
+        admission: Arc<Admission>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             pool,
+            admission,
             metrics,
             shutdown,
             started: Instant::now(),
@@ -83,23 +91,40 @@ impl Admin {
         }
     }
 
+    fn client_statuses(&self) -> Vec<ClientStatus> {
+        let now = Instant::now();
+        let store = self.admission.store();
+        let table = self.admission.table();
+        self.pool
+            .clients()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let budget = table.token(i).map(|b| store.usage(b)).unwrap_or_default();
+                c.status(now, budget, !store.cooling(i).is_zero())
+            })
+            .collect()
+    }
+
     fn status(&self) -> serde_json::Value {
         let now = Instant::now();
-        let clients: Vec<_> = self.pool.clients().iter().map(|c| c.status(now)).collect();
+        let store = self.admission.store();
+        let org = store.usage(self.admission.table().org());
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": now.saturating_duration_since(self.started).as_secs(),
             "shared_state": {"backend": "memory", "up": true},
-            "clients": clients,
+            "org_budget": {"used": org.0, "limit": org.1},
+            "queue_pending": self.admission.pending(),
+            "learned_limits": self.admission.learned_limits(),
+            "clients": self.client_statuses(),
         })
     }
 
     /// Gauges derived from state are computed at scrape time, not on the request path.
     fn refresh_gauges(&self) {
-        let now = Instant::now();
-        for client in self.pool.clients() {
-            let name = [client.name.as_str()];
-            let status = client.status(now);
+        for status in self.client_statuses() {
+            let name = [status.name.as_str()];
             self.metrics
                 .client_healthy
                 .with_label_values(&name)
@@ -108,6 +133,10 @@ impl Admin {
                 .client_budget_limit
                 .with_label_values(&name)
                 .set(i64::from(status.budget_limit));
+            self.metrics
+                .client_budget_used
+                .with_label_values(&name)
+                .set(i64::try_from(status.budget_used).unwrap_or(i64::MAX));
             self.metrics
                 .token_expires_in
                 .with_label_values(&name)

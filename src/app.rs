@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
 use crate::admin::Admin;
+use crate::admission::{Admission, BudgetTable};
+use crate::budget::{BudgetStore, MemoryStore};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
@@ -42,6 +44,7 @@ pub struct Gcpool {
     admin: JoinHandle<std::io::Result<()>>,
     pub metrics: Metrics,
     pub pool: Arc<Pool>,
+    pub admission: Arc<Admission>,
 }
 
 impl Gcpool {
@@ -102,16 +105,22 @@ impl Gcpool {
                     refresher::run(slot.clone(), shutdown.token())
                         .instrument(info_span!("token_refresh", client = %c.name)),
                 );
-                Arc::new(PoolClient::new(
-                    c.name.clone(),
-                    slot,
-                    c.requests_per_minute.get(),
-                ))
+                Arc::new(PoolClient::new(c.name.clone(), slot))
             })
             .collect();
         let pool = Arc::new(Pool::new(clients));
 
-        let proxy = Proxy::new(&config, pool.clone(), upstream, metrics.clone());
+        let table = Arc::new(BudgetTable::new(&config));
+        let store: Arc<dyn BudgetStore> =
+            Arc::new(MemoryStore::new(table.defs(), config.clients.len()));
+        let admission = Arc::new(Admission::new(&config, store, table, metrics.clone()));
+        let proxy = Proxy::new(
+            &config,
+            pool.clone(),
+            admission.clone(),
+            upstream,
+            metrics.clone(),
+        );
         let options = ServeOptions {
             idle_timeout: config.server.idle_timeout,
             grace: config.server.shutdown_grace,
@@ -125,7 +134,12 @@ impl Gcpool {
             shutdown.token(),
             options,
         ));
-        let admin_state = Admin::new(pool.clone(), metrics.clone(), shutdown.token());
+        let admin_state = Admin::new(
+            pool.clone(),
+            admission.clone(),
+            metrics.clone(),
+            shutdown.token(),
+        );
         let admin = tokio::spawn(server::serve(
             admin_listener,
             move |request, _peer| {
@@ -144,6 +158,7 @@ impl Gcpool {
             admin,
             metrics,
             pool,
+            admission,
         })
     }
 

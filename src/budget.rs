@@ -24,7 +24,7 @@ pub use memory::MemoryStore;
 pub type BudgetId = usize;
 
 /// Dense id of a route template (see `routes`), used for route cool-downs.
-pub type RouteKey = u16;
+pub type RouteKey = crate::routes::RouteId;
 
 /// Which limit a budget stands for; also the `x-gcpool-reason` of a local 429.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

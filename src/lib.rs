@@ -25,6 +25,7 @@
 //! - [`sim`]: the Genesys Cloud simulator; it uses no proxy module.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod budget;
 pub mod cli;

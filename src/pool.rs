@@ -1,7 +1,7 @@
 //! The pool of OAuth clients: health, requests in flight, and which client to use next.
 //!
-//! Knows nothing of budgets: until the budget engine decides, the healthy client with the
-//! fewest requests in flight is chosen, ties broken round-robin.
+//! Knows nothing of budgets: it offers the healthy clients in order of preference (fewest
+//! requests in flight first, ties round-robin); admission decides among them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -16,7 +16,6 @@ use crate::token::{Token, TokenSlot, TokenState};
 pub struct PoolClient {
     pub name: String,
     pub tokens: Arc<TokenSlot>,
-    pub budget_limit: u32,
     in_flight: AtomicU32,
     upstream_429: AtomicU64,
 }
@@ -41,8 +40,8 @@ pub struct ClientStatus {
     pub name: String,
     pub state: &'static str,
     pub healthy: bool,
-    /// Admissions in the current budget window; `None` until the budget engine counts them.
-    pub budget_used: Option<u64>,
+    /// Admissions in the token budget's current window.
+    pub budget_used: u64,
     pub budget_limit: u32,
     pub in_flight: u32,
     pub token_expires_in_s: u64,
@@ -52,11 +51,10 @@ pub struct ClientStatus {
 // === impl PoolClient ===
 
 impl PoolClient {
-    pub fn new(name: String, tokens: Arc<TokenSlot>, budget_limit: u32) -> Self {
+    pub fn new(name: String, tokens: Arc<TokenSlot>) -> Self {
         Self {
             name,
             tokens,
-            budget_limit,
             in_flight: AtomicU32::new(0),
             upstream_429: AtomicU64::new(0),
         }
@@ -74,9 +72,12 @@ impl PoolClient {
         self.tokens.usable(now).is_some()
     }
 
-    pub fn status(&self, now: Instant) -> ClientStatus {
+    /// As `/status` shows it, given its token budget's `(used, limit)` and whether it
+    /// cools down after an upstream 429.
+    pub fn status(&self, now: Instant, budget: (u32, u32), cooling: bool) -> ClientStatus {
         let state = match self.tokens.state(now) {
             TokenState::Starting => "starting",
+            TokenState::Ready if cooling => "cooling_down",
             TokenState::Ready => "ready",
             TokenState::Failed => "failed",
         };
@@ -84,8 +85,8 @@ impl PoolClient {
             name: self.name.clone(),
             state,
             healthy: state == "ready",
-            budget_used: None,
-            budget_limit: self.budget_limit,
+            budget_used: u64::from(budget.0),
+            budget_limit: budget.1,
             in_flight: self.in_flight(),
             token_expires_in_s: self.tokens.expires_in(now).as_secs(),
             upstream_429: self.upstream_429.load(Ordering::Relaxed),
@@ -112,29 +113,27 @@ impl Pool {
         self.clients.iter().any(|c| c.is_healthy(now))
     }
 
-    /// The healthy client with the fewest requests in flight, skipping `exclude`
-    /// (a client that just failed this request). `None` when no client is usable.
-    pub fn lease(&self, now: Instant, exclude: Option<&str>) -> Option<Lease> {
+    /// Indices of the clients holding a usable token, fewest requests in flight first
+    /// (ties in round-robin order, so sequential traffic spreads too).
+    pub fn candidates(&self, now: Instant) -> Vec<usize> {
         let n = self.clients.len();
         if n == 0 {
-            return None;
+            return Vec::new();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(u32, &Arc<PoolClient>, Arc<Token>)> = None;
-        for offset in 0..n {
-            let client = &self.clients[(start + offset) % n];
-            if exclude == Some(client.name.as_str()) {
-                continue;
-            }
-            let Some(token) = client.tokens.usable(now) else {
-                continue;
-            };
-            let load = client.in_flight();
-            if best.as_ref().is_none_or(|(l, _, _)| load < *l) {
-                best = Some((load, client, token));
-            }
-        }
-        let (_, client, token) = best?;
+        let mut healthy: Vec<(u32, usize)> = (0..n)
+            .map(|offset| (start + offset) % n)
+            .filter(|&i| self.clients[i].is_healthy(now))
+            .map(|i| (self.clients[i].in_flight(), i))
+            .collect();
+        healthy.sort_by_key(|&(load, _)| load);
+        healthy.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Takes client `index` with its current token; `None` if it has no usable token.
+    pub fn lease(&self, index: usize, now: Instant) -> Option<Lease> {
+        let client = self.clients.get(index)?;
+        let token = client.tokens.usable(now)?;
         client.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             client: client.clone(),

@@ -1,9 +1,12 @@
 //! `Proxy::handle`: the request path, in request order.
 //!
-//! inbound checks → authenticate → read body (bounded) → choose a client → inject its token
-//! → forward → (401: refresh the token and retry once) → answer, with every fact recorded
-//! once in `Exchange::finish`.
+//! inbound checks → authenticate → route match (allow-list) → read body (bounded) →
+//! admission (client + budgets, fair wait) → inject its token → forward → on 429 cool down
+//! and retry elsewhere, on 401 refresh the token and retry once, on 502/503/504 back off
+//! and retry idempotent methods → answer, with every fact recorded once in
+//! `Exchange::finish`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,20 +17,29 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::inbound::{self, Authenticator};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::routes::{RouteId, RouteTable};
 use crate::upstream::{Upstream, UpstreamError};
 
 mod reject;
+mod retry;
 mod rewrite;
 
-pub use reject::{REASON_HEADER, Reject, ceil_secs, json_response};
+pub use reject::{LimitInfo, REASON_HEADER, Reject, ceil_secs, json_response};
+pub use retry::{LimitScope, UpstreamLimit};
 pub use rewrite::ApiTarget;
 
 /// Response header: the pool client that served the request.
 pub const CLIENT_HEADER: &str = "x-gcpool-client";
+/// Upstream attempts per request at most (429 elsewhere, 401 refresh, transient 5xx).
+const MAX_ATTEMPTS: u32 = 4;
+/// Largest upstream error body read to learn which limit fired.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// Response header: milliseconds the request waited for admission.
 pub const WAIT_HEADER: &str = "x-gcpool-wait-ms";
 
@@ -43,6 +55,9 @@ pub struct Proxy {
 #[derive(Debug)]
 struct Inner {
     pool: Arc<Pool>,
+    admission: Arc<Admission>,
+    /// `None`: every route; else only these.
+    allow_routes: Option<HashSet<RouteId>>,
     upstream: Upstream,
     metrics: Metrics,
     target: ApiTarget,
@@ -61,17 +76,16 @@ struct Exchange {
     upstream_error: bool,
 }
 
-/// How one upstream attempt ended, as the retry logic sees it.
-enum Attempt {
-    Done(Response<Incoming>),
-    /// The upstream refused the token: refresh it and try once more.
-    TokenRefused(Response<Incoming>),
-}
-
 // === impl Proxy ===
 
 impl Proxy {
-    pub fn new(config: &Config, pool: Arc<Pool>, upstream: Upstream, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        pool: Arc<Pool>,
+        admission: Arc<Admission>,
+        upstream: Upstream,
+        metrics: Metrics,
+    ) -> Self {
         let api = &config.genesys.api_base;
         let target = ApiTarget {
             scheme: api.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
@@ -83,6 +97,15 @@ impl Proxy {
         Self {
             inner: Arc::new(Inner {
                 pool,
+                admission,
+                allow_routes: (!config.inbound.allow_routes.is_empty()).then(|| {
+                    config
+                        .inbound
+                        .allow_routes
+                        .iter()
+                        .map(|r| r.route)
+                        .collect()
+                }),
                 upstream,
                 metrics,
                 target,
@@ -130,73 +153,107 @@ impl Proxy {
 
         inbound::check_target(request.method(), request.uri(), &inner.target.authority)?;
         inner.auth.authenticate(request.headers())?;
+        let route = RouteTable::genesys().lookup(request.method(), request.uri().path());
+        exchange.route = route.label();
+        if let Some(allowed) = &inner.allow_routes
+            && !route.id().is_some_and(|id| allowed.contains(&id))
+        {
+            return Err(Reject::RouteNotAllowed(reject::route_text(
+                route.operation(),
+            )));
+        }
         let (parts, body) = request.into_parts();
         let body = read_body(&parts.headers, body, inner.max_body_bytes).await?;
 
+        let mut waited = Duration::ZERO;
         let mut refreshed = false;
-        loop {
-            let now = Instant::now();
-            let lease = inner.pool.lease(now, None).ok_or(Reject::NoHealthyClient)?;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let last = attempt == MAX_ATTEMPTS;
+            let permit = inner
+                .admission
+                .admit(&inner.pool, route.id(), deadline)
+                .await?;
+            waited += permit.waited;
+            let Some(lease) = inner.pool.lease(permit.client, Instant::now()) else {
+                // Its token died while the request waited: choose again.
+                continue;
+            };
             exchange.client = Some(lease.client.name.clone());
-            let waited = now.saturating_duration_since(started);
 
             let upstream_request =
                 rewrite::upstream_request(&parts, body.clone(), &inner.target, &lease.token.value)
                     .map_err(|_| Reject::BadPath)?;
             let sent = Instant::now();
-            let remaining = deadline.saturating_duration_since(sent);
-            let result = inner.upstream.send(upstream_request, remaining).await;
+            let result = inner
+                .upstream
+                .send(upstream_request, deadline.saturating_duration_since(sent))
+                .await;
             inner
                 .metrics
                 .upstream_duration
                 .with_label_values(&[exchange.route])
                 .observe(sent.elapsed().as_secs_f64());
-            let attempt = match result {
-                Ok(response) => {
-                    let status = response.status();
-                    inner
-                        .metrics
-                        .upstream_requests
-                        .with_label_values(&[&lease.client.name, status.as_str()])
-                        .inc();
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        lease.client.record_upstream_429();
-                        inner
-                            .metrics
-                            .upstream_429
-                            .with_label_values(&[&lease.client.name, exchange.route])
-                            .inc();
-                    }
-                    if status == StatusCode::UNAUTHORIZED {
-                        Attempt::TokenRefused(response)
-                    } else {
-                        Attempt::Done(response)
-                    }
-                }
+            let client = &lease.client.name;
+            let response = match result {
+                Ok(response) => response,
                 Err(error) => {
                     inner
                         .metrics
                         .upstream_requests
-                        .with_label_values(&[&lease.client.name, "error"])
+                        .with_label_values(&[client, "error"])
                         .inc();
-                    return Err(match error {
-                        UpstreamError::Timeout => Reject::UpstreamTimeout,
-                        other => Reject::UpstreamUnreachable(other),
-                    });
+                    let reached = !error.is_connect();
+                    if matches!(error, UpstreamError::Timeout) {
+                        return Err(Reject::UpstreamTimeout);
+                    }
+                    if !last && retry::may_retry(&parts.method, None, reached) {
+                        debug!(client = %client, error = %error, "upstream connection failed; retrying");
+                        backoff_until(attempt, deadline).await;
+                        continue;
+                    }
+                    return Err(Reject::UpstreamUnreachable(error));
                 }
             };
-            let response = match attempt {
-                Attempt::TokenRefused(response) if !refreshed && Instant::now() < deadline => {
+            let status = response.status();
+            inner
+                .metrics
+                .upstream_requests
+                .with_label_values(&[client, status.as_str()])
+                .inc();
+            match status {
+                StatusCode::TOO_MANY_REQUESTS => {
+                    lease.client.record_upstream_429();
+                    inner
+                        .metrics
+                        .upstream_429
+                        .with_label_values(&[client, exchange.route])
+                        .inc();
+                    let (head, body) = response.into_parts();
+                    let body = Limited::new(body, MAX_ERROR_BODY)
+                        .collect()
+                        .await
+                        .map(http_body_util::Collected::to_bytes)
+                        .unwrap_or_default();
+                    let limit = UpstreamLimit::parse(&head.headers, &body);
+                    warn!(client = %client, route = exchange.route, retry_after = ?limit.retry_after, limit = ?limit.limit, "upstream answered 429; cooling down");
+                    inner
+                        .admission
+                        .upstream_limited(&limit, permit.client, route.id());
+                    if !last && Instant::now() < deadline {
+                        continue;
+                    }
+                    let response = Response::from_parts(head, Either::Right(Full::new(body)));
+                    return Ok(finish_response(response, client, waited));
+                }
+                StatusCode::UNAUTHORIZED if !refreshed && !last => {
                     // Tokens can die before expires_in (revocation, HIPAA idle timeout):
                     // re-mint this client's token (single flight) and try once more.
                     refreshed = true;
                     let generation = lease.token.generation;
                     lease.client.tokens.invalidate(generation);
                     let slot = lease.client.tokens.clone();
-                    drop(lease);
-                    drop(response);
-                    let grant = tokio::time::timeout_at(deadline, slot.refresh(Some(generation)));
-                    match grant.await {
+                    drop((lease, response));
+                    match tokio::time::timeout_at(deadline, slot.refresh(Some(generation))).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => {
                             warn!(client = %slot.name(), error = %e, "token refresh after upstream 401 failed");
@@ -205,11 +262,31 @@ impl Proxy {
                     }
                     continue;
                 }
-                Attempt::TokenRefused(response) | Attempt::Done(response) => response,
-            };
-            return Ok(finish_response(response, &lease.client.name, waited));
+                StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+                    if !last && retry::may_retry(&parts.method, Some(status), true) =>
+                {
+                    debug!(client = %client, %status, "upstream failed transiently; retrying");
+                    drop((lease, response));
+                    backoff_until(attempt, deadline).await;
+                    continue;
+                }
+                _ => {
+                    let (head, body) = response.into_parts();
+                    let response = Response::from_parts(head, Either::Left(body));
+                    return Ok(finish_response(response, client, waited));
+                }
+            }
         }
+        Err(Reject::NoHealthyClient)
     }
+}
+
+/// Sleeps the backoff of `attempt`, but not past `deadline`.
+async fn backoff_until(attempt: u32, deadline: Instant) {
+    let until = (Instant::now() + retry::backoff(attempt)).min(deadline);
+    tokio::time::sleep_until(until).await;
 }
 
 /// Reads the caller's body, refusing it past `max` bytes (also for chunked bodies).
@@ -231,7 +308,7 @@ async fn read_body(headers: &http::HeaderMap, body: Incoming, max: u64) -> Resul
 
 /// The upstream answer as the caller gets it: hop-by-hop headers removed, gcpool's added.
 fn finish_response(
-    response: Response<Incoming>,
+    response: Response<ProxyBody>,
     client: &str,
     waited: Duration,
 ) -> Response<ProxyBody> {
@@ -244,7 +321,7 @@ fn finish_response(
         WAIT_HEADER,
         HeaderValue::from(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)),
     );
-    Response::from_parts(parts, Either::Left(body))
+    Response::from_parts(parts, body)
 }
 
 /// A bounded label for the method: the standard ones, or `other`.

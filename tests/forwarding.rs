@@ -126,7 +126,7 @@ async fn request_and_response_pass_through_intact() {
         .get(&format!("http://{}/metrics", gcpool.admin_addr()))
         .await
         .text();
-    assert!(metrics.contains(r#"gcpool_requests_total{method="POST",outcome="forwarded",route="other",status="201"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"gcpool_requests_total{method="POST",outcome="forwarded",route="/api/v2/users/search",status="201"} 1"#), "{metrics}");
     assert!(
         metrics.contains(&format!(
             r#"gcpool_upstream_requests_total{{client="{client_name}",status="201"}} 1"#

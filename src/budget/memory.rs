@@ -234,10 +234,16 @@ mod tests {
         ]
     }
 
+    fn ivr_route() -> RouteKey {
+        crate::routes::RouteTable::genesys()
+            .find_template(&http::Method::PUT, "/api/v2/architect/ivrs/{ivrId}")
+            .unwrap()
+    }
+
     fn admit(store: &MemoryStore, cands: &[Candidate], max_wait: Duration) -> Decision {
         store.admit_now(AdmitRequest {
             candidates: cands,
-            route: Some(7),
+            route: Some(ivr_route()),
             max_wait,
         })
     }
@@ -293,7 +299,7 @@ mod tests {
         };
         assert_eq!(c[r.candidate].client, 1, "the cooling client is avoided");
         assert_eq!(store.cooling(0), Duration::from_secs(3));
-        store.cool_down(CoolDown::Route(7), Duration::from_secs(2));
+        store.cool_down(CoolDown::Route(ivr_route()), Duration::from_secs(2));
         match admit(&store, &c, Duration::ZERO) {
             Decision::Refused(r) => {
                 assert_eq!(r.wait, Some(Duration::from_secs(2)));

@@ -1,0 +1,383 @@
+//! Admission: which client serves a request, and when.
+//!
+//! For every healthy client (fewest in flight first) the budgets that would apply are
+//! listed — the org cap, the route's budget, the client's token budget — and the store
+//! reserves the soonest instant among them, all budgets at once. The request then waits
+//! for that instant (a caller who leaves gives the slot back) or, when it lies past
+//! `queue.max_wait` or the deadline, is answered with a local 429 at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::budget::{
+    AdmitRequest, Binding, BudgetDef, BudgetId, BudgetKind, BudgetStore, Candidate, CoolDown,
+    Decision, Reservation, per_window,
+};
+use crate::config::{BudgetScope, Config};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::proxy::{LimitInfo, LimitScope, Reject, UpstreamLimit};
+use crate::routes::RouteId;
+
+/// Every budget of the config, and which apply to a (client, route).
+#[derive(Debug, Clone)]
+pub struct BudgetTable {
+    defs: Vec<BudgetDef>,
+    /// Per-minute rate of each budget (for learned limits given per minute).
+    per_minute: Vec<u32>,
+    token: Vec<BudgetId>,
+    org: BudgetId,
+    endpoints: HashMap<RouteId, EndpointBudgets>,
+    window: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum EndpointBudgets {
+    Org(BudgetId),
+    Token(Vec<BudgetId>),
+}
+
+/// Chooses a client and waits for its slot.
+#[derive(Debug)]
+pub struct Admission {
+    store: Arc<dyn BudgetStore>,
+    table: Arc<BudgetTable>,
+    max_wait: Duration,
+    max_pending: usize,
+    pending: AtomicUsize,
+    metrics: Metrics,
+    learned: Mutex<BTreeMap<String, u32>>,
+}
+
+/// Leave to use one client now.
+#[derive(Debug, Clone, Copy)]
+pub struct Permit {
+    pub client: usize,
+    pub waited: Duration,
+}
+
+/// Gives a reservation back unless the request reached its instant.
+struct ReleaseOnDrop<'a> {
+    store: &'a dyn BudgetStore,
+    reservation: Option<Reservation>,
+}
+
+/// Counts a request as waiting in the queue while it lives.
+struct Pending<'a> {
+    admission: &'a Admission,
+}
+
+// === impl BudgetTable ===
+
+impl BudgetTable {
+    pub fn new(config: &Config) -> Self {
+        let budgets = &config.budgets;
+        let window = budgets.window;
+        let length = window + budgets.guard;
+        let mut defs = Vec::new();
+        let mut per_minute = Vec::new();
+        let mut add = |kind, name: String, rate: u32| {
+            defs.push(BudgetDef {
+                kind,
+                name,
+                limit: per_window(rate, window),
+                window: length,
+            });
+            per_minute.push(rate);
+            defs.len() - 1
+        };
+        let token = config
+            .clients
+            .iter()
+            .map(|c| {
+                add(
+                    BudgetKind::Token,
+                    format!("token:{}", c.name),
+                    c.requests_per_minute.get(),
+                )
+            })
+            .collect();
+        let org = add(BudgetKind::Org, "org".into(), budgets.org_per_minute.get());
+        let mut endpoints = HashMap::new();
+        for e in &budgets.endpoints {
+            let route = format!("{} {}", e.method, e.path);
+            let rate = e.per_minute.get();
+            let ids = match e.scope {
+                BudgetScope::Org => EndpointBudgets::Org(add(
+                    BudgetKind::Endpoint,
+                    format!("endpoint:{route}"),
+                    rate,
+                )),
+                BudgetScope::Token => EndpointBudgets::Token(
+                    config
+                        .clients
+                        .iter()
+                        .map(|c| {
+                            add(
+                                BudgetKind::Endpoint,
+                                format!("endpoint:{route}:{}", c.name),
+                                rate,
+                            )
+                        })
+                        .collect(),
+                ),
+            };
+            endpoints.insert(e.route, ids);
+        }
+        Self {
+            defs,
+            per_minute,
+            token,
+            org,
+            endpoints,
+            window,
+        }
+    }
+
+    pub fn defs(&self) -> &[BudgetDef] {
+        &self.defs
+    }
+
+    /// Budgets that apply when `client` serves `route`: shared ones first.
+    pub fn for_client(&self, client: usize, route: Option<RouteId>) -> Vec<BudgetId> {
+        let mut ids = Vec::with_capacity(3);
+        ids.push(self.org);
+        match route.and_then(|r| self.endpoints.get(&r)) {
+            Some(EndpointBudgets::Org(id)) => ids.push(*id),
+            Some(EndpointBudgets::Token(per_client)) => ids.extend(per_client.get(client)),
+            None => {}
+        }
+        ids.extend(self.token.get(client));
+        ids
+    }
+
+    pub fn token(&self, client: usize) -> Option<BudgetId> {
+        self.token.get(client).copied()
+    }
+
+    pub fn org(&self) -> BudgetId {
+        self.org
+    }
+
+    /// The route's budgets (one, or one per client).
+    pub fn endpoint(&self, route: RouteId) -> Vec<BudgetId> {
+        match self.endpoints.get(&route) {
+            Some(EndpointBudgets::Org(id)) => vec![*id],
+            Some(EndpointBudgets::Token(ids)) => ids.clone(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every token budget.
+    pub fn tokens(&self) -> &[BudgetId] {
+        &self.token
+    }
+
+    /// Admissions per window for a per-minute rate, as the budgets count them.
+    pub fn per_window(&self, per_minute: u32) -> u32 {
+        per_window(per_minute, self.window)
+    }
+
+    pub fn per_minute(&self, budget: BudgetId) -> u32 {
+        self.per_minute.get(budget).copied().unwrap_or(0)
+    }
+
+    fn limit_info(&self, budget: BudgetId) -> Option<LimitInfo> {
+        self.defs.get(budget).map(|d| LimitInfo {
+            key: d.name.clone(),
+            value: self.per_minute(budget),
+        })
+    }
+}
+
+// === impl Admission ===
+
+impl Admission {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn BudgetStore>,
+        table: Arc<BudgetTable>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            store,
+            table,
+            max_wait: config.budgets.queue.max_wait,
+            max_pending: config.budgets.queue.max_pending,
+            pending: AtomicUsize::new(0),
+            metrics,
+            learned: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn BudgetStore> {
+        &self.store
+    }
+
+    pub fn table(&self) -> &Arc<BudgetTable> {
+        &self.table
+    }
+
+    /// Reserves a slot for `route` on the soonest healthy client and waits for it.
+    ///
+    /// # Errors
+    /// A local 429 (`OverBudget`, `QueueFull`, `Deadline`, `AllCoolingDown`) when no slot
+    /// comes in time, `NoHealthyClient` when no client has a usable token.
+    pub async fn admit(
+        &self,
+        pool: &Pool,
+        route: Option<RouteId>,
+        deadline: Instant,
+    ) -> Result<Permit, Reject> {
+        let now = Instant::now();
+        let order = pool.candidates(now);
+        if order.is_empty() {
+            return Err(Reject::NoHealthyClient);
+        }
+        if self.pending.load(Ordering::Relaxed) >= self.max_pending {
+            return Err(Reject::QueueFull);
+        }
+        let candidates: Vec<Candidate> = order
+            .iter()
+            .map(|&client| Candidate {
+                client,
+                budgets: self.table.for_client(client, route),
+            })
+            .collect();
+        let until_deadline = deadline.saturating_duration_since(now);
+        let request = AdmitRequest {
+            candidates: &candidates,
+            route,
+            max_wait: self.max_wait.min(until_deadline),
+        };
+        let decision = self
+            .store
+            .admit(request)
+            .await
+            .map_err(|_| Reject::QueueFull)?;
+        let reservation = match decision {
+            Decision::Admitted(reservation) => reservation,
+            Decision::Refused(refusal) => {
+                let retry_after = refusal.wait.unwrap_or(Duration::from_secs(60));
+                let limit = match refusal.binding {
+                    Some(Binding::Budget(b)) => self.table.limit_info(b),
+                    _ => None,
+                };
+                return Err(match refusal.wait {
+                    Some(wait) if wait <= self.max_wait => Reject::Deadline { retry_after, limit },
+                    _ => match refusal.binding {
+                        Some(Binding::Budget(b)) => Reject::OverBudget {
+                            kind: self.table.defs[b].kind,
+                            retry_after,
+                            limit,
+                        },
+                        Some(Binding::RouteCoolDown) => Reject::OverBudget {
+                            kind: BudgetKind::Endpoint,
+                            retry_after,
+                            limit: None,
+                        },
+                        Some(Binding::PoolCoolDown) | None => Reject::OverBudget {
+                            kind: BudgetKind::Org,
+                            retry_after,
+                            limit: None,
+                        },
+                        Some(Binding::ClientCoolDown) => Reject::AllCoolingDown { retry_after },
+                    },
+                });
+            }
+        };
+        let permit = Permit {
+            client: candidates[reservation.candidate].client,
+            waited: reservation.wait,
+        };
+        if !reservation.wait.is_zero() {
+            let _pending = Pending::enter(self);
+            let mut guard = ReleaseOnDrop {
+                store: &*self.store,
+                reservation: Some(reservation),
+            };
+            // Dropped here (caller gone) → the guard gives the slot back.
+            tokio::time::sleep_until(now + permit.waited).await;
+            guard.reservation = None;
+        }
+        self.metrics.queue_wait.observe(permit.waited.as_secs_f64());
+        Ok(permit)
+    }
+
+    /// Acts on an upstream 429 seen by `client` for `route`: cools down what the limit
+    /// names for `Retry-After`, and lowers the matching budgets when the 429 reveals a
+    /// lower limit than configured (until restart; logged once, shown in `/status`).
+    pub fn upstream_limited(&self, limit: &UpstreamLimit, client: usize, route: Option<RouteId>) {
+        let scope = limit.scope();
+        let target = match (scope, route) {
+            (LimitScope::Client, _) | (LimitScope::Route, None) => CoolDown::Client(client),
+            (LimitScope::Route, Some(route)) => CoolDown::Route(route),
+            (LimitScope::Pool, _) => CoolDown::Pool,
+        };
+        self.store.cool_down(target, limit.retry_after);
+        let Some(value) = limit.limit.as_ref().and_then(|l| l.value) else {
+            return;
+        };
+        let per_minute = u32::try_from(value).unwrap_or(u32::MAX);
+        let budgets = match (scope, route) {
+            (LimitScope::Client, _) => self.table.tokens().to_vec(),
+            (LimitScope::Route, Some(route)) => self.table.endpoint(route),
+            (LimitScope::Route, None) => Vec::new(),
+            (LimitScope::Pool, _) => vec![self.table.org()],
+        };
+        let per_window = self.table.per_window(per_minute);
+        for budget in budgets {
+            if per_minute < self.table.per_minute(budget)
+                && self.store.lower_limit(budget, per_window)
+            {
+                let name = &self.table.defs()[budget].name;
+                warn!(budget = %name, per_minute, "upstream 429 revealed a lower limit; budget lowered until restart or reload");
+                self.learned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone(), per_minute);
+            }
+        }
+    }
+
+    /// Budgets lowered by upstream 429s: name → per-minute rate.
+    pub fn learned_limits(&self) -> BTreeMap<String, u32> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Requests waiting for their slot now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.store.release(&reservation);
+        }
+    }
+}
+
+impl<'a> Pending<'a> {
+    fn enter(admission: &'a Admission) -> Self {
+        admission.pending.fetch_add(1, Ordering::Relaxed);
+        admission.metrics.queue_pending.inc();
+        Self { admission }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.admission.pending.fetch_sub(1, Ordering::Relaxed);
+        self.admission.metrics.queue_pending.dec();
+    }
+}
