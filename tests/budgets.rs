@@ -1,0 +1,260 @@
+//! Budgets against the simulator: bursts become a paced stream with zero upstream 429s,
+//! shared route budgets hold, and upstream 429s cool a client down.
+
+mod support;
+
+use std::time::Duration;
+
+use gcpool::sim::{SimOptions, Simulator};
+use http::{Method, StatusCode};
+use support::{HttpClient, THREE_CLIENTS, start_gcpool};
+
+/// gcpool budgets for a 2 s window: `per_window` admissions per client per window.
+fn budgets(per_window: u32, extra: &str) -> String {
+    format!(
+        "budgets:\n  token_per_minute: {}\n  org_per_minute: 100000\n  window: 2s\n  guard: 60ms\n  queue:\n    max_wait: 3s\n{extra}",
+        per_window * 30
+    )
+}
+
+/// 100 callers ramping up within 2 s against 3 clients of 5 per 2 s: no upstream 429,
+/// no window over a limit, every caller gets 200 or a local 429 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_100_callers_never_overruns_a_limit() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(5),
+    )
+    .await
+    .unwrap();
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &budgets(5, "")).await;
+    let url = format!("http://{}/api/v2/users?pageSize=1", gcpool.api_addr());
+
+    let mut callers = Vec::new();
+    for i in 0..100u64 {
+        let url = url.clone();
+        callers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 20)).await;
+            HttpClient::new().get(&url).await
+        }));
+    }
+    let (mut ok, mut local) = (0, 0);
+    for caller in callers {
+        let answer = caller.await.unwrap();
+        match answer.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                local += 1;
+                let reason = answer.header("x-gcpool-reason");
+                assert!(
+                    ["token_budget", "deadline", "queue_full"].contains(&reason),
+                    "reason {reason}"
+                );
+                let retry_after: u64 = answer.header("retry-after").parse().unwrap();
+                assert!((1..=60).contains(&retry_after));
+                let body = answer.json();
+                assert_eq!(body["code"], "too.many.requests.retry.after");
+                assert_eq!(body["status"], 429);
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains(&format!("[{retry_after}]"))
+                );
+            }
+            other => panic!("caller got {other}: {}", answer.text()),
+        }
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.rejected_429, 0, "no upstream 429: {stats:?}");
+    for (client, c) in &stats.clients {
+        assert!(
+            c.max_in_window <= 5,
+            "{client} saw {} in one window",
+            c.max_in_window
+        );
+    }
+    assert_eq!(ok + local, 100);
+    assert_eq!(stats.accepted, ok, "every 200 was one upstream request");
+    // 2 s of arrivals + 3 s of queueing covers at least 2 full windows of 15.
+    assert!(ok >= 30, "capacity used: only {ok} callers served");
+    assert!(
+        local > 0,
+        "the burst exceeds capacity, some callers are told to come back"
+    );
+}
+
+/// A route budget in org scope shared by all clients is never overrun, although every
+/// client's token budget still has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_scope_route_budget_is_shared_by_every_client() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(100)
+            .route_limit(Method::PUT, "/api/v2/architect/ivrs/{ivrId}", 4),
+    )
+    .await
+    .unwrap();
+    let endpoint = "  endpoints:\n    - route: \"PUT /api/v2/architect/ivrs/{ivrId}\"\n      per_minute: 120\n      scope: org\n";
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &budgets(100, endpoint)).await;
+
+    let mut callers = Vec::new();
+    for i in 0..12 {
+        let url = format!("http://{}/api/v2/architect/ivrs/ivr-{i}", gcpool.api_addr());
+        callers.push(tokio::spawn(async move {
+            HttpClient::new()
+                .request(
+                    Method::PUT,
+                    &url,
+                    &[("content-type", "application/json")],
+                    "{}",
+                )
+                .await
+        }));
+    }
+    let mut clients = std::collections::BTreeSet::new();
+    let mut ok = 0;
+    for caller in callers {
+        let answer = caller.await.unwrap();
+        if answer.status == StatusCode::OK {
+            ok += 1;
+            clients.insert(answer.header("x-gcpool-client").to_owned());
+        } else {
+            assert_eq!(
+                answer.status,
+                StatusCode::TOO_MANY_REQUESTS,
+                "{}",
+                answer.text()
+            );
+            assert_eq!(answer.header("x-gcpool-reason"), "endpoint_budget");
+            assert_eq!(
+                answer.json()["limit"]["key"],
+                "endpoint:PUT /api/v2/architect/ivrs/{ivrId}"
+            );
+        }
+    }
+    let stats = sim.stats();
+    let route = stats.route("PUT /api/v2/architect/ivrs/{ivrId}");
+    assert_eq!(stats.rejected_429, 0, "{stats:?}");
+    assert!(
+        route.max_in_window <= 4,
+        "route window overrun: {}",
+        route.max_in_window
+    );
+    assert_eq!(
+        ok, 8,
+        "4 at once + 4 in the next window (max_wait 3 s), the rest refused"
+    );
+    assert!(
+        clients.len() > 1,
+        "the route budget is shared while load spreads: {clients:?}"
+    );
+}
+
+/// A limit gcpool was not told about (the simulator's hidden per-token limit on one client)
+/// makes the upstream answer 429: gcpool cools that client down, retries elsewhere, and
+/// the caller sees 200.
+#[tokio::test]
+async fn upstream_429_cools_the_client_down_and_retries_elsewhere() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(100)
+            .hidden_limit("sim-client-01", 1),
+    )
+    .await
+    .unwrap();
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &budgets(100, "")).await;
+    let client = HttpClient::new();
+    for _ in 0..12 {
+        let answer = client
+            .get(&format!("http://{}/api/v2/users/me", gcpool.api_addr()))
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "the caller never sees the upstream 429: {}",
+            answer.text()
+        );
+    }
+    let stats = sim.stats();
+    assert!(
+        stats.clients["sim-client-01"].rejected_429 >= 1,
+        "the hidden limit fired: {stats:?}"
+    );
+    let metrics = client
+        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"gcpool_upstream_429_total{client="pool-01",route="/api/v2/users/me"}"#),
+        "{metrics}"
+    );
+    let status = client
+        .get(&format!("http://{}/status", gcpool.admin_addr()))
+        .await
+        .json();
+    assert!(
+        status["learned_limits"]
+            .as_object()
+            .is_some_and(|l| !l.is_empty()),
+        "the 429's limit.value lowered the token budgets: {status}"
+    );
+}
+
+/// A caller who leaves while queued gives its slot back; past max_pending, callers are
+/// refused at once.
+#[tokio::test]
+async fn disconnected_waiter_frees_its_slot_and_queue_is_bounded() {
+    let sim = Simulator::start(SimOptions::with_clients(1).window(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let extra = "budgets:\n  token_per_minute: 30\n  window: 2s\n  queue:\n    max_wait: 5s\n    max_pending: 1\n";
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS[..1], extra).await;
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/v2/users", gcpool.api_addr());
+    assert_eq!(
+        client.get(&url).await.status,
+        StatusCode::OK,
+        "1 per 2 s: the first goes at once"
+    );
+
+    let waiting = {
+        let url = url.clone();
+        tokio::spawn(async move { HttpClient::new().get(&url).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let full = client.get(&url).await;
+    assert_eq!(full.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(full.header("x-gcpool-reason"), "queue_full");
+
+    let status = || async {
+        client
+            .get(&format!("http://{}/status", gcpool.admin_addr()))
+            .await
+            .json()
+    };
+    assert_eq!(status().await["org_budget"]["used"], 1);
+    waiting.abort();
+    let _ = waiting.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        status().await["queue_pending"],
+        0,
+        "the waiter left the queue"
+    );
+    // The slot it held (in the next window) is free again: a new caller takes it.
+    let answer = client.get(&url).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        answer.header("x-gcpool-wait-ms").parse::<u64>().unwrap() > 1000,
+        "it waited for the window"
+    );
+    assert_eq!(
+        sim.stats().accepted,
+        2,
+        "the disconnected waiter was never forwarded"
+    );
+}
