@@ -1,4 +1,5 @@
-//! Command line: `run`, `check`, `simulate`. The only place `anyhow` is used.
+//! Command line: `run`, `check`, `simulate`, `demo`. `anyhow` is used here and in `demo`
+//! (both edges) only.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Command {
     Check,
     /// Run a Genesys Cloud simulator (token endpoint + /api/v2/** with rate limits).
     Simulate(crate::sim::SimulateArgs),
+    /// Simulator + gcpool + bursty load in one process: live summary, then a report
+    /// comparing the same load without and with gcpool. Needs no credentials, no network.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Entry point called by `main`.
@@ -59,6 +63,12 @@ pub fn main() -> ExitCode {
                 rt.block_on(crate::sim::run_cli(args, shutdown::signal()))
                     .context("simulator failed")
             }))
+        }
+        Some(Command::Demo(args)) => {
+            // The demo's own summary is the output; keep gcpool's logs to warnings.
+            let level = if cli.log_level == "info" { "warn" } else { &cli.log_level };
+            telemetry::init(cli.log_format, level);
+            report(runtime().and_then(|rt| rt.block_on(crate::demo::run(args))))
         }
         Some(Command::Run) | None => {
             let Some(path) = cli.config else {

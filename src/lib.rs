@@ -30,6 +30,7 @@ pub mod app;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod inbound;
 pub mod metrics;
 pub mod pool;

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 async fn short_lived_tokens_never_surface_as_401() {
     let mut options = SimOptions::with_clients(3);
     options.token_lifetime = Duration::from_secs(2);
-    let sim = Simulator::start(options.token_limit(100_000)).await.unwrap();
+    let sim = Simulator::start(options.token_limit(100_000))
+        .await
+        .unwrap();
     // Budgets far above the traffic: this test is about tokens only.
     let budgets = "budgets:\n  token_per_minute: 100000\n  org_per_minute: 300000\n";
     let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, budgets).await;

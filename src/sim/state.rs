@@ -319,6 +319,11 @@ impl State {
             r.arrivals.arrive(now);
         }
 
+        // Genesys names its limits per minute (`….rate.per.minute`), so the `value` a 429
+        // reports is the limit per minute, whatever window the simulator runs.
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let per_minute =
+            |n: u32| u32::try_from(u64::from(n) * 60_000 / window_ms).unwrap_or(u32::MAX);
         // The binding limit is the one that frees a slot last; ties go to token, route, org.
         let mut binding: Option<(Duration, LimitInfo)> = None;
         let mut consider = |wait: Duration, info: &dyn Fn() -> LimitInfo| {
@@ -331,7 +336,7 @@ impl State {
             LimitInfo {
                 key: TOKEN_LIMIT_KEY,
                 namespace: "oauth.client".into(),
-                value: token_limit,
+                value: per_minute(token_limit),
             }
         });
         for r in &mut matching {
@@ -339,14 +344,14 @@ impl State {
             consider(wait, &|| LimitInfo {
                 key: ROUTE_LIMIT_KEY,
                 namespace: r.namespace.clone(),
-                value: r.limit,
+                value: per_minute(r.limit),
             });
         }
         if let Some(limit) = org.limit {
             consider(org.admitted.wait_for_slot(now, limit), &|| LimitInfo {
                 key: ORG_LIMIT_KEY,
                 namespace: "organization".into(),
-                value: limit,
+                value: per_minute(limit),
             });
         }
 
