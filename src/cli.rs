@@ -66,7 +66,11 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Demo(args)) => {
             // The demo's own summary is the output; keep gcpool's logs to warnings.
-            let level = if cli.log_level == "info" { "warn" } else { &cli.log_level };
+            let level = if cli.log_level == "info" {
+                "warn"
+            } else {
+                &cli.log_level
+            };
             telemetry::init(cli.log_format, level);
             report(runtime().and_then(|rt| rt.block_on(crate::demo::run(args))))
         }

@@ -48,6 +48,9 @@ pub struct DemoArgs {
     /// Requests per burst: the load arrives in bursts of this size.
     #[arg(long, default_value_t = 24)]
     pub burst: u32,
+    /// gcpool's guard time (see `budgets.guard`); default: the config default.
+    #[arg(long, value_parser = parse_duration)]
+    pub guard: Option<Duration>,
     /// Longest a request waits in gcpool's queue.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub max_wait: Duration,
@@ -126,7 +129,10 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// # Errors
 /// When the simulator or gcpool cannot start, or the flags make no sense.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.rate > 0.0 && args.burst > 0, "--rate and --burst must be positive");
+    anyhow::ensure!(
+        args.rate > 0.0 && args.burst > 0,
+        "--rate and --burst must be positive"
+    );
     anyhow::ensure!(args.token_limit > 0, "--token-limit must be positive");
     let window_ms = u64::try_from(args.window.as_millis())?;
     anyhow::ensure!(window_ms >= 100, "--window must be at least 100ms");
@@ -137,7 +143,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.token_limit,
         args.window
     );
-    let live = !args.plain && !args.json && std::io::stdout().is_terminal();
+    let live = if args.json {
+        Display::Stderr
+    } else if !args.plain && std::io::stdout().is_terminal() {
+        Display::Redraw
+    } else {
+        Display::Lines
+    };
     let clients = usize::from(args.clients);
     let capacity = u64::from(args.token_limit) * clients as u64;
     let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
@@ -158,7 +170,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             base: sim.base_url(),
             token,
         };
-        let report = phase("without gcpool", target, &args, &http, &sim, None, live, args.token_limit.into()).await;
+        let report = phase(
+            "without gcpool",
+            target,
+            &args,
+            &http,
+            &sim,
+            None,
+            live,
+            args.token_limit.into(),
+        )
+        .await;
         sim.shutdown().await;
         Some(report)
     };
@@ -174,7 +196,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let target = Target::Gcpool {
         base: format!("http://{}", gcpool.api_addr()),
     };
-    let with = phase("with gcpool", target, &args, &http, &sim, Some(&gcpool), live, capacity).await;
+    let with = phase(
+        "with gcpool",
+        target,
+        &args,
+        &http,
+        &sim,
+        Some(&gcpool),
+        live,
+        capacity,
+    )
+    .await;
     gcpool.shutdown().trigger();
     gcpool.wait().await;
     sim.shutdown().await;
@@ -219,18 +251,28 @@ fn proxy_config(args: &DemoArgs, sim_url: &str, per_minute: u32) -> anyhow::Resu
         args.window.as_millis(),
         args.max_wait.as_millis(),
     );
+    if let Some(guard) = args.guard {
+        yaml = yaml.replace(
+            "  queue:\n",
+            &format!("  guard: {}ms\n  queue:\n", guard.as_millis()),
+        );
+    }
     for i in 1..=args.clients {
         yaml.push_str(&format!(
             "  - name: pool-{i:02}\n    client_id: sim-client-{i:02}\n    client_secret: sim-secret-{i:02}\n"
         ));
     }
-    Config::from_yaml(&yaml, Path::new("."), &NoEnv).map_err(|e| anyhow::anyhow!("demo config: {e}"))
+    Config::from_yaml(&yaml, Path::new("."), &NoEnv)
+        .map_err(|e| anyhow::anyhow!("demo config: {e}"))
 }
 
 async fn wait_ready(gcpool: &Gcpool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gcpool.pool.is_ready(Instant::now()) {
-        anyhow::ensure!(Instant::now() < deadline, "gcpool got no token from the simulator");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "gcpool got no token from the simulator"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -243,7 +285,9 @@ async fn grant(http: &HttpClient, sim_url: &str) -> anyhow::Result<String> {
     let request = Request::post(format!("{sim_url}/oauth/token"))
         .header(header::AUTHORIZATION, format!("Basic {basic}"))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from_static(b"grant_type=client_credentials")))?;
+        .body(Full::new(Bytes::from_static(
+            b"grant_type=client_credentials",
+        )))?;
     let response = http.request(request).await?;
     let body = response.into_body().collect().await?.to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body)?;
@@ -263,7 +307,7 @@ async fn phase(
     http: &HttpClient,
     sim: &Simulator,
     gcpool: Option<&Gcpool>,
-    live: bool,
+    live: Display,
     capacity: u64,
 ) -> PhaseReport {
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -276,7 +320,12 @@ async fn phase(
         let now = Instant::now();
         if now >= next_burst {
             for _ in 0..args.burst {
-                tasks.spawn(one_request(http.clone(), target.clone(), tally.clone(), start));
+                tasks.spawn(one_request(
+                    http.clone(),
+                    target.clone(),
+                    tally.clone(),
+                    start,
+                ));
             }
             next_burst += burst_every;
         }
@@ -336,7 +385,13 @@ async fn one_request(http: HttpClient, target: Target, tally: Arc<Mutex<Tally>>,
         t.other += 1;
         return;
     };
-    let header_text = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header_text = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     match response.status() {
         StatusCode::OK => {
             t.served += 1;
@@ -347,7 +402,9 @@ async fn one_request(http: HttpClient, target: Target, tally: Arc<Mutex<Tally>>,
             let client = header_text("x-gcpool-client").unwrap_or_else(|| "sim-client-01".into());
             *t.per_client.entry(client).or_default() += 1;
         }
-        StatusCode::TOO_MANY_REQUESTS if header_text("x-gcpool-reason").is_some() => t.local_429 += 1,
+        StatusCode::TOO_MANY_REQUESTS if header_text("x-gcpool-reason").is_some() => {
+            t.local_429 += 1
+        }
         StatusCode::TOO_MANY_REQUESTS => t.upstream_429 += 1,
         _ => t.other += 1,
     }
@@ -379,7 +436,26 @@ fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
     sorted.get(i).copied()
 }
 
-fn draw(name: &str, tally: &Mutex<Tally>, sim: &Simulator, gcpool: Option<&Gcpool>, start: Instant, live: bool) {
+/// Where the live summary goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Display {
+    /// Redrawn in place on a terminal.
+    Redraw,
+    /// One line a second on stdout.
+    Lines,
+    /// One line a second on stderr (stdout carries the JSON report).
+    Stderr,
+}
+
+fn draw(
+    name: &str,
+    tally: &Mutex<Tally>,
+    sim: &Simulator,
+    gcpool: Option<&Gcpool>,
+    start: Instant,
+    display: Display,
+) {
+    let live = display == Display::Redraw;
     let stats = sim.stats();
     let t = tally.lock().unwrap_or_else(|e| e.into_inner());
     let secs = start.elapsed().as_secs_f64().max(0.001);
@@ -397,7 +473,9 @@ fn draw(name: &str, tally: &Mutex<Tally>, sim: &Simulator, gcpool: Option<&Gcpoo
         let pending = gcpool.admission.pending();
         let p50 = quantile(&waits, 0.5).unwrap_or(0);
         let p99 = quantile(&waits, 0.99).unwrap_or(0);
-        line.push_str(&format!("  queued {pending:>3}  wait p50 {p50}ms p99 {p99}ms"));
+        line.push_str(&format!(
+            "  queued {pending:>3}  wait p50 {p50}ms p99 {p99}ms"
+        ));
         let store = gcpool.admission.store();
         let table = gcpool.admission.table();
         let uses: Vec<String> = gcpool
@@ -411,25 +489,32 @@ fn draw(name: &str, tally: &Mutex<Tally>, sim: &Simulator, gcpool: Option<&Gcpoo
             })
             .collect();
         if live {
-            line.push_str(&format!("\n  budgets in the current window: {}", uses.join("  ")));
+            line.push_str(&format!(
+                "\n  budgets in the current window: {}",
+                uses.join("  ")
+            ));
         } else {
             line.push_str(&format!("  [{}]", uses.join(", ")));
         }
     }
     drop(t);
-    let mut out = std::io::stdout().lock();
-    if live {
-        let _ = write!(out, "\x1b[2J\x1b[H{line}\n");
-    } else {
-        let _ = writeln!(out, "{line}");
+    match display {
+        Display::Redraw => {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\x1b[2J\x1b[H{line}\n");
+            let _ = out.flush();
+        }
+        Display::Lines => println!("{line}"),
+        Display::Stderr => eprintln!("{line}"),
     }
-    let _ = out.flush();
 }
 
 fn print_report(report: &DemoReport) {
     let fmt_cap = |p: &PhaseReport| {
-        p.capacity_used
-            .map_or_else(|| "n/a".to_owned(), |c| format!("{:.1} % ({} windows)", c * 100.0, p.windows_measured))
+        p.capacity_used.map_or_else(
+            || "n/a".to_owned(),
+            |c| format!("{:.1} % ({} windows)", c * 100.0, p.windows_measured),
+        )
     };
     println!();
     println!(
@@ -441,10 +526,26 @@ fn print_report(report: &DemoReport) {
     let col = |f: &dyn Fn(&PhaseReport) -> String| without.map_or_else(|| "-".to_owned(), f);
     let with = &report.with_gcpool;
     let rows: [(&str, String, String); 6] = [
-        ("requests sent", col(&|p| p.sent.to_string()), with.sent.to_string()),
-        ("served (200)", col(&|p| p.served.to_string()), with.served.to_string()),
-        ("upstream 429s", col(&|p| p.upstream_429.to_string()), with.upstream_429.to_string()),
-        ("local 429s (Retry-After)", col(&|p| p.local_429.to_string()), with.local_429.to_string()),
+        (
+            "requests sent",
+            col(&|p| p.sent.to_string()),
+            with.sent.to_string(),
+        ),
+        (
+            "served (200)",
+            col(&|p| p.served.to_string()),
+            with.served.to_string(),
+        ),
+        (
+            "upstream 429s",
+            col(&|p| p.upstream_429.to_string()),
+            with.upstream_429.to_string(),
+        ),
+        (
+            "local 429s (Retry-After)",
+            col(&|p| p.local_429.to_string()),
+            with.local_429.to_string(),
+        ),
         ("capacity used", col(&|p| fmt_cap(p)), fmt_cap(with)),
         (
             "queue wait p50 / p99",
@@ -459,7 +560,10 @@ fn print_report(report: &DemoReport) {
     for (label, a, b) in rows {
         println!("{label:<28} {a:>18} {b:>18}");
     }
-    println!("served per client (with gcpool): {:?}", with.served_per_client);
+    println!(
+        "served per client (with gcpool): {:?}",
+        with.served_per_client
+    );
     println!(
         "Without gcpool one OAuth client takes the whole burst and Genesys answers 429; with gcpool the pool's \
          budgets are spent to the last slot, bursts wait their turn, and the upstream never answers 429."

@@ -39,7 +39,7 @@ const DEFAULT_TOKEN_PER_MINUTE: NonZeroU32 = NonZeroU32::new(300).expect("300 is
 const DEFAULT_ORG_PER_MINUTE: NonZeroU32 = NonZeroU32::new(3000).expect("3000 is not zero");
 const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 const MAX_WINDOW: Duration = Duration::from_secs(3600);
-const DEFAULT_GUARD: Duration = Duration::from_millis(5);
+const DEFAULT_GUARD: Duration = Duration::from_millis(50);
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_PENDING: usize = 10_000;
 const DEFAULT_KEY_PREFIX: &str = "gcpool";
@@ -1149,7 +1149,7 @@ mod tests {
         assert_eq!(c.budgets.token_per_minute.get(), 300);
         assert_eq!(c.budgets.org_per_minute.get(), 3000);
         assert_eq!(c.budgets.window, Duration::from_secs(60));
-        assert_eq!(c.budgets.guard, Duration::from_millis(5));
+        assert_eq!(c.budgets.guard, Duration::from_millis(50));
         assert!(c.budgets.endpoints.is_empty());
         assert_eq!(c.budgets.queue.max_wait, Duration::from_secs(10));
         assert_eq!(c.budgets.queue.max_pending, 10_000);

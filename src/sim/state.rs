@@ -321,7 +321,9 @@ impl State {
 
         // Genesys names its limits per minute (`….rate.per.minute`), so the `value` a 429
         // reports is the limit per minute, whatever window the simulator runs.
-        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let window_ms = u64::try_from(self.window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let per_minute =
             |n: u32| u32::try_from(u64::from(n) * 60_000 / window_ms).unwrap_or(u32::MAX);
         // The binding limit is the one that frees a slot last; ties go to token, route, org.
