@@ -501,7 +501,7 @@ fn draw(
     match display {
         Display::Redraw => {
             let mut out = std::io::stdout().lock();
-            let _ = write!(out, "\x1b[2J\x1b[H{line}\n");
+            let _ = writeln!(out, "\x1b[2J\x1b[H{line}");
             let _ = out.flush();
         }
         Display::Lines => println!("{line}"),
