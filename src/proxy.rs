@@ -23,7 +23,7 @@ use crate::inbound::{self, Authenticator};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::routes::{RouteId, RouteTable};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
 
 mod reject;
 mod retry;
@@ -44,7 +44,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub const WAIT_HEADER: &str = "x-gcpool-wait-ms";
 
 /// Body of every response gcpool sends: streamed from upstream, or written by gcpool.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// The request path. Cheap to clone.
 #[derive(Debug, Clone)]
