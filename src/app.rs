@@ -32,6 +32,62 @@ pub enum StartError {
     },
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
+    #[error("cannot start a worker thread")]
+    Worker(#[source] std::io::Error),
+}
+
+/// Worker threads serving the API listener: as many as cores, each a current-thread
+/// runtime with its own upstream connection pool, so a request, its upstream connection
+/// and their tasks stay on one thread (no cross-thread wake-ups on the hot path). Shared
+/// state (pool, budgets, metrics) is behind `Arc`s.
+fn spawn_workers(
+    listener: TcpListener,
+    proxy: &Proxy,
+    shutdown: &Shutdown,
+    options: ServeOptions,
+) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
+    let workers = std::env::var("GCPOOL_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let listener = listener.into_std().map_err(StartError::Worker)?;
+    (0..workers)
+        .map(|i| {
+            let listener = listener.try_clone().map_err(StartError::Worker)?;
+            let proxy = proxy.with_own_upstream();
+            let stop = shutdown.token();
+            std::thread::Builder::new()
+                .name(format!("gcpool-worker-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot start a worker runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(listener) => listener,
+                            Err(error) => {
+                                tracing::error!(%error, "worker cannot use the listener");
+                                return;
+                            }
+                        };
+                        let handler = move |request, _peer| {
+                            let proxy = proxy.clone();
+                            async move { proxy.handle(request).await }
+                        };
+                        let _ = server::serve(listener, handler, stop, options).await;
+                    });
+                })
+                .map_err(StartError::Worker)
+        })
+        .collect()
 }
 
 /// A running gcpool: API listener, admin listener, one token refresher per client.
@@ -40,7 +96,8 @@ pub struct Gcpool {
     api_addr: SocketAddr,
     admin_addr: SocketAddr,
     shutdown: Shutdown,
-    api: JoinHandle<std::io::Result<()>>,
+    /// One thread per core, each with its own runtime, accepting on the shared listener.
+    api: Vec<std::thread::JoinHandle<()>>,
     admin: JoinHandle<std::io::Result<()>>,
     pub metrics: Metrics,
     pub pool: Arc<Pool>,
@@ -125,15 +182,7 @@ impl Gcpool {
             idle_timeout: config.server.idle_timeout,
             grace: config.server.shutdown_grace,
         };
-        let api = tokio::spawn(server::serve(
-            api_listener,
-            move |request, _peer| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(request).await }
-            },
-            shutdown.token(),
-            options,
-        ));
+        let api = spawn_workers(api_listener, &proxy, &shutdown, options)?;
         let admin_state = Admin::new(
             pool.clone(),
             admission.clone(),
@@ -177,7 +226,13 @@ impl Gcpool {
 
     /// Waits until both listeners have drained after shutdown, then stops background tasks.
     pub async fn wait(self) {
-        let _ = self.api.await;
+        let workers = self.api;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
         let _ = self.admin.await;
         self.shutdown.trigger();
         self.shutdown.wait_tasks().await;

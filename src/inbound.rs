@@ -56,8 +56,14 @@ fn default_port(uri: &Uri) -> Option<u16> {
 
 /// `.` or `..`, also when percent-encoded (`%2e`, `%2E%2e`, …).
 fn is_dot_segment(segment: &str) -> bool {
-    let lowered = segment.to_ascii_lowercase().replace("%2e", ".");
-    lowered == "." || lowered == ".."
+    match segment.len() {
+        // ".", "..", or one to two "%2e" (any case) mixed with ".": at most 6 bytes.
+        1..=6 if segment.starts_with(['.', '%']) => {
+            let lowered = segment.to_ascii_lowercase().replace("%2e", ".");
+            lowered == "." || lowered == ".."
+        }
+        _ => false,
+    }
 }
 
 /// Who may call: API key digests, or anyone when anonymous access is on.

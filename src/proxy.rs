@@ -50,6 +50,7 @@ pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 #[derive(Debug, Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
+    upstream: Upstream,
 }
 
 #[derive(Debug)]
@@ -58,7 +59,6 @@ struct Inner {
     admission: Arc<Admission>,
     /// `None`: every route; else only these.
     allow_routes: Option<HashSet<RouteId>>,
-    upstream: Upstream,
     metrics: Metrics,
     target: ApiTarget,
     auth: Authenticator,
@@ -106,13 +106,21 @@ impl Proxy {
                         .map(|r| r.route)
                         .collect()
                 }),
-                upstream,
                 metrics,
                 target,
                 auth: Authenticator::new(&config.inbound),
                 max_body_bytes: config.server.max_body_bytes,
                 request_timeout: config.server.request_timeout,
             }),
+            upstream,
+        }
+    }
+
+    /// The same proxy with a connection pool of its own (one per worker thread).
+    pub fn with_own_upstream(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            upstream: Upstream::new(),
         }
     }
 
@@ -181,10 +189,10 @@ impl Proxy {
             exchange.client = Some(lease.client.name.clone());
 
             let upstream_request =
-                rewrite::upstream_request(&parts, body.clone(), &inner.target, &lease.token.value)
+                rewrite::upstream_request(&parts, body.clone(), &inner.target, &lease.token.bearer)
                     .map_err(|_| Reject::BadPath)?;
             let sent = Instant::now();
-            let result = inner
+            let result = self
                 .upstream
                 .send(upstream_request, deadline.saturating_duration_since(sent))
                 .await;

@@ -27,6 +27,8 @@ const GRANT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Token {
     pub value: Secret,
+    /// `Bearer <value>`, built once per grant, marked sensitive (never logged by hyper).
+    pub bearer: http::HeaderValue,
     pub expires_at: Instant,
     /// When the background refresher replaces it (70–80 % of its lifetime, jittered).
     pub refresh_at: Instant,
@@ -67,12 +69,19 @@ pub struct TokenSlot {
 // === impl Token ===
 
 impl Token {
-    fn new(value: Secret, lifetime: Duration, generation: u64, now: Instant) -> Self {
+    fn new(
+        value: Secret,
+        bearer: http::HeaderValue,
+        lifetime: Duration,
+        generation: u64,
+        now: Instant,
+    ) -> Self {
         let fraction = rand::rng().random_range(0.70..0.80);
         // Keep a margin so a request never leaves with a token about to die in transit.
         let margin = (lifetime / 10).min(Duration::from_secs(60));
         Self {
             value,
+            bearer,
             expires_at: now + lifetime,
             refresh_at: now + lifetime.mul_f64(fraction),
             usable_until: now + lifetime - margin,
@@ -167,9 +176,22 @@ impl TokenSlot {
         self.attempted.store(true, Ordering::Relaxed);
         match result {
             Ok(granted) => {
+                let Ok(mut bearer) = http::HeaderValue::try_from(format!(
+                    "Bearer {}",
+                    granted.access_token.expose()
+                )) else {
+                    self.refresh_metric
+                        .with_label_values(&[&self.name, "error"])
+                        .inc();
+                    return Err(GrantError::Malformed(
+                        "access_token is not a header value".into(),
+                    ));
+                };
+                bearer.set_sensitive(true);
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 let token = Arc::new(Token::new(
                     granted.access_token,
+                    bearer,
                     granted.expires_in,
                     generation,
                     Instant::now(),

@@ -9,7 +9,6 @@ use http::{Request, Uri, request};
 use http_body_util::Full;
 
 use crate::inbound::API_KEY_HEADER;
-use crate::secret::Secret;
 
 /// Where requests go: scheme and authority of `genesys.api_base`.
 #[derive(Debug, Clone)]
@@ -59,7 +58,8 @@ fn end_to_end(from: &HeaderMap, also_drop: &[HeaderName]) -> HeaderMap {
     to
 }
 
-/// The request sent upstream for the caller's `parts` and buffered `body`, carrying `token`.
+/// The request sent upstream for the caller's `parts` and buffered `body`, carrying the
+/// pool token's `Authorization` value `bearer`.
 ///
 /// # Errors
 /// Only when the pieces cannot form a URI, which validated config and hyper's parsing rule out.
@@ -67,7 +67,7 @@ pub(super) fn upstream_request(
     parts: &request::Parts,
     body: Bytes,
     target: &ApiTarget,
-    token: &Secret,
+    bearer: &HeaderValue,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
     let path_and_query = parts
         .uri
@@ -86,9 +86,7 @@ pub(super) fn upstream_request(
         header::CONTENT_LENGTH,
     ];
     let mut headers = end_to_end(&parts.headers, &caller_credentials);
-    let mut bearer = HeaderValue::try_from(format!("Bearer {}", token.expose()))?;
-    bearer.set_sensitive(true);
-    headers.insert(header::AUTHORIZATION, bearer);
+    headers.insert(header::AUTHORIZATION, bearer.clone());
     let host = HeaderValue::from_str(target.authority.as_str())?;
     headers.insert(header::HOST, host);
 
@@ -139,7 +137,7 @@ mod tests {
             &parts,
             Bytes::from_static(b"{}"),
             &target,
-            &Secret::new("tok"),
+            &HeaderValue::from_static("Bearer tok"),
         )
         .unwrap();
         assert_eq!(
