@@ -258,3 +258,43 @@ async fn disconnected_waiter_frees_its_slot_and_queue_is_bounded() {
         "the disconnected waiter was never forwarded"
     );
 }
+
+/// Upstream 503s are retried with backoff for idempotent methods only, at most 4 attempts;
+/// the last answer reaches the caller.
+#[tokio::test]
+async fn transient_upstream_errors_retry_idempotent_methods_only() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, "").await;
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/v2/users/u1", gcpool.api_addr());
+
+    let get = client
+        .request(Method::GET, &url, &[("x-sim-status", "503")], "")
+        .await;
+    assert_eq!(
+        get.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the last upstream answer comes back"
+    );
+    assert_eq!(sim.stats().accepted, 4, "GET tried 4 times in all");
+
+    let post = client
+        .request(Method::PATCH, &url, &[("x-sim-status", "503")], "{}")
+        .await;
+    assert_eq!(post.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        sim.stats().accepted,
+        5,
+        "PATCH is not idempotent: sent once"
+    );
+
+    let ok = client
+        .request(Method::GET, &url, &[("x-sim-status", "404")], "")
+        .await;
+    assert_eq!(
+        ok.status,
+        StatusCode::NOT_FOUND,
+        "other statuses are answers, not retried"
+    );
+    assert_eq!(sim.stats().accepted, 6);
+}
