@@ -4,25 +4,32 @@
 //! # Request path
 //!
 //! ```text
-//! server::serve ── accept ── per-connection task ── hyper auto builder (HTTP/1.1, h2c)
+//! server::serve ── one worker thread per core ── per-connection task ── hyper (HTTP/1.1, h2c)
 //!    └─ Proxy::handle(req)
 //!         1. inbound::check_target      CONNECT 405, foreign host 400, not /api/v2/ 404
 //!         2. inbound::Authenticator     X-API-Key or Basic password, unless anonymous
-//!         3. read body (≤ max_body_bytes, 413 past it)
-//!         4. pool.lease()               healthy client with the fewest requests in flight
-//!         5. rewrite::upstream_request  hop-by-hop + caller credentials out, Bearer + Host in
-//!         6. upstream.send()            401 → token refresh (single flight), retry once
-//!         7. answer: x-gcpool-client, x-gcpool-wait-ms; body streamed back
-//!         8. Exchange::finish           metrics recorded once
+//!         3. routes::RouteTable         operation template (metrics, budgets, allow-list 403)
+//!         4. read body (≤ max_body_bytes, 413 past it)
+//!         5. admission.admit()          soonest healthy client; token + route + org budgets
+//!                                       reserved together; wait, or a local 429
+//!         6. rewrite::upstream_request  hop-by-hop + caller credentials out, Bearer + Host in
+//!         7. upstream.send()            429 → cool down + retry elsewhere; 401 → token refresh,
+//!                                       retry once; 502/503/504 → backoff, idempotent only
+//!         8. answer: x-gcpool-client, x-gcpool-wait-ms; body streamed back
+//!         9. Exchange::finish           metrics recorded once
 //! ```
 //!
 //! # Layout
 //!
-//! - [`cli`]: commands (`run`, `check`, `simulate`); [`app`]: the composition root.
-//! - [`config`]: YAML → validated [`config::Config`]; [`secret`]: redacting wrapper.
-//! - [`inbound`], [`proxy`], [`pool`], [`token`], [`upstream`]: the request path.
+//! - [`cli`]: commands (`run`, `check`, `simulate`, `demo`); [`app`]: the composition root.
+//! - [`config`]: YAML → validated [`config::Config`]; [`secret`]: redacting wrapper;
+//!   [`routes`]: the Platform API operation table. These three are leaves.
+//! - [`budget`]: sliding-window budgets and the store trait (no HTTP); [`admission`]: client
+//!   choice and waiting over [`pool`] and [`budget`].
+//! - [`inbound`], [`proxy`], [`token`], [`upstream`]: the rest of the request path.
 //! - [`server`], [`admin`], [`shutdown`], [`metrics`], [`telemetry`]: serving and observing.
-//! - [`sim`]: the Genesys Cloud simulator; it uses no proxy module.
+//! - [`sim`]: the Genesys Cloud simulator; [`demo`]: simulator + proxy + load. Neither is
+//!   used by the proxy path.
 
 pub mod admin;
 pub mod admission;
