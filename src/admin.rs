@@ -47,7 +47,7 @@ impl Admin {
         }
     }
 
-    pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+    pub async fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -57,9 +57,9 @@ impl Admin {
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
             "/readyz" => self.readyz(),
-            "/status" => json_response(StatusCode::OK, &self.status()),
+            "/status" => json_response(StatusCode::OK, &self.status().await),
             "/metrics" => {
-                self.refresh_gauges();
+                self.refresh_gauges().await;
                 text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -91,39 +91,43 @@ impl Admin {
         }
     }
 
-    fn client_statuses(&self) -> Vec<ClientStatus> {
+    async fn client_statuses(&self) -> (Vec<ClientStatus>, (u32, u32)) {
         let now = Instant::now();
-        let store = self.admission.store();
-        let table = self.admission.table();
-        self.pool
-            .clients()
+        let clients = self.pool.clients();
+        let (usage, org, cooling) = self.admission.snapshot(clients.len()).await;
+        let statuses = clients
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let budget = table.token(i).map(|b| store.usage(b)).unwrap_or_default();
-                c.status(now, budget, !store.cooling(i).is_zero())
+                let budget = usage.get(i).copied().unwrap_or_default();
+                let cooling = cooling.get(i).is_some_and(|d| !d.is_zero());
+                c.status(now, budget, cooling)
             })
-            .collect()
+            .collect();
+        (statuses, org)
     }
 
-    fn status(&self) -> serde_json::Value {
+    async fn status(&self) -> serde_json::Value {
         let now = Instant::now();
+        let (clients, org) = self.client_statuses().await;
         let store = self.admission.store();
-        let org = store.usage(self.admission.table().org());
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": now.saturating_duration_since(self.started).as_secs(),
-            "shared_state": {"backend": "memory", "up": true},
+            "shared_state": {"backend": store.backend(), "up": store.is_up()},
             "org_budget": {"used": org.0, "limit": org.1},
             "queue_pending": self.admission.pending(),
             "learned_limits": self.admission.learned_limits(),
-            "clients": self.client_statuses(),
+            "clients": clients,
         })
     }
 
     /// Gauges derived from state are computed at scrape time, not on the request path.
-    fn refresh_gauges(&self) {
-        for status in self.client_statuses() {
+    async fn refresh_gauges(&self) {
+        self.metrics
+            .shared_state_up
+            .set(i64::from(self.admission.store().is_up()));
+        for status in self.client_statuses().await.0 {
             let name = [status.name.as_str()];
             self.metrics
                 .client_healthy

@@ -312,14 +312,19 @@ impl Admission {
     /// Acts on an upstream 429 seen by `client` for `route`: cools down what the limit
     /// names for `Retry-After`, and lowers the matching budgets when the 429 reveals a
     /// lower limit than configured (until restart; logged once, shown in `/status`).
-    pub fn upstream_limited(&self, limit: &UpstreamLimit, client: usize, route: Option<RouteId>) {
+    pub async fn upstream_limited(
+        &self,
+        limit: &UpstreamLimit,
+        client: usize,
+        route: Option<RouteId>,
+    ) {
         let scope = limit.scope();
         let target = match (scope, route) {
             (LimitScope::Client, _) | (LimitScope::Route, None) => CoolDown::Client(client),
             (LimitScope::Route, Some(route)) => CoolDown::Route(route),
             (LimitScope::Pool, _) => CoolDown::Pool,
         };
-        self.store.cool_down(target, limit.retry_after);
+        self.store.cool_down(target, limit.retry_after).await;
         let Some(value) = limit.limit.as_ref().and_then(|l| l.value) else {
             return;
         };
@@ -333,7 +338,7 @@ impl Admission {
         let per_window = self.table.per_window(per_minute);
         for budget in budgets {
             if per_minute < self.table.per_minute(budget)
-                && self.store.lower_limit(budget, per_window)
+                && self.store.lower_limit(budget, per_window).await
             {
                 let name = &self.table.defs()[budget].name;
                 warn!(budget = %name, per_minute, "upstream 429 revealed a lower limit; budget lowered until restart or reload");
@@ -353,6 +358,16 @@ impl Admission {
             .clone()
     }
 
+    /// Usage of every client's token budget and of the org budget, and cool-downs.
+    pub async fn snapshot(&self, clients: usize) -> (Vec<(u32, u32)>, (u32, u32), Vec<Duration>) {
+        let mut budgets: Vec<BudgetId> = (0..clients).filter_map(|c| self.table.token(c)).collect();
+        budgets.push(self.table.org());
+        let snapshot = self.store.snapshot(budgets, clients).await;
+        let mut usage = snapshot.usage;
+        let org = usage.pop().unwrap_or_default();
+        (usage, org, snapshot.cooling)
+    }
+
     /// Requests waiting for their slot now.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
@@ -362,7 +377,8 @@ impl Admission {
 impl Drop for ReleaseOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
-            self.store.release(&reservation);
+            // In memory this is done at once; the Redis store needs its round trip.
+            tokio::spawn(self.store.release(reservation));
         }
     }
 }

@@ -192,8 +192,8 @@ impl Gcpool {
         let admin = tokio::spawn(server::serve(
             admin_listener,
             move |request, _peer| {
-                let response = admin_state.handle(&request);
-                async move { response }
+                let admin = admin_state.clone();
+                async move { admin.handle(&request).await }
             },
             shutdown.token(),
             options,

@@ -124,7 +124,20 @@ pub enum BudgetError {
 /// A boxed future, for dyn-compatible async methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What `/status` and the gauges show of the store, read in one go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `(admissions in the current window, limit)` of each budget asked for, in order.
+    pub usage: Vec<(u32, u32)>,
+    /// How long each client (by index) still cools down, pool cool-down included.
+    pub cooling: Vec<Duration>,
+}
+
 /// Keeps every budget's admissions and the cool-downs.
+///
+/// Methods other than `admit` return `'static` futures so they can be spawned (a reservation
+/// given back from a `Drop`); the in-memory store does the work at once and returns a ready
+/// future.
 pub trait BudgetStore: Send + Sync + fmt::Debug {
     /// Finds the soonest candidate and reserves its instant in all its budgets, or refuses.
     fn admit<'a>(
@@ -133,19 +146,22 @@ pub trait BudgetStore: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Decision, BudgetError>>;
 
     /// Gives a reservation back (the caller left before its instant).
-    fn release(&self, reservation: &Reservation);
+    fn release(&self, reservation: Reservation) -> BoxFuture<'static, ()>;
 
     /// No admission for `target` before `duration` from now.
-    fn cool_down(&self, target: CoolDown, duration: Duration);
+    fn cool_down(&self, target: CoolDown, duration: Duration) -> BoxFuture<'static, ()>;
 
     /// Lowers a budget's limit (learned from an upstream 429); false if not lower.
-    fn lower_limit(&self, budget: BudgetId, limit: u32) -> bool;
+    fn lower_limit(&self, budget: BudgetId, limit: u32) -> BoxFuture<'static, bool>;
 
-    /// Admissions in the budget's current window, and its limit.
-    fn usage(&self, budget: BudgetId) -> (u32, u32);
+    /// Usage of `budgets` and the cool-downs of `clients` clients.
+    fn snapshot(&self, budgets: Vec<BudgetId>, clients: usize) -> BoxFuture<'static, Snapshot>;
 
-    /// How long `client` still cools down (zero when it does not).
-    fn cooling(&self, client: usize) -> Duration;
+    /// `memory` or `redis`, as `/status` names it.
+    fn backend(&self) -> &'static str;
+
+    /// Whether the store in use answers (always true in memory).
+    fn is_up(&self) -> bool;
 }
 
 // === impl BudgetKind ===

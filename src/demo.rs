@@ -330,7 +330,7 @@ async fn phase(
             next_burst += burst_every;
         }
         if now >= next_draw {
-            draw(name, &tally, sim, gcpool, start, live);
+            draw(name, &tally, sim, gcpool, start, live).await;
             next_draw += Duration::from_secs(1);
         }
         tokio::time::sleep_until(next_burst.min(next_draw).min(start + args.duration)).await;
@@ -340,12 +340,12 @@ async fn phase(
         tokio::select! {
             joined = tasks.join_next() => if joined.is_none() { break },
             () = tokio::time::sleep_until(next_draw) => {
-                draw(name, &tally, sim, gcpool, start, live);
+                draw(name, &tally, sim, gcpool, start, live).await;
                 next_draw += Duration::from_secs(1);
             }
         }
     }
-    draw(name, &tally, sim, gcpool, start, live);
+    draw(name, &tally, sim, gcpool, start, live).await;
     let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
     let stats = sim.stats();
     let (capacity_used, windows_measured) = capacity_used(&tally.ok_times, args.window, capacity);
@@ -447,7 +447,7 @@ enum Display {
     Stderr,
 }
 
-fn draw(
+async fn draw(
     name: &str,
     tally: &Mutex<Tally>,
     sim: &Simulator,
@@ -456,6 +456,10 @@ fn draw(
     display: Display,
 ) {
     let live = display == Display::Redraw;
+    let usage = match gcpool {
+        Some(g) => g.admission.snapshot(g.pool.clients().len()).await.0,
+        None => Vec::new(),
+    };
     let stats = sim.stats();
     let t = tally.lock().unwrap_or_else(|e| e.into_inner());
     let secs = start.elapsed().as_secs_f64().max(0.001);
@@ -476,17 +480,12 @@ fn draw(
         line.push_str(&format!(
             "  queued {pending:>3}  wait p50 {p50}ms p99 {p99}ms"
         ));
-        let store = gcpool.admission.store();
-        let table = gcpool.admission.table();
         let uses: Vec<String> = gcpool
             .pool
             .clients()
             .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let (used, limit) = table.token(i).map(|b| store.usage(b)).unwrap_or_default();
-                format!("{} {used}/{limit}", c.name)
-            })
+            .zip(&usage)
+            .map(|(c, (used, limit))| format!("{} {used}/{limit}", c.name))
             .collect();
         if live {
             line.push_str(&format!(

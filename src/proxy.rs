@@ -246,7 +246,8 @@ impl Proxy {
                     warn!(client = %client, route = exchange.route, retry_after = ?limit.retry_after, limit = ?limit.limit, "upstream answered 429; cooling down");
                     inner
                         .admission
-                        .upstream_limited(&limit, permit.client, route.id());
+                        .upstream_limited(&limit, permit.client, route.id())
+                        .await;
                     if !last && Instant::now() < deadline {
                         continue;
                     }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::window::{Micros, Window, joint_earliest};
 use super::{
     AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, CoolDown,
-    Decision, Refusal, Reservation, RouteKey, Slot,
+    Decision, Refusal, Reservation, RouteKey, Slot, Snapshot,
 };
 
 /// Budgets and cool-downs of this process.
@@ -132,16 +132,9 @@ impl MemoryStore {
     }
 }
 
-impl BudgetStore for MemoryStore {
-    fn admit<'a>(
-        &'a self,
-        request: AdmitRequest<'a>,
-    ) -> BoxFuture<'a, Result<Decision, BudgetError>> {
-        let decision = self.admit_now(request);
-        Box::pin(std::future::ready(Ok(decision)))
-    }
-
-    fn release(&self, reservation: &Reservation) {
+impl MemoryStore {
+    /// Gives a reservation back.
+    pub fn release_now(&self, reservation: &Reservation) {
         let mut state = self.lock();
         for &b in &reservation.slot.budgets {
             if let Some(w) = state.windows.get_mut(b) {
@@ -150,7 +143,8 @@ impl BudgetStore for MemoryStore {
         }
     }
 
-    fn cool_down(&self, target: CoolDown, duration: Duration) {
+    /// No admission for `target` before `duration` from now.
+    pub fn cool_down_now(&self, target: CoolDown, duration: Duration) {
         let until = self.now().saturating_add(micros(duration));
         let mut state = self.lock();
         let slot = match target {
@@ -164,7 +158,8 @@ impl BudgetStore for MemoryStore {
         *slot = (*slot).max(until);
     }
 
-    fn lower_limit(&self, budget: BudgetId, limit: u32) -> bool {
+    /// Lowers a budget's limit; false if not lower.
+    pub fn lower_limit_now(&self, budget: BudgetId, limit: u32) -> bool {
         let mut state = self.lock();
         match state.windows.get_mut(budget) {
             Some(w) if limit < w.limit() => {
@@ -175,26 +170,68 @@ impl BudgetStore for MemoryStore {
         }
     }
 
-    fn usage(&self, budget: BudgetId) -> (u32, u32) {
+    /// Usage of `budgets` and cool-downs of the first `clients` clients.
+    pub fn snapshot_now(&self, budgets: &[BudgetId], clients: usize) -> Snapshot {
         let now = self.now();
         let state = self.lock();
-        state
-            .windows
-            .get(budget)
-            .map(|w| (w.used(now), w.limit()))
-            .unwrap_or_default()
+        let usage = budgets
+            .iter()
+            .map(|&b| {
+                state
+                    .windows
+                    .get(b)
+                    .map(|w| (w.used(now), w.limit()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let cooling = (0..clients)
+            .map(|c| {
+                let until = state
+                    .client_cool
+                    .get(c)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(state.pool_cool);
+                Duration::from_micros(until.saturating_sub(now))
+            })
+            .collect();
+        Snapshot { usage, cooling }
+    }
+}
+
+impl BudgetStore for MemoryStore {
+    fn admit<'a>(
+        &'a self,
+        request: AdmitRequest<'a>,
+    ) -> BoxFuture<'a, Result<Decision, BudgetError>> {
+        let decision = self.admit_now(request);
+        Box::pin(std::future::ready(Ok(decision)))
     }
 
-    fn cooling(&self, client: usize) -> Duration {
-        let now = self.now();
-        let state = self.lock();
-        let until = state
-            .client_cool
-            .get(client)
-            .copied()
-            .unwrap_or(0)
-            .max(state.pool_cool);
-        Duration::from_micros(until.saturating_sub(now))
+    fn release(&self, reservation: Reservation) -> BoxFuture<'static, ()> {
+        self.release_now(&reservation);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn cool_down(&self, target: CoolDown, duration: Duration) -> BoxFuture<'static, ()> {
+        self.cool_down_now(target, duration);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn lower_limit(&self, budget: BudgetId, limit: u32) -> BoxFuture<'static, bool> {
+        Box::pin(std::future::ready(self.lower_limit_now(budget, limit)))
+    }
+
+    fn snapshot(&self, budgets: Vec<BudgetId>, clients: usize) -> BoxFuture<'static, Snapshot> {
+        Box::pin(std::future::ready(self.snapshot_now(&budgets, clients)))
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn is_up(&self) -> bool {
+        true
     }
 }
 
@@ -279,11 +316,11 @@ mod tests {
             panic!("must queue within max_wait");
         };
         assert_eq!(r.wait, Duration::from_secs(1));
-        assert_eq!(store.usage(2), (3, 3));
-        store.release(&r);
+        assert_eq!(store.snapshot_now(&[2], 0).usage[0], (3, 3));
+        store.release_now(&r);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
-            store.usage(2),
+            store.snapshot_now(&[2], 0).usage[0],
             (0, 3),
             "released slot and past window both gone"
         );
@@ -293,13 +330,16 @@ mod tests {
     async fn cool_downs_push_admission_back() {
         let store = MemoryStore::new(&defs(), 2);
         let c = candidates();
-        store.cool_down(CoolDown::Client(0), Duration::from_secs(3));
+        store.cool_down_now(CoolDown::Client(0), Duration::from_secs(3));
         let Decision::Admitted(r) = admit(&store, &c, Duration::ZERO) else {
             panic!()
         };
         assert_eq!(c[r.candidate].client, 1, "the cooling client is avoided");
-        assert_eq!(store.cooling(0), Duration::from_secs(3));
-        store.cool_down(CoolDown::Route(ivr_route()), Duration::from_secs(2));
+        assert_eq!(
+            store.snapshot_now(&[], 1).cooling[0],
+            Duration::from_secs(3)
+        );
+        store.cool_down_now(CoolDown::Route(ivr_route()), Duration::from_secs(2));
         match admit(&store, &c, Duration::ZERO) {
             Decision::Refused(r) => {
                 assert_eq!(r.wait, Some(Duration::from_secs(2)));
@@ -307,13 +347,13 @@ mod tests {
             }
             other => panic!("route cool-down must hold it back: {other:?}"),
         }
-        store.cool_down(CoolDown::Pool, Duration::from_secs(5));
+        store.cool_down_now(CoolDown::Pool, Duration::from_secs(5));
         let Decision::Refused(r) = admit(&store, &c, Duration::ZERO) else {
             panic!()
         };
         assert_eq!(r.binding, Some(Binding::PoolCoolDown));
-        assert!(store.lower_limit(0, 1));
-        assert!(!store.lower_limit(0, 5), "only ever lowered");
-        assert_eq!(store.usage(0).1, 1);
+        assert!(store.lower_limit_now(0, 1));
+        assert!(!store.lower_limit_now(0, 5), "only ever lowered");
+        assert_eq!(store.snapshot_now(&[0], 0).usage[0].1, 1);
     }
 }
