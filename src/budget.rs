@@ -95,8 +95,11 @@ pub struct Reservation {
 /// Where a reservation sits, to give it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Slot {
+    /// The reserved instant on the store's clock (µs).
     pub(crate) at: window::Micros,
     pub(crate) budgets: Vec<BudgetId>,
+    /// The Redis store's member name of the reservation (`None` in memory).
+    pub(crate) member: Option<String>,
 }
 
 /// Why no slot was reserved.

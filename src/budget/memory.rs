@@ -127,7 +127,11 @@ impl MemoryStore {
             candidate: index,
             wait: Duration::from_micros(wait),
             binding: if wait > 0 { binding } else { None },
-            slot: Slot { at, budgets },
+            slot: Slot {
+                at,
+                budgets,
+                member: None,
+            },
         })
     }
 }
