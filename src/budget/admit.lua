@@ -15,6 +15,7 @@
 -- 2 client cool-down, 3 route cool-down, 4 pool cool-down.
 
 local MARGIN_MS = 10000
+local SEQ_TTL_MS = 86400000
 
 local function fmt(x)
   return string.format('%.0f', x)
@@ -79,31 +80,38 @@ if route_field ~= '' then
   route_cool = cool[route_field]
 end
 
--- Each budget is pruned and read at most once per call (the org budget is shared by every
--- candidate); its instants are loaded only when the window is full.
+-- Each budget is counted at most once per call (the org budget is shared by every
+-- candidate). A budget below its limit admits at once, so it is pruned and its instants are
+-- read only when its window is full; they are then fetched by rank, CHUNK at a time, as
+-- the walk over forbidden intervals reaches them, not as a whole.
+local CHUNK = 64
 local state = {}
-local function budget(i)
+local function budget(i, n)
   local s = state[i]
   if s then
     return s
   end
   local key = KEYS[3 + i]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - lens[i]))
-  s = { card = redis.call('ZCARD', key), memo = {} }
+  local card = redis.call('ZCARD', key)
+  if card >= n then
+    card = card - redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - lens[i]))
+  end
+  s = { card = card, ts = {}, memo = {} }
   state[i] = s
   return s
 end
 
-local function instants(i, s)
-  if not s.times then
-    local raw = redis.call('ZRANGE', KEYS[3 + i], 0, -1, 'WITHSCORES')
-    local ts = {}
+-- The instant of rank `r` (1-based) of budget i.
+local function instant(i, s, r)
+  local v = s.ts[r]
+  if v == nil then
+    local raw = redis.call('ZRANGE', KEYS[3 + i], r - 1, r - 2 + CHUNK, 'WITHSCORES')
     for j = 2, #raw, 2 do
-      ts[#ts + 1] = tonumber(raw[j])
+      s.ts[r + j / 2 - 1] = tonumber(raw[j])
     end
-    s.times = ts
+    v = s.ts[r]
   end
-  return s.times
+  return v
 end
 
 -- window.rs `Window::earliest`: nil when the limit is 0.
@@ -112,7 +120,7 @@ local function earliest(i, from)
   if not n or n <= 0 then
     return nil
   end
-  local s = budget(i)
+  local s = budget(i, n)
   if s.card < n then
     return from
   end
@@ -120,23 +128,13 @@ local function earliest(i, from)
   if known then
     return known
   end
-  local ts = instants(i, s)
   local w = lens[i]
-  local len = #ts
-  -- First group whose forbidden interval can reach past `from`: ts[lo] + w > from.
-  local lo, hi = 1, len + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if ts[mid] + w <= from then
-      lo = mid + 1
-    else
-      hi = mid
-    end
-  end
+  -- First group whose forbidden interval can reach past `from`: instant + w > from.
+  local first = redis.call('ZCOUNT', KEYS[3 + i], '-inf', fmt(from - w)) + 1
   local t = from
-  for g = lo, len - n + 1 do
-    local a = ts[g]
-    local b = ts[g + n - 1]
+  for g = first, s.card - n + 1 do
+    local a = instant(i, s, g)
+    local b = instant(i, s, g + n - 1)
     if b >= t + w then
       break
     end
@@ -197,6 +195,10 @@ for c = 1, m do
     if best_at == nil or at < best_at then
       best_at, best_c, best_kind, best_pos = at, c, kind, pos
     end
+    -- Nothing is sooner than now, and ties go to the first: the rest need not be read.
+    if at == now then
+      break
+    end
   end
 end
 
@@ -210,21 +212,19 @@ end
 
 -- Reserve in every budget of the chosen candidate, and keep each key alive while any of
 -- its instants can still share a window with the future.
+-- The counter outlives every member by far (a day after the last admission), so members
+-- never repeat; refreshing it to the same TTL never shortens it.
 local seq = redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], SEQ_TTL_MS)
 local member = fmt(best_at) .. '-' .. seq
-local longest = 0
 for _, i in ipairs(cands[best_c].budgets) do
   local key = KEYS[3 + i]
   redis.call('ZADD', key, fmt(best_at), member)
+  -- Extend (never shorten) to cover the new instant's window, with MARGIN_MS to spare so
+  -- that most admissions need no PEXPIRE.
   local ttl = math.ceil((wait + lens[i]) / 1000) + MARGIN_MS
-  if ttl > longest then
-    longest = ttl
-  end
   if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key, ttl + MARGIN_MS)
   end
-end
-if redis.call('PTTL', KEYS[3]) < longest then
-  redis.call('PEXPIRE', KEYS[3], longest)
 end
 return { 1, best_c - 1, wait, best_kind, best_pos, member, fmt(best_at) }
