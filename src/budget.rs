@@ -15,9 +15,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub mod fallback;
 pub mod memory;
 pub mod window;
 
+pub use fallback::{FallbackStore, SharedStore};
 pub use memory::MemoryStore;
 
 /// Index of a budget in the store's table.
