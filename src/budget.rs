@@ -17,10 +17,12 @@ use std::time::Duration;
 
 pub mod fallback;
 pub mod memory;
+pub mod redis;
 pub mod window;
 
 pub use fallback::{FallbackStore, SharedStore};
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// Index of a budget in the store's table.
 pub type BudgetId = usize;
@@ -119,11 +121,18 @@ pub enum Decision {
     Refused(Refusal),
 }
 
-/// The store could not decide (the Redis store's connection failed).
+/// The store could not decide (the Redis store's connection failed). Messages never
+/// carry the Redis URL or its password.
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
     #[error("budget store unavailable: {0}")]
     Unavailable(String),
+    #[error("budget store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("shared_state.redis_url: {0}")]
+    InvalidUrl(String),
+    #[error("budget store gave an unexpected answer: {0}")]
+    Protocol(String),
 }
 
 /// A boxed future, for dyn-compatible async methods.
@@ -179,6 +188,17 @@ impl BudgetKind {
             Self::Endpoint => "endpoint_budget",
             Self::Org => "org_budget",
         }
+    }
+}
+
+// === impl Reservation ===
+
+impl Reservation {
+    /// The reserved instant in µs on the store's clock (Redis `TIME` since the Unix epoch,
+    /// or the memory store's own epoch): `at - wait` is the store's "now" of the decision.
+    /// For diagnostics and the property tests.
+    pub fn at_micros(&self) -> window::Micros {
+        self.slot.at
     }
 }
 

@@ -18,6 +18,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
+pub mod redis;
+
 /// An environment for `${VAR}` expansion in test configs.
 #[derive(Debug, Default, Clone)]
 pub struct MapEnv(pub HashMap<String, String>);

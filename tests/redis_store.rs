@@ -1,0 +1,677 @@
+//! `RedisStore` against a real `redis-server`: the budget property suite run through the
+//! `BudgetStore` trait on Redis and on memory (same scenarios, same assertions), and the
+//! Redis-only facts: NOSCRIPT recovery, cool-downs and learned limits shared by replicas,
+//! release, key expiry, URL handling and errors that never show a secret.
+
+mod support;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gcpool::budget::window::Micros;
+use gcpool::budget::{
+    AdmitRequest, Binding, BudgetDef, BudgetError, BudgetKind, BudgetStore, Candidate, CoolDown,
+    Decision, MemoryStore, RedisStore, Reservation,
+};
+use gcpool::config::SharedStateConfig;
+use gcpool::secret::Secret;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use redis::AsyncCommands;
+use support::redis::RedisServer;
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+fn shared_state(url: &str, prefix: &str) -> SharedStateConfig {
+    SharedStateConfig {
+        redis_url: Secret::new(url),
+        key_prefix: prefix.into(),
+        replicas_hint: NonZeroU32::MIN,
+    }
+}
+
+fn def(kind: BudgetKind, name: &str, limit: u32, window: Duration) -> BudgetDef {
+    BudgetDef {
+        kind,
+        name: name.into(),
+        limit,
+        window,
+    }
+}
+
+/// token:a (2), token:b (2), org (3), 1 s windows: the memory store's unit-test table.
+fn two_clients() -> (Vec<BudgetDef>, Vec<String>, Vec<Candidate>) {
+    let w = Duration::from_secs(1);
+    let defs = vec![
+        def(BudgetKind::Token, "token:a", 2, w),
+        def(BudgetKind::Token, "token:b", 2, w),
+        def(BudgetKind::Org, "org", 3, w),
+    ];
+    let candidates = vec![
+        Candidate {
+            client: 0,
+            budgets: vec![2, 0],
+        },
+        Candidate {
+            client: 1,
+            budgets: vec![2, 1],
+        },
+    ];
+    (defs, vec!["a".into(), "b".into()], candidates)
+}
+
+async fn connect(
+    server: &RedisServer,
+    prefix: &str,
+    defs: &[BudgetDef],
+    clients: &[String],
+) -> RedisStore {
+    RedisStore::connect(&shared_state(&server.url(), prefix), defs, clients, TIMEOUT)
+        .await
+        .expect("a running redis-server must accept the store")
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("test URL is valid")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test must reach its redis-server")
+}
+
+async fn admit(store: &dyn BudgetStore, candidates: &[Candidate], max_wait: Duration) -> Decision {
+    store
+        .admit(AdmitRequest {
+            candidates,
+            route: None,
+            max_wait,
+        })
+        .await
+        .expect("redis is up, so the store decides")
+}
+
+fn admitted(decision: Decision) -> Reservation {
+    match decision {
+        Decision::Admitted(r) => r,
+        Decision::Refused(r) => panic!("must admit, got a refusal: {r:?}"),
+    }
+}
+
+// === the property suite, on both stores ===
+
+#[derive(Debug, Clone)]
+struct Op {
+    dt_ms: u64,
+    /// Budgets of each candidate (bit masks; candidate k is client k).
+    candidates: Vec<u8>,
+    release: Option<usize>,
+    max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    /// (limit, window ms) of each budget.
+    budgets: Vec<(u32, u64)>,
+    ops: Vec<Op>,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    let op = (
+        0u64..25,
+        prop::collection::vec(1u8..16, 1..=3),
+        prop::option::weighted(0.15, 0usize..8),
+        0u64..1500,
+    )
+        .prop_map(|(dt_ms, candidates, release, max_wait_ms)| Op {
+            dt_ms,
+            candidates,
+            release,
+            max_wait_ms,
+        });
+    (
+        prop::collection::vec((1u32..=5, 100u64..600), 1..=4),
+        prop::collection::vec(op, 1..40),
+    )
+        .prop_map(|(budgets, ops)| Scenario { budgets, ops })
+}
+
+/// Every window `(s - W, s]` holds at most `n` of `times`: any `n + 1` consecutive span ≥ W.
+fn naive_valid(times: &[Micros], n: u32, w: Micros) -> bool {
+    let mut v = times.to_vec();
+    v.sort_unstable();
+    let n = n as usize;
+    v.windows(n + 1).all(|g| g[n] - g[0] >= w)
+}
+
+fn with(times: &[Micros], t: Micros) -> Vec<Micros> {
+    let mut v = times.to_vec();
+    v.push(t);
+    v
+}
+
+/// What the Redis run checks besides the decisions: the sorted sets themselves.
+struct RedisView<'a> {
+    con: redis::aio::MultiplexedConnection,
+    store: &'a RedisStore,
+}
+
+/// Runs `scenario` through `store`, checking every decision against the full history:
+/// no window over its limit, no candidate admitted later than the earliest instant all its
+/// budgets allowed, none earlier-admissible candidate passed over (first on ties), and on
+/// Redis, that the sorted sets hold exactly what they must.
+async fn run_scenario(
+    scenario: &Scenario,
+    store: &dyn BudgetStore,
+    mut redis: Option<RedisView<'_>>,
+) -> Result<(), TestCaseError> {
+    let nb = scenario.budgets.len();
+    let w = |b: usize| scenario.budgets[b].1 * 1000;
+    let mut history: Vec<Vec<Micros>> = vec![Vec::new(); nb];
+    let mut pending: Vec<(Reservation, Vec<usize>)> = Vec::new();
+    for op in &scenario.ops {
+        tokio::time::sleep(Duration::from_millis(op.dt_ms)).await;
+        if let Some(k) = op.release
+            && !pending.is_empty()
+        {
+            let (r, used) = pending.remove(k % pending.len());
+            let at = r.at_micros();
+            store.release(r).await;
+            for b in used {
+                let i = history[b]
+                    .iter()
+                    .position(|&x| x == at)
+                    .expect("released instant was recorded");
+                history[b].remove(i);
+            }
+            continue;
+        }
+        let candidates = candidates_of(op, nb);
+        let max_wait = Duration::from_millis(op.max_wait_ms);
+        let decision = store
+            .admit(AdmitRequest {
+                candidates: &candidates,
+                route: None,
+                max_wait,
+            })
+            .await
+            .map_err(|e| TestCaseError::fail(format!("store failed: {e}")))?;
+        match decision {
+            Decision::Refused(refusal) => {
+                let wait = refusal
+                    .wait
+                    .ok_or_else(|| TestCaseError::fail("limits ≥ 1 always admit some time"))?;
+                prop_assert!(
+                    wait > max_wait,
+                    "refused although {wait:?} ≤ max_wait {max_wait:?}"
+                );
+            }
+            Decision::Admitted(r) => {
+                let t = r.at_micros();
+                let wait = u64::try_from(r.wait.as_micros()).unwrap();
+                prop_assert!(r.wait <= max_wait);
+                let now = t - wait;
+                let chosen = r.candidate;
+                let feasible = |c: &Candidate, x: Micros| {
+                    c.budgets
+                        .iter()
+                        .all(|&b| naive_valid(&with(&history[b], x), scenario.budgets[b].0, w(b)))
+                };
+                prop_assert!(
+                    feasible(&candidates[chosen], t),
+                    "chosen instant {} must keep every window within its limit",
+                    t
+                );
+                // Left edges of every candidate's feasible set: `now` and `x + W`.
+                for (j, c) in candidates.iter().enumerate() {
+                    let mut edges = vec![now];
+                    for &b in &c.budgets {
+                        edges.extend(history[b].iter().map(|x| x + w(b)));
+                    }
+                    for x in edges.into_iter().filter(|&x| x >= now) {
+                        let too_early = if j < chosen { x <= t } else { x < t };
+                        prop_assert!(
+                            !(too_early && feasible(c, x)),
+                            "candidate {} was free at {} but candidate {} got {} (now {})",
+                            j,
+                            x,
+                            chosen,
+                            t,
+                            now
+                        );
+                    }
+                }
+                for &b in &candidates[chosen].budgets {
+                    history[b].push(t);
+                }
+                pending.push((r, candidates[chosen].budgets.clone()));
+            }
+        }
+        if let Some(view) = redis.as_mut() {
+            check_sorted_sets(view, &history, scenario).await?;
+        }
+    }
+    for (b, &(n, wms)) in scenario.budgets.iter().enumerate() {
+        prop_assert!(
+            naive_valid(&history[b], n, wms * 1000),
+            "budget {} overrun: {:?}",
+            b,
+            history[b]
+        );
+    }
+    Ok(())
+}
+
+fn candidates_of(op: &Op, nb: usize) -> Vec<Candidate> {
+    op.candidates
+        .iter()
+        .enumerate()
+        .map(|(client, &mask)| {
+            let mut budgets: Vec<usize> = (0..nb).filter(|b| mask & (1 << b) != 0).collect();
+            if budgets.is_empty() {
+                budgets.push(0);
+            }
+            Candidate { client, budgets }
+        })
+        .collect()
+}
+
+/// Each sorted set holds only recorded instants, and every recorded instant that can still
+/// share a window with Redis's present.
+async fn check_sorted_sets(
+    view: &mut RedisView<'_>,
+    history: &[Vec<Micros>],
+    scenario: &Scenario,
+) -> Result<(), TestCaseError> {
+    let (secs, us): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut view.con)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let now = secs * 1_000_000 + us;
+    for (b, &(_, wms)) in scenario.budgets.iter().enumerate() {
+        let key = view.store.budget_key(b).unwrap();
+        let members: Vec<(String, f64)> = view
+            .con
+            .zrange_withscores(key, 0, -1)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut scores: Vec<Micros> = members.iter().map(|(_, s)| *s as Micros).collect();
+        scores.sort_unstable();
+        let mut recorded = history[b].clone();
+        recorded.sort_unstable();
+        let live: Vec<Micros> = recorded
+            .iter()
+            .copied()
+            .filter(|&t| t + wms * 1000 > now)
+            .collect();
+        let mut rest = recorded.clone();
+        for s in &scores {
+            let i = rest.iter().position(|x| x == s);
+            prop_assert!(
+                i.is_some(),
+                "budget {} holds {} that no admission returned",
+                b,
+                s
+            );
+            rest.remove(i.unwrap());
+        }
+        for t in live {
+            prop_assert!(scores.contains(&t), "budget {} lost live instant {}", b, t);
+        }
+    }
+    Ok(())
+}
+
+/// The budgets issue's property: random budgets (1–4, limits 1–5, windows 100–600 ms),
+/// random multi-budget candidates, random releases. Real time passes on Redis, so cases are
+/// few; the memory store runs the same scenarios on paused time.
+#[test]
+fn redis_and_memory_never_over_budget_and_never_later_than_needed() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let case = std::cell::Cell::new(0u32);
+    runner
+        .run(&scenario(), |scenario| {
+            case.set(case.get() + 1);
+            let defs: Vec<BudgetDef> = scenario
+                .budgets
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, wms))| {
+                    def(
+                        BudgetKind::Token,
+                        &format!("b{i}"),
+                        n,
+                        Duration::from_millis(wms),
+                    )
+                })
+                .collect();
+            let clients: Vec<String> = (0..3).map(|c| format!("c{c}")).collect();
+
+            let memory = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            memory.block_on(async {
+                let store = MemoryStore::new(&defs, clients.len());
+                run_scenario(&scenario, &store, None).await
+            })?;
+
+            rt.block_on(async {
+                let prefix = format!("prop-{}", case.get());
+                let store = connect(&server, &prefix, &defs, &clients).await;
+                let view = RedisView {
+                    con: raw(&server).await,
+                    store: &store,
+                };
+                run_scenario(&scenario, &store, Some(view)).await
+            })
+        })
+        .unwrap();
+}
+
+// === Redis-only facts ===
+
+/// The memory store's unit test, on Redis: spread over clients, then the org cap binds,
+/// the request queues within max_wait, release gives the slot back.
+#[tokio::test]
+async fn spreads_over_clients_then_queues_under_the_org_cap() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let store = connect(&server, "spread", &defs, &clients).await;
+    assert!(store.is_up());
+    assert_eq!(store.backend(), "redis");
+    let mut chosen = Vec::new();
+    for _ in 0..3 {
+        let r = admitted(admit(&store, &c, Duration::ZERO).await);
+        assert_eq!(r.wait, Duration::ZERO);
+        assert_eq!(r.binding, None);
+        chosen.push(c[r.candidate].client);
+    }
+    assert_eq!(
+        chosen,
+        [0, 0, 1],
+        "first candidate until its token budget is full"
+    );
+    match admit(&store, &c, Duration::ZERO).await {
+        Decision::Refused(r) => {
+            let wait = r.wait.expect("org cap frees a slot in a window");
+            assert!(
+                wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+                "{wait:?}"
+            );
+            assert_eq!(r.binding, Some(Binding::Budget(2)), "org named first");
+        }
+        other => panic!("must refuse: {other:?}"),
+    }
+    let r = admitted(admit(&store, &c, Duration::from_secs(2)).await);
+    assert!(r.wait > Duration::from_millis(900));
+    assert_eq!(store.snapshot(vec![2], 0).await.usage[0], (3, 3));
+    let mut con = raw(&server).await;
+    let org = store.budget_key(2).unwrap().to_owned();
+    let before: usize = con.zcard(&org).await.unwrap();
+    store.release(r).await;
+    let after: usize = con.zcard(&org).await.unwrap();
+    assert_eq!(
+        (before, after),
+        (4, 3),
+        "release removes the queued reservation"
+    );
+}
+
+#[tokio::test]
+async fn noscript_is_recovered_by_loading_the_script_again() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let store = connect(&server, "noscript", &defs, &clients).await;
+    admitted(admit(&store, &c, Duration::ZERO).await);
+    let mut con = raw(&server).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    admitted(admit(&store, &c, Duration::ZERO).await);
+    store
+        .cool_down(CoolDown::Pool, Duration::from_millis(1))
+        .await;
+    assert!(store.is_up());
+}
+
+#[tokio::test]
+async fn a_cool_down_on_one_replica_is_avoided_by_another() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let one = connect(&server, "fleet", &defs, &clients).await;
+    let two = connect(&server, "fleet", &defs, &clients).await;
+    one.cool_down(CoolDown::Client(0), Duration::from_secs(3))
+        .await;
+    let r = admitted(admit(&two, &c, Duration::ZERO).await);
+    assert_eq!(
+        c[r.candidate].client, 1,
+        "the cooling client is avoided by every replica"
+    );
+    let cooling = two.snapshot(vec![], 2).await.cooling;
+    assert!(cooling[0] > Duration::from_millis(2900), "{cooling:?}");
+    assert_eq!(cooling[1], Duration::ZERO);
+    // A shorter cool-down never shortens a longer one.
+    two.cool_down(CoolDown::Client(0), Duration::from_millis(10))
+        .await;
+    assert!(one.snapshot(vec![], 1).await.cooling[0] > Duration::from_secs(2));
+
+    two.cool_down(CoolDown::Pool, Duration::from_secs(5)).await;
+    match admit(&one, &c, Duration::ZERO).await {
+        Decision::Refused(r) => {
+            assert_eq!(r.binding, Some(Binding::PoolCoolDown));
+            assert!(r.wait.unwrap() > Duration::from_millis(4900));
+        }
+        other => panic!("pool cool-down must hold everyone back: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_route_cool_down_holds_the_route_back() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let store = connect(&server, "route", &defs, &clients).await;
+    let route = gcpool::routes::RouteTable::genesys()
+        .find_template(&http::Method::PUT, "/api/v2/architect/ivrs/{ivrId}")
+        .unwrap();
+    store
+        .cool_down(CoolDown::Route(route), Duration::from_secs(2))
+        .await;
+    let decision = store
+        .admit(AdmitRequest {
+            candidates: &c,
+            route: Some(route),
+            max_wait: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    match decision {
+        Decision::Refused(r) => assert_eq!(r.binding, Some(Binding::RouteCoolDown)),
+        other => panic!("route cool-down must hold it back: {other:?}"),
+    }
+    admitted(admit(&store, &c, Duration::ZERO).await);
+}
+
+#[tokio::test]
+async fn a_learned_limit_is_shared_and_only_ever_lowered() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let one = connect(&server, "learn", &defs, &clients).await;
+    let two = connect(&server, "learn", &defs, &clients).await;
+    assert!(one.lower_limit(0, 1).await);
+    assert!(
+        !two.lower_limit(0, 2).await,
+        "2 is not lower than the learned 1"
+    );
+    assert!(!two.lower_limit(0, 1).await, "equal is not lower");
+    assert_eq!(two.snapshot(vec![0, 1], 0).await.usage, [(0, 1), (0, 2)]);
+    let only_a = &c[..1];
+    admitted(admit(&two, only_a, Duration::ZERO).await);
+    match admit(&two, only_a, Duration::ZERO).await {
+        Decision::Refused(r) => assert_eq!(r.binding, Some(Binding::Budget(0))),
+        other => panic!("learned limit 1 must bind: {other:?}"),
+    }
+    assert!(one.lower_limit(1, 0).await);
+    match admit(&one, &c[1..], Duration::from_secs(60)).await {
+        Decision::Refused(r) => assert_eq!(r.wait, None, "limit 0 never admits"),
+        other => panic!("must refuse: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn release_frees_a_slot_for_the_next_request() {
+    let server = RedisServer::start();
+    let w = Duration::from_secs(10);
+    let defs = vec![def(BudgetKind::Token, "token:a", 1, w)];
+    let clients = vec!["a".to_owned()];
+    let c = vec![Candidate {
+        client: 0,
+        budgets: vec![0],
+    }];
+    let store = connect(&server, "release", &defs, &clients).await;
+    let first = admitted(admit(&store, &c, Duration::ZERO).await);
+    assert!(matches!(
+        admit(&store, &c, Duration::ZERO).await,
+        Decision::Refused(_)
+    ));
+    store.release(first).await;
+    let again = admitted(admit(&store, &c, Duration::ZERO).await);
+    assert_eq!(
+        again.wait,
+        Duration::ZERO,
+        "the released slot is free at once"
+    );
+}
+
+#[tokio::test]
+async fn every_key_carries_a_ttl() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let store = connect(&server, "ttl", &defs, &clients).await;
+    admitted(admit(&store, &c, Duration::ZERO).await);
+    store
+        .cool_down(CoolDown::Client(1), Duration::from_secs(1))
+        .await;
+    assert!(store.lower_limit(2, 2).await);
+    let mut con = raw(&server).await;
+    let mut keys = vec![
+        store.budget_key(0).unwrap().to_owned(),
+        store.budget_key(2).unwrap().to_owned(),
+    ];
+    keys.extend(store.shared_keys().iter().map(|k| (*k).to_owned()));
+    for key in keys {
+        let ttl: i64 = con.pttl(&key).await.unwrap();
+        assert!(ttl > 0, "{key} must expire (PTTL {ttl})");
+        assert!(
+            ttl <= 7 * 24 * 3600 * 1000,
+            "{key}: no key lives longer than a week (PTTL {ttl})"
+        );
+    }
+    let org_ttl: i64 = con.pttl(store.budget_key(2).unwrap()).await.unwrap();
+    assert!(org_ttl <= 11_000 + 100, "window + margin: {org_ttl}");
+    let stray: Vec<String> = con.keys("{ttl}*").await.unwrap();
+    assert_eq!(stray.len(), 5, "only the layout's keys: {stray:?}");
+}
+
+#[tokio::test]
+async fn errors_never_show_the_url_or_its_password() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (defs, clients, _) = two_clients();
+    for scheme in ["redis", "rediss"] {
+        let url = format!("{scheme}://gcpool:hunter2@127.0.0.1:{free}/0");
+        let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients, TIMEOUT)
+            .await
+            .expect_err("nothing listens");
+        let text = format!("{err} {err:?}");
+        assert!(
+            matches!(err, BudgetError::Unavailable(_) | BudgetError::Timeout(_)),
+            "{scheme}: {text}"
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("127.0.0.1"),
+            "{text}"
+        );
+    }
+    let err = RedisStore::connect(
+        &shared_state("http://:hunter2@redis/", "x"),
+        &defs,
+        &clients,
+        TIMEOUT,
+    )
+    .await
+    .expect_err("not a redis URL");
+    assert!(matches!(err, BudgetError::InvalidUrl(_)), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+    let lazy = RedisStore::lazy(
+        &shared_state("rediss://u:hunter2@redis.example:6380/", "x"),
+        &defs,
+        &clients,
+        TIMEOUT,
+    )
+    .expect("a rediss:// URL parses without connecting");
+    assert!(!lazy.is_up(), "not up before a call succeeded");
+    assert!(!format!("{lazy:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn rediss_against_a_plain_server_fails_the_handshake_cleanly() {
+    let server = RedisServer::start();
+    let (defs, clients, _) = two_clients();
+    let url = format!("rediss://:hunter2@127.0.0.1:{}/", server.port());
+    let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients, TIMEOUT)
+        .await
+        .expect_err("a plain server cannot complete a TLS handshake");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn goes_down_with_redis_and_comes_back_by_itself() {
+    let mut server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let store = Arc::new(connect(&server, "flap", &defs, &clients).await);
+    server.kill();
+    let started = tokio::time::Instant::now();
+    let result = store
+        .admit(AdmitRequest {
+            candidates: &c,
+            route: None,
+            max_wait: Duration::ZERO,
+        })
+        .await;
+    assert!(result.is_err(), "no decision without Redis");
+    assert!(
+        started.elapsed() < TIMEOUT + Duration::from_millis(200),
+        "bounded by the timeout"
+    );
+    assert!(!store.is_up());
+    assert_eq!(
+        store.snapshot(vec![2], 2).await.usage,
+        [(0, 3)],
+        "configured limits while down"
+    );
+    server.restart();
+    let mut back = false;
+    for _ in 0..100 {
+        if store.ping().await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the connection manager reconnects by itself");
+    assert!(store.is_up());
+    admitted(admit(store.as_ref(), &c, Duration::ZERO).await);
+}
