@@ -106,7 +106,11 @@ impl FallbackStore {
                 self.mark_down(&BudgetError::Unavailable("the last call failed".into()));
             }
             if !self.up.load(Ordering::Relaxed) {
-                let existing = self.shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let existing = self
+                    .shared
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 let attempt = match existing {
                     Some(store) => store.ping().await.map(|()| store),
                     None => (self.connect)().await,
@@ -192,7 +196,9 @@ impl BudgetStore for FallbackStore {
     fn snapshot(&self, budgets: Vec<BudgetId>, clients: usize) -> BoxFuture<'static, Snapshot> {
         match self.shared() {
             Some(shared) => shared.snapshot(budgets, clients),
-            None => Box::pin(std::future::ready(self.local.snapshot_now(&budgets, clients))),
+            None => Box::pin(std::future::ready(
+                self.local.snapshot_now(&budgets, clients),
+            )),
         }
     }
 
