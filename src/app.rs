@@ -11,7 +11,8 @@ use tracing::{Instrument, info, info_span};
 
 use crate::admin::Admin;
 use crate::admission::{Admission, BudgetTable};
-use crate::budget::{BudgetStore, MemoryStore};
+use crate::budget::redis::RedisStore;
+use crate::budget::{BudgetStore, FallbackStore, MemoryStore, SharedStore};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
@@ -32,8 +33,51 @@ pub enum StartError {
     },
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
+    #[error("shared state")]
+    SharedState(#[source] crate::budget::BudgetError),
     #[error("cannot start a worker thread")]
     Worker(#[source] std::io::Error),
+}
+
+/// How long one Redis call may take before this replica serves locally: well under any
+/// request deadline, well over a loopback or same-zone round trip.
+const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The in-memory store, or with `shared_state` the Redis store behind a local fallback
+/// (whose reconnect task is owned by `shutdown`).
+fn budget_store(
+    config: &Config,
+    table: &BudgetTable,
+    shutdown: &Shutdown,
+) -> Result<Arc<dyn BudgetStore>, StartError> {
+    let clients = config.clients.len();
+    let Some(shared) = &config.shared_state else {
+        return Ok(Arc::new(MemoryStore::new(table.defs(), clients)));
+    };
+    let names: Vec<String> = config.clients.iter().map(|c| c.name.clone()).collect();
+    // Fail at start on a URL that can never work; a Redis that is down is fine.
+    let redis = RedisStore::lazy(shared, table.defs(), &names, REDIS_TIMEOUT)
+        .map_err(StartError::SharedState)?;
+    let connect: crate::budget::fallback::Connect = Arc::new(move || {
+        let redis = redis.clone();
+        Box::pin(async move {
+            redis.ping().await?;
+            Ok(Arc::new(redis) as Arc<dyn SharedStore>)
+        })
+    });
+    let store = Arc::new(FallbackStore::new(
+        table.defs(),
+        clients,
+        shared.replicas_hint.get(),
+        connect,
+    ));
+    shutdown.spawn(
+        store
+            .clone()
+            .run_recovery(shutdown.token())
+            .instrument(info_span!("shared_state")),
+    );
+    Ok(store)
 }
 
 /// Worker threads serving the API listener: as many as cores, each a current-thread
@@ -168,8 +212,7 @@ impl Gcpool {
         let pool = Arc::new(Pool::new(clients));
 
         let table = Arc::new(BudgetTable::new(&config));
-        let store: Arc<dyn BudgetStore> =
-            Arc::new(MemoryStore::new(table.defs(), config.clients.len()));
+        let store = budget_store(&config, &table, &shutdown)?;
         let admission = Arc::new(Admission::new(&config, store, table, metrics.clone()));
         let proxy = Proxy::new(
             &config,

@@ -15,10 +15,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub mod fallback;
 pub mod memory;
 pub mod redis;
 pub mod window;
 
+pub use fallback::{FallbackStore, SharedStore};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 

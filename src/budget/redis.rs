@@ -679,6 +679,13 @@ fn fallback_snapshot(shared: &Shared, budgets: &[BudgetId], clients: usize) -> S
     }
 }
 
+impl super::SharedStore for RedisStore {
+    fn ping(&self) -> BoxFuture<'static, Result<(), BudgetError>> {
+        let store = self.clone();
+        Box::pin(async move { RedisStore::ping(&store).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
