@@ -120,6 +120,11 @@ async fn three_replicas_share_budgets_through_redis() {
         .filter(|&&t| t < first + Duration::from_secs(2) * windows)
         .count();
     let used = served as f64 / f64::from(15 * windows);
+    eprintln!(
+        "fleet of 3: capacity used {:.1} % ({served} admitted in {windows} windows of 15), upstream 429s {}",
+        used * 100.0,
+        stats.rejected_429
+    );
     assert!(
         used >= 0.95,
         "capacity used {:.1} % ({served} in {windows} windows)",
