@@ -1,0 +1,216 @@
+//! Only the right callers get in, and nothing secret comes out: API keys, the route
+//! allow-list, and a grep of everything a real run prints or serves for secrets.
+
+mod support;
+
+use base64::Engine;
+use gcpool::sim::{SimOptions, Simulator};
+use http::{Method, StatusCode};
+use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, config, config_yaml};
+
+const API_KEY: &str = "da-key-7Hq2-must-never-be-printed";
+
+/// Test config with an API key (given as `key:`, hashed at load) instead of anonymous access.
+fn keyed_yaml(sim_url: &str, listen: &str, admin: &str, extra: &str) -> String {
+    config_yaml(sim_url, listen, admin, &THREE_CLIENTS, extra).replace(
+        "inbound:\n  allow_anonymous: true\n",
+        &format!("inbound:\n  api_keys:\n    - name: data-actions\n      key: \"{API_KEY}\"\n"),
+    )
+}
+
+async fn start_keyed(sim: &Simulator, extra: &str) -> gcpool::app::Gcpool {
+    let config = config(&keyed_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        extra,
+    ));
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gcpool = gcpool::app::Gcpool::start_on(config, api, admin).unwrap();
+    support::wait_ready(gcpool.admin_addr()).await;
+    gcpool
+}
+
+#[tokio::test]
+async fn callers_need_the_api_key_in_a_header_or_as_basic_password() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start_keyed(&sim, "").await;
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/v2/users/u1", gcpool.api_addr());
+
+    for headers in [
+        vec![],
+        vec![("x-api-key", "wrong")],
+        vec![("authorization", "Bearer ")],
+    ] {
+        let answer = client.request(Method::GET, &url, &headers, "").await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert_eq!(answer.header("x-gcpool-reason"), "unauthorized");
+        assert_eq!(answer.json()["code"], "authentication.required");
+        assert!(!answer.text().contains(API_KEY));
+    }
+    assert_eq!(
+        sim.stats().accepted,
+        0,
+        "refused callers never reach the upstream"
+    );
+
+    let by_header = client
+        .request(Method::GET, &url, &[("x-api-key", API_KEY)], "")
+        .await;
+    assert_eq!(by_header.status, StatusCode::OK);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("data-action:{API_KEY}"));
+    let by_basic = client
+        .request(
+            Method::GET,
+            &url,
+            &[("authorization", &format!("Basic {basic}"))],
+            "",
+        )
+        .await;
+    assert_eq!(
+        by_basic.status,
+        StatusCode::OK,
+        "Data Actions' Basic credential works"
+    );
+    let echo = by_basic.json().to_string();
+    assert!(
+        !echo.contains(API_KEY) && !echo.contains(&basic),
+        "the caller's key is not forwarded"
+    );
+    assert_eq!(sim.stats().accepted, 2);
+
+    let metrics = client
+        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"gcpool_rejections_total{reason="unauthorized"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn routes_off_the_allow_list_are_refused_before_the_upstream() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let extra = "";
+    let config_text = keyed_yaml(&sim.base_url(), "127.0.0.1:0", "127.0.0.1:1", extra).replace(
+        "inbound:\n",
+        "inbound:\n  allow_routes:\n    - \"GET /api/v2/users/{userId}\"\n",
+    );
+    let gcpool = gcpool::app::Gcpool::start_on(
+        config(&config_text),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .unwrap();
+    support::wait_ready(gcpool.admin_addr()).await;
+    let client = HttpClient::new();
+    let base = format!("http://{}", gcpool.api_addr());
+    let key = [("x-api-key", API_KEY)];
+
+    assert_eq!(
+        client
+            .request(Method::GET, &format!("{base}/api/v2/users/abc"), &key, "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for (method, path) in [
+        (Method::GET, "/api/v2/users"),
+        (Method::DELETE, "/api/v2/users/abc"),
+        (Method::GET, "/api/v2/not/an/operation"),
+    ] {
+        let answer = client
+            .request(method.clone(), &format!("{base}{path}"), &key, "")
+            .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(answer.header("x-gcpool-reason"), "route_not_allowed");
+        assert_eq!(answer.json()["status"], 403);
+    }
+    assert_eq!(
+        sim.stats().accepted,
+        1,
+        "refused routes never reach the upstream"
+    );
+}
+
+/// A real run with real secrets, tokens and an API key, at debug level: none of them
+/// appears in stderr, `/status`, `/metrics` or any answer.
+#[tokio::test]
+async fn no_secret_in_logs_status_metrics_or_answers() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let yaml = keyed_yaml(&sim.base_url(), "{API}", "{ADMIN}", "");
+    let mut process = GcpoolProcess::spawn(&yaml, &[("RUST_LOG", "debug")]);
+    support::wait_ready(process.admin).await;
+    let client = HttpClient::new();
+    let mut seen = String::new();
+    let mut tokens = std::collections::BTreeSet::new();
+    for (headers, path) in [
+        (vec![("x-api-key", API_KEY)], "/api/v2/users/me"),
+        (vec![("x-api-key", "bad-key")], "/api/v2/users/me"),
+        (vec![("x-api-key", API_KEY)], "/metrics"),
+        (
+            vec![("x-api-key", API_KEY), ("x-sim-status", "500")],
+            "/api/v2/users/me",
+        ),
+    ] {
+        let answer = client
+            .request(
+                Method::GET,
+                &format!("http://{}{path}", process.api),
+                &headers,
+                "",
+            )
+            .await;
+        seen.push_str(&format!("{:?}{}", answer.headers, answer.text()));
+        if answer.status == StatusCode::OK {
+            for h in answer.json()["headers"].as_array().unwrap() {
+                if h[0] == "authorization" {
+                    tokens.insert(
+                        h[1].as_str()
+                            .unwrap()
+                            .trim_start_matches("Bearer ")
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    assert!(!tokens.is_empty());
+    let status = client
+        .get(&format!("http://{}/status", process.admin))
+        .await
+        .text();
+    let metrics = client
+        .get(&format!("http://{}/metrics", process.admin))
+        .await
+        .text();
+    process.terminate();
+    process.wait_exit(std::time::Duration::from_secs(15)).await;
+    let logs = process.stderr();
+    assert!(logs.contains("gcpool listening"), "the run logged:\n{logs}");
+    let credentials = [API_KEY, "sim-secret-01", "sim-secret-02", "sim-secret-03"];
+    for secret in credentials
+        .iter()
+        .copied()
+        .chain(tokens.iter().map(String::as_str))
+    {
+        for (place, text) in [
+            ("stderr", &logs),
+            ("/status", &status),
+            ("/metrics", &metrics),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "a secret or token appears in {place}"
+            );
+        }
+    }
+    // Answers echo what the upstream received (the simulator shows the pool token it got),
+    // but never the caller's key or a client secret.
+    for secret in credentials {
+        assert!(!seen.contains(secret), "a credential appears in an answer");
+    }
+}
