@@ -19,17 +19,13 @@ fn keyed_yaml(sim_url: &str, listen: &str, admin: &str, extra: &str) -> String {
 }
 
 async fn start_keyed(sim: &Simulator, extra: &str) -> gcpool::app::Gcpool {
-    let config = config(&keyed_yaml(
+    support::start_config(config(&keyed_yaml(
         &sim.base_url(),
         "127.0.0.1:0",
         "127.0.0.1:1",
         extra,
-    ));
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gcpool = gcpool::app::Gcpool::start_on(config, api, admin).unwrap();
-    support::wait_ready(gcpool.admin_addr()).await;
-    gcpool
+    )))
+    .await
 }
 
 #[tokio::test]
@@ -99,13 +95,7 @@ async fn routes_off_the_allow_list_are_refused_before_the_upstream() {
         "inbound:\n",
         "inbound:\n  allow_routes:\n    - \"GET /api/v2/users/{userId}\"\n",
     );
-    let gcpool = gcpool::app::Gcpool::start_on(
-        config(&config_text),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .unwrap();
-    support::wait_ready(gcpool.admin_addr()).await;
+    let gcpool = support::start_config(config(&config_text)).await;
     let client = HttpClient::new();
     let base = format!("http://{}", gcpool.api_addr());
     let key = [("x-api-key", API_KEY)];
