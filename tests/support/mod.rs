@@ -72,13 +72,18 @@ pub fn config(yaml: &str) -> Config {
 
 /// Starts gcpool in-process on free loopback ports.
 pub async fn start_gcpool(sim_url: &str, clients: &[TestClient<'_>], extra: &str) -> Gcpool {
-    let config = config(&config_yaml(
+    start_config(config(&config_yaml(
         sim_url,
         "127.0.0.1:0",
         "127.0.0.1:1",
         clients,
         extra,
-    ));
+    )))
+    .await
+}
+
+/// Starts gcpool in-process with `config` on free loopback ports; waits until ready.
+pub async fn start_config(config: Config) -> Gcpool {
     let api = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind api listener");
