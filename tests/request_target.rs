@@ -1,0 +1,106 @@
+//! Property test of request-target parsing and route matching: whatever a caller sends,
+//! nothing panics, nothing outside `/api/v2/` passes, no dot segment passes in any
+//! encoding, and a matched route really is the requested method and shape.
+
+use gcpool::inbound::check_target;
+use gcpool::routes::{Route, RouteTable};
+use http::{Method, Uri};
+use proptest::prelude::*;
+
+/// Path pieces that stress the checks: encodings of dots and slashes, parameters, Unicode.
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("api".to_owned()),
+        Just("v2".to_owned()),
+        Just("users".to_owned()),
+        Just("me".to_owned()),
+        Just("architect".to_owned()),
+        Just("ivrs".to_owned()),
+        Just(".".to_owned()),
+        Just("..".to_owned()),
+        Just("%2e".to_owned()),
+        Just("%2E%2e".to_owned()),
+        Just(".%2e".to_owned()),
+        Just("%2f".to_owned()),
+        Just("".to_owned()),
+        "[a-zA-Z0-9._~%-]{1,12}",
+        "\\PC{1,4}",
+    ]
+}
+
+fn target() -> impl Strategy<Value = String> {
+    (
+        prop::option::of(prop_oneof![
+            Just("http://api.mypurecloud.com".to_owned()),
+            Just("https://api.mypurecloud.com:443".to_owned()),
+            Just("http://evil.example".to_owned()),
+            Just("http://127.0.0.1:9000".to_owned()),
+        ]),
+        prop::bool::weighted(0.7),
+        prop::collection::vec(segment(), 0..8),
+        prop::option::of("[a-zA-Z0-9=&%,]{0,20}"),
+    )
+        .prop_map(|(origin, api_prefix, segments, query)| {
+            let mut path = if api_prefix {
+                "/api/v2".to_owned()
+            } else {
+                String::new()
+            };
+            for s in segments {
+                path.push('/');
+                path.push_str(&s);
+            }
+            if path.is_empty() {
+                path.push('/');
+            }
+            let mut t = origin.unwrap_or_default() + &path;
+            if let Some(q) = query {
+                t.push('?');
+                t.push_str(&q);
+            }
+            t
+        })
+}
+
+fn method() -> impl Strategy<Value = Method> {
+    prop_oneof![
+        Just(Method::GET),
+        Just(Method::POST),
+        Just(Method::PUT),
+        Just(Method::PATCH),
+        Just(Method::DELETE),
+        Just(Method::HEAD),
+        Just(Method::OPTIONS),
+        Just(Method::CONNECT),
+        Just(Method::from_bytes(b"PURGE").expect("a valid method token")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn targets_outside_the_api_never_pass(method in method(), target in target()) {
+        let api: http::uri::Authority = "api.mypurecloud.com".parse().unwrap();
+        // Only what hyper would accept reaches gcpool: a parseable URI.
+        let Ok(uri) = target.parse::<Uri>() else { return Ok(()) };
+        let verdict = check_target(&method, &uri, &api);
+        let route = RouteTable::genesys().lookup(&method, uri.path());
+        if verdict.is_ok() {
+            prop_assert!(method != Method::CONNECT);
+            prop_assert!(uri.path().starts_with("/api/v2/"), "{}", target);
+            for segment in uri.path().split('/') {
+                let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+                prop_assert!(decoded != "." && decoded != "..", "dot segment passed: {}", target);
+            }
+            if let Some(host) = uri.host() {
+                prop_assert!(host.eq_ignore_ascii_case("api.mypurecloud.com"), "foreign host passed: {}", target);
+            }
+        }
+        if let Route::Known(op) = route {
+            prop_assert_eq!(op.method().as_str(), method.as_str());
+            let want = op.template().split('/').count();
+            prop_assert_eq!(uri.path().split('/').count(), want, "{} matched {}", target, op);
+        }
+    }
+}
