@@ -20,9 +20,12 @@ use crate::budget::{
 };
 use crate::config::{BudgetScope, Config};
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{Lease, Pool};
 use crate::proxy::{LimitInfo, LimitScope, Reject, UpstreamLimit};
 use crate::routes::RouteId;
+
+/// Longest cool-down an upstream 429 sets.
+const MAX_COOL_DOWN: Duration = Duration::from_secs(180);
 
 /// Every budget of the config, and which apply to a (client, route).
 #[derive(Debug, Clone)]
@@ -54,11 +57,12 @@ pub struct Admission {
     learned: Mutex<BTreeMap<String, u32>>,
 }
 
-/// Leave to use one client now.
-#[derive(Debug, Clone, Copy)]
+/// Leave to use one client now, with its token (counted in flight while held).
+#[derive(Debug)]
 pub struct Permit {
     pub client: usize,
     pub waited: Duration,
+    pub lease: Lease,
 }
 
 /// Gives a reservation back unless the request reached its instant.
@@ -234,6 +238,43 @@ impl Admission {
         route: Option<RouteId>,
         deadline: Instant,
     ) -> Result<Permit, Reject> {
+        // A client whose token dies while the request waits gives its slot back, and the
+        // request is admitted again among the others.
+        for _ in 0..3 {
+            let (client, reservation) = self.reserve(pool, route, deadline).await?;
+            let waited = reservation.wait;
+            let mut guard = ReleaseOnDrop {
+                store: &*self.store,
+                reservation: Some(reservation),
+            };
+            if !waited.is_zero() {
+                let _pending = Pending::enter(self);
+                // Measured from now, after the store answered: the wait was computed on the
+                // store's clock when it decided, so the request never leaves early (with
+                // Redis the round trip would otherwise be taken off the wait).
+                // Dropped here (caller gone) → the guard gives the slot back.
+                tokio::time::sleep_until(Instant::now() + waited).await;
+            }
+            if let Some(lease) = pool.lease(client, Instant::now()) {
+                guard.reservation = None;
+                self.metrics.queue_wait.observe(waited.as_secs_f64());
+                return Ok(Permit {
+                    client,
+                    waited,
+                    lease,
+                });
+            }
+        }
+        Err(Reject::NoHealthyClient)
+    }
+
+    /// Reserves the soonest slot, or maps the refusal to the local 429 it means.
+    async fn reserve(
+        &self,
+        pool: &Pool,
+        route: Option<RouteId>,
+        deadline: Instant,
+    ) -> Result<(usize, Reservation), Reject> {
         let now = Instant::now();
         let order = pool.candidates(now);
         if order.is_empty() {
@@ -291,22 +332,7 @@ impl Admission {
                 });
             }
         };
-        let permit = Permit {
-            client: candidates[reservation.candidate].client,
-            waited: reservation.wait,
-        };
-        if !reservation.wait.is_zero() {
-            let _pending = Pending::enter(self);
-            let mut guard = ReleaseOnDrop {
-                store: &*self.store,
-                reservation: Some(reservation),
-            };
-            // Dropped here (caller gone) → the guard gives the slot back.
-            tokio::time::sleep_until(now + permit.waited).await;
-            guard.reservation = None;
-        }
-        self.metrics.queue_wait.observe(permit.waited.as_secs_f64());
-        Ok(permit)
+        Ok((candidates[reservation.candidate].client, reservation))
     }
 
     /// Acts on an upstream 429 seen by `client` for `route`: cools down what the limit
@@ -324,7 +350,11 @@ impl Admission {
             (LimitScope::Route, Some(route)) => CoolDown::Route(route),
             (LimitScope::Pool, _) => CoolDown::Pool,
         };
-        self.store.cool_down(target, limit.retry_after).await;
+        // Daily limits answer with Retry-After of hours; SDKs give up past 180 s. Cool down
+        // at most that long and let the next request learn whether it still holds.
+        self.store
+            .cool_down(target, limit.retry_after.min(MAX_COOL_DOWN))
+            .await;
         let Some(value) = limit.limit.as_ref().and_then(|l| l.value) else {
             return;
         };
@@ -332,8 +362,9 @@ impl Admission {
         let budgets = match (scope, route) {
             (LimitScope::Client, _) => self.table.tokens().to_vec(),
             (LimitScope::Route, Some(route)) => self.table.endpoint(route),
-            (LimitScope::Route, None) => Vec::new(),
-            (LimitScope::Pool, _) => vec![self.table.org()],
+            // A service limit (e.g. `directory` / `user.rate.per.minute`) covers only that
+            // service's routes, not the org budget: cool the pool down, learn nothing.
+            (LimitScope::Route, None) | (LimitScope::Pool, _) => Vec::new(),
         };
         let per_window = self.table.per_window(per_minute);
         for budget in budgets {

@@ -236,12 +236,19 @@ impl Proxy {
                         .upstream_429
                         .with_label_values(&[client, exchange.route])
                         .inc();
-                    let (head, body) = response.into_parts();
-                    let body = Limited::new(body, MAX_ERROR_BODY)
-                        .collect()
-                        .await
-                        .map(http_body_util::Collected::to_bytes)
-                        .unwrap_or_default();
+                    let (mut head, body) = response.into_parts();
+                    let body = tokio::time::timeout_at(
+                        deadline,
+                        Limited::new(body, MAX_ERROR_BODY).collect(),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(http_body_util::Collected::to_bytes)
+                    .unwrap_or_default();
+                    // The body is now what was read; its length is set anew.
+                    head.headers.remove(header::CONTENT_LENGTH);
+                    head.headers.remove(header::TRANSFER_ENCODING);
                     let limit = UpstreamLimit::parse(&head.headers, &body);
                     warn!(client = %client, route = exchange.route, retry_after = ?limit.retry_after, limit = ?limit.limit, "upstream answered 429; cooling down");
                     inner

@@ -64,6 +64,8 @@ pub struct TokenSlot {
     attempted: AtomicBool,
     generation: AtomicU64,
     refresh_lock: tokio::sync::Mutex<()>,
+    /// Wakes the background refresher when the request path dropped the token.
+    wake: tokio::sync::Notify,
 }
 
 // === impl Token ===
@@ -113,6 +115,7 @@ impl TokenSlot {
             attempted: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             refresh_lock: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -150,6 +153,15 @@ impl TokenSlot {
         if current.as_ref().is_some_and(|t| t.generation == generation) {
             *current = None;
         }
+        drop(current);
+        // Whatever happens to the caller's own refresh (it may fail or be cancelled), the
+        // refresher now knows this client has no token and keeps trying with backoff.
+        self.wake.notify_one();
+    }
+
+    /// Resolves when [`TokenSlot::invalidate`] dropped the token.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
     }
 
     /// Mints a new token unless another caller already replaced `stale` (single flight).
@@ -165,14 +177,21 @@ impl TokenSlot {
         {
             return Ok(token);
         }
-        let result = grant::client_credentials(
-            &self.upstream,
-            &self.login_base,
-            &self.client_id,
-            &self.secret,
+        // The whole grant, body included, is bounded: the lock is held meanwhile.
+        let result = tokio::time::timeout(
             GRANT_TIMEOUT,
+            grant::client_credentials(
+                &self.upstream,
+                &self.login_base,
+                &self.client_id,
+                &self.secret,
+                GRANT_TIMEOUT,
+            ),
         )
-        .await;
+        .await
+        .unwrap_or(Err(GrantError::Transport(
+            crate::upstream::UpstreamError::Timeout,
+        )));
         self.attempted.store(true, Ordering::Relaxed);
         match result {
             Ok(granted) => {

@@ -45,7 +45,7 @@ use crate::config::SharedStateConfig;
 use crate::secret::Secret;
 
 /// How long a learned lower limit is kept after it was last lowered.
-const LIMITS_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+const LIMITS_TTL_MS: u64 = 3600 * 1000;
 
 const COOL_DOWN_LUA: &str = r"
 local clock = redis.call('TIME')

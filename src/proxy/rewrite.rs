@@ -105,6 +105,14 @@ pub(super) fn response_headers(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    // gcpool's own headers are gcpool's to set: an upstream cannot forge them.
+    for name in [
+        super::CLIENT_HEADER,
+        super::WAIT_HEADER,
+        super::REASON_HEADER,
+    ] {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ use serde::Deserialize;
 use crate::secret::Secret;
 use crate::upstream::{Upstream, UpstreamError};
 
+/// Longest token lifetime believed (s); longer-lived tokens are simply refreshed sooner.
+const MAX_LIFETIME_S: u64 = 7 * 24 * 3600;
+
 /// Largest token answer read (they are a few hundred bytes).
 const MAX_GRANT_BODY: usize = 64 * 1024;
 
@@ -111,6 +114,7 @@ pub async fn client_credentials(
         access_token: Secret::new(answer.access_token),
         // Genesys' default lifetime is 24 h; an answer without expires_in gets the minimum
         // client lifetime (5 min) so it is refreshed early rather than late.
-        expires_in: Duration::from_secs(answer.expires_in.unwrap_or(300).max(1)),
+        // Clamped to a week: a silly value must not overflow instant arithmetic.
+        expires_in: Duration::from_secs(answer.expires_in.unwrap_or(300).clamp(1, MAX_LIFETIME_S)),
     })
 }

@@ -26,6 +26,9 @@ pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = sleep_until(next) => {}
+            // The request path dropped a token the upstream refused: replace it now (a
+            // failure streak keeps its backoff).
+            _ = slot.woken(), if failures == 0 => {}
             _ = stop.cancelled() => return,
         }
         // A 401 on the request path may have refreshed it meanwhile: check before granting.
