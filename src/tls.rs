@@ -77,12 +77,11 @@ pub enum HandshakeError {
 }
 
 /// The current server configuration, shared by every worker; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TlsAcceptor {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     cert_file: PathBuf,
     key_file: PathBuf,
@@ -97,6 +96,16 @@ struct Inner {
 type Stamp = [Option<(SystemTime, u64)>; 2];
 
 // === impl TlsAcceptor ===
+
+/// Names the files only: the configuration holds the private key.
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("cert_file", &self.inner.cert_file)
+            .field("key_file", &self.inner.key_file)
+            .finish_non_exhaustive()
+    }
+}
 
 impl TlsAcceptor {
     /// Reads and checks the certificate chain and key named in `files`.
