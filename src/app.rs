@@ -19,6 +19,7 @@ use crate::pool::{Pool, PoolClient};
 use crate::proxy::Proxy;
 use crate::server::{self, ServeOptions};
 use crate::shutdown::Shutdown;
+use crate::tls::{TlsAcceptor, TlsError};
 use crate::token::{TokenSlot, refresher};
 use crate::upstream::Upstream;
 
@@ -35,6 +36,8 @@ pub enum StartError {
     Metrics(#[source] prometheus::Error),
     #[error("shared state")]
     SharedState(#[source] crate::budget::BudgetError),
+    #[error("inbound TLS (server.tls)")]
+    Tls(#[source] TlsError),
     #[error("cannot start a worker thread")]
     Worker(#[source] std::io::Error),
 }
@@ -89,6 +92,7 @@ fn spawn_workers(
     proxy: &Proxy,
     shutdown: &Shutdown,
     options: ServeOptions,
+    tls: Option<&TlsAcceptor>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
     let workers = std::env::var("GCPOOL_WORKERS")
         .ok()
@@ -101,6 +105,7 @@ fn spawn_workers(
             let listener = listener.try_clone().map_err(StartError::Worker)?;
             let proxy = proxy.with_own_upstream();
             let stop = shutdown.token();
+            let tls = tls.cloned();
             std::thread::Builder::new()
                 .name(format!("gcpool-worker-{i}"))
                 .spawn(move || {
@@ -126,7 +131,7 @@ fn spawn_workers(
                             let proxy = proxy.clone();
                             async move { proxy.handle(request).await }
                         };
-                        let _ = server::serve(listener, handler, stop, options).await;
+                        let _ = server::serve(listener, handler, stop, options, tls).await;
                     });
                 })
                 .map_err(StartError::Worker)
@@ -143,6 +148,7 @@ pub struct Gcpool {
     /// One thread per core, each with its own runtime, accepting on the shared listener.
     api: Vec<std::thread::JoinHandle<()>>,
     admin: JoinHandle<std::io::Result<()>>,
+    tls: Option<TlsAcceptor>,
     pub metrics: Metrics,
     pub pool: Arc<Pool>,
     pub admission: Arc<Admission>,
@@ -152,7 +158,8 @@ impl Gcpool {
     /// Binds the listeners named in `config.server` and starts serving.
     ///
     /// # Errors
-    /// When a listener cannot be bound or metrics cannot be registered.
+    /// When a listener cannot be bound, metrics cannot be registered or the TLS
+    /// certificate or key is unusable.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -167,7 +174,7 @@ impl Gcpool {
     /// Starts serving on listeners the caller bound (tests bind `127.0.0.1:0`).
     ///
     /// # Errors
-    /// When metrics cannot be registered.
+    /// When metrics cannot be registered or the TLS certificate or key is unusable.
     pub fn start_on(
         config: Config,
         api_listener: TcpListener,
@@ -187,6 +194,14 @@ impl Gcpool {
             })?;
         let metrics =
             Metrics::register(&prometheus::Registry::new()).map_err(StartError::Metrics)?;
+        // Before any task starts: an unusable certificate is a start error.
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|files| TlsAcceptor::load(files, metrics.tls_handshake_failures.clone()))
+            .transpose()
+            .map_err(StartError::Tls)?;
         let shutdown = Shutdown::new();
         let upstream = Upstream::new();
 
@@ -225,7 +240,14 @@ impl Gcpool {
             idle_timeout: config.server.idle_timeout,
             grace: config.server.shutdown_grace,
         };
-        let api = spawn_workers(api_listener, &proxy, &shutdown, options)?;
+        if let Some(tls) = &tls {
+            shutdown.spawn(
+                tls.clone()
+                    .watch(shutdown.token())
+                    .instrument(info_span!("tls_reload")),
+            );
+        }
+        let api = spawn_workers(api_listener, &proxy, &shutdown, options, tls.as_ref())?;
         let admin_state = Admin::new(
             pool.clone(),
             admission.clone(),
@@ -240,14 +262,17 @@ impl Gcpool {
             },
             shutdown.token(),
             options,
+            // Plain: the admin listener defaults to loopback (SPEC).
+            None,
         ));
-        info!(%api_addr, %admin_addr, clients = config.clients.len(), "gcpool listening");
+        info!(%api_addr, %admin_addr, tls = tls.is_some(), clients = config.clients.len(), "gcpool listening");
         Ok(Self {
             api_addr,
             admin_addr,
             shutdown,
             api,
             admin,
+            tls,
             metrics,
             pool,
             admission,
@@ -260,6 +285,12 @@ impl Gcpool {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The inbound TLS acceptor, when `server.tls` is set ([`TlsAcceptor::reload`] is what
+    /// SIGHUP does).
+    pub fn tls(&self) -> Option<&TlsAcceptor> {
+        self.tls.as_ref()
     }
 
     /// The shutdown owner; [`Shutdown::trigger`] starts a graceful stop.

@@ -4,7 +4,7 @@
 //! # Request path
 //!
 //! ```text
-//! server::serve ── one worker thread per core ── per-connection task ── hyper (HTTP/1.1, h2c)
+//! server::serve ── one worker thread per core ── per-connection task ── [TLS] ── hyper (HTTP/1.1, h2)
 //!    └─ Proxy::handle(req)
 //!         1. inbound::check_target      CONNECT 405, foreign host 400, not /api/v2/ 404
 //!         2. inbound::Authenticator     X-API-Key or Basic password, unless anonymous
@@ -27,7 +27,8 @@
 //! - [`budget`]: sliding-window budgets and the store trait (no HTTP); [`admission`]: client
 //!   choice and waiting over [`pool`] and [`budget`].
 //! - [`inbound`], [`proxy`], [`token`], [`upstream`]: the rest of the request path.
-//! - [`server`], [`admin`], [`shutdown`], [`metrics`], [`telemetry`]: serving and observing.
+//! - [`server`], [`tls`], [`admin`], [`shutdown`], [`metrics`], [`telemetry`]: serving and
+//!   observing.
 //! - [`sim`]: the Genesys Cloud simulator; [`demo`]: simulator + proxy + load. Neither is
 //!   used by the proxy path.
 
@@ -48,5 +49,6 @@ pub mod server;
 pub mod shutdown;
 pub mod sim;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod upstream;

@@ -5,7 +5,8 @@
 //! (route templates or `other`, reject reasons, client names from config).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Buckets for latencies and waits, in seconds: 0.5 ms to 60 s.
@@ -31,6 +32,7 @@ pub struct Metrics {
     pub token_refresh: IntCounterVec,
     pub token_expires_in: IntGaugeVec,
     pub shared_state_up: IntGauge,
+    pub tls_handshake_failures: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -137,6 +139,13 @@ impl Metrics {
                     "1 while the budget store in use answers (always 1 for the in-memory store).",
                 )?,
             )?,
+            tls_handshake_failures: reg(
+                registry,
+                IntCounter::new(
+                    "gcpool_tls_handshake_failures_total",
+                    "Inbound TLS handshakes that failed or timed out (plain HTTP to a TLS port included).",
+                )?,
+            )?,
             build_info: gauge_vec(
                 "gcpool_build_info",
                 "Always 1; the version label carries the build.",
@@ -212,6 +221,7 @@ mod tests {
             "gcpool_token_refresh_total",
             "gcpool_token_expires_in_seconds",
             "gcpool_shared_state_up",
+            "gcpool_tls_handshake_failures_total",
             "gcpool_build_info",
         ] {
             assert!(

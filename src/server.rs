@@ -1,9 +1,11 @@
 //! The accept loop: one task per caller connection, HTTP/1.1 and HTTP/2 (hyper-util's auto
-//! builder), graceful drain on shutdown.
+//! builder), TLS when configured (handshake in the connection's task), graceful drain on
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::proxy::ProxyBody;
+use crate::tls::TlsAcceptor;
 
 /// Connection settings of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +32,8 @@ pub struct ServeOptions {
 }
 
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then stops accepting
-/// and waits up to `options.grace` for in-flight requests.
+/// and waits up to `options.grace` for in-flight requests. With `tls`, every connection
+/// starts with a TLS handshake; a failed one is logged at debug and closes the connection.
 ///
 /// # Errors
 /// Never in practice: accept errors (e.g. out of file descriptors) are logged and retried.
@@ -38,6 +42,7 @@ pub async fn serve<H, F>(
     handler: H,
     shutdown: CancellationToken,
     options: ServeOptions,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -50,6 +55,8 @@ where
         .header_read_timeout(options.idle_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    // Shared with TLS connection tasks, which build their connection after the handshake.
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -70,12 +77,37 @@ where
             let response = handler(request, peer);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let Some(tls) = &tls else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    debug!(%peer, error = %error, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // Watched from the start, so a drain waits for (or, via `stop`, cuts) handshakes
+        // in progress too.
+        let watcher = graceful.watcher();
+        let (tls, builder, stop) = (tls.clone(), builder.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let stream = tokio::select! {
+                accepted = tls.accept(stream) => match accepted {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        debug!(%peer, error = %crate::tls::error_chain(&error), "TLS handshake failed");
+                        return;
+                    }
+                },
+                () = stop.cancelled() => return,
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 debug!(%peer, error = %error, "connection ended with an error");
             }
         });
