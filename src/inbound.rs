@@ -15,7 +15,9 @@ use crate::proxy::Reject;
 /// The header callers may carry their key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// Checks the request line: method, target host, path.
+/// Checks the request line: method, target host, path. For HTTP/1.x an authority in the
+/// target means absolute form (HTTP_PROXY style) and must name the API host; HTTP/2 always
+/// carries `:authority`, which is only the caller's Host and never chooses the upstream.
 ///
 /// # Errors
 /// [`Reject::ConnectRefused`], [`Reject::ForeignHost`], [`Reject::NotApiPath`] or
@@ -23,12 +25,14 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 pub fn check_target(
     method: &Method,
     uri: &Uri,
+    version: http::Version,
     api_authority: &http::uri::Authority,
 ) -> Result<(), Reject> {
     if method == Method::CONNECT {
         return Err(Reject::ConnectRefused);
     }
-    if let Some(authority) = uri.authority() {
+    let absolute_form = version < http::Version::HTTP_2;
+    if let Some(authority) = uri.authority().filter(|_| absolute_form) {
         let same_host = authority.host().eq_ignore_ascii_case(api_authority.host());
         let same_port = authority.port_u16().or(default_port(uri))
             == api_authority.port_u16().or(default_port(uri));
@@ -151,7 +155,8 @@ mod tests {
     #[test]
     fn target_checks() {
         let a = authority();
-        let ok = |m: Method, u: &str| check_target(&m, &u.parse().unwrap(), &a);
+        let ok =
+            |m: Method, u: &str| check_target(&m, &u.parse().unwrap(), http::Version::HTTP_11, &a);
         assert!(ok(Method::GET, "/api/v2/users?pageSize=1").is_ok());
         assert!(ok(Method::GET, "https://api.mypurecloud.com/api/v2/users").is_ok());
         assert!(ok(Method::GET, "http://API.mypurecloud.com:80/api/v2/users").is_ok());
@@ -184,6 +189,16 @@ mod tests {
             Err(Reject::BadPath)
         ));
         assert!(ok(Method::GET, "/api/v2/users/a.b").is_ok());
+        let h2 = check_target(
+            &Method::GET,
+            &"https://gcpool.example:8443/api/v2/users".parse().unwrap(),
+            http::Version::HTTP_2,
+            &a,
+        );
+        assert!(
+            h2.is_ok(),
+            "an HTTP/2 :authority is the caller's Host, not a target"
+        );
     }
 
     #[test]

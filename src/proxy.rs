@@ -159,7 +159,12 @@ impl Proxy {
         let started = Instant::now();
         let deadline = started + inner.request_timeout;
 
-        inbound::check_target(request.method(), request.uri(), &inner.target.authority)?;
+        inbound::check_target(
+            request.method(),
+            request.uri(),
+            request.version(),
+            &inner.target.authority,
+        )?;
         inner.auth.authenticate(request.headers())?;
         let route = RouteTable::genesys().lookup(request.method(), request.uri().path());
         exchange.route = route.label();

@@ -236,6 +236,11 @@ impl TokenSlot {
         }
     }
 
+    /// The generation of the last token granted (0 before the first grant).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     /// Seconds until the current token expires (0 without one).
     pub fn expires_in(&self, now: Instant) -> Duration {
         self.current()

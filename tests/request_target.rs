@@ -84,7 +84,7 @@ proptest! {
         let api: http::uri::Authority = "api.mypurecloud.com".parse().unwrap();
         // Only what hyper would accept reaches gcpool: a parseable URI.
         let Ok(uri) = target.parse::<Uri>() else { return Ok(()) };
-        let verdict = check_target(&method, &uri, &api);
+        let verdict = check_target(&method, &uri, http::Version::HTTP_11, &api);
         let route = RouteTable::genesys().lookup(&method, uri.path());
         if verdict.is_ok() {
             prop_assert!(method != Method::CONNECT);

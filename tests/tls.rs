@@ -168,7 +168,7 @@ impl Conn {
                 tls,
                 http1: None,
                 http2: Some(sender),
-                h2_authority: String::new(),
+                h2_authority: "https://localhost".to_owned(),
             }
         } else {
             let (sender, connection) = hyper::client::conn::http1::handshake(io)
@@ -196,9 +196,9 @@ impl Conn {
         } else {
             let sender = self.http2.as_mut().expect("one of http1/http2");
             let mut request = request;
-            // HTTP/2 always carries an authority, which gcpool's absolute-form check
-            // compares with the API host (today: any other authority answers 400
-            // foreign_host), so name the API host here.
+            // HTTP/2 always carries an authority (here gcpool's own name, as a browser or
+            // SDK sends it); it is the caller's Host and must not be refused as a foreign
+            // absolute-form target.
             *request.uri_mut() = format!("{}{path}", self.h2_authority).parse().expect("uri");
             request.headers_mut().remove("host");
             sender.ready().await.expect("connection ready");

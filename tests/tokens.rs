@@ -182,3 +182,38 @@ async fn wrong_secret_client_is_left_out_and_nothing_secret_is_printed() {
         }
     }
 }
+
+/// A token refused upstream whose re-mint fails (credentials briefly rejected) does not leave
+/// the client out for the rest of the token's lifetime: the refresher takes over at once
+/// and the client is back as soon as the login host accepts it again.
+#[tokio::test]
+async fn client_comes_back_after_a_failed_refresh_on_the_request_path() {
+    let sim = Simulator::start(SimOptions::with_clients(1)).await.unwrap();
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS[..1], "").await;
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/v2/users/me", gcpool.api_addr());
+    assert_eq!(client.get(&url).await.status, StatusCode::OK);
+
+    sim.revoke_tokens();
+    sim.set_credentials_rejected("sim-client-01", true);
+    let answer = client.get(&url).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no usable token: {}",
+        answer.text()
+    );
+
+    sim.set_credentials_rejected("sim-client-01", false);
+    let back = Instant::now() + Duration::from_secs(15);
+    loop {
+        if client.get(&url).await.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < back,
+            "the client must come back within the refresher's backoff"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

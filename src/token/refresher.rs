@@ -39,7 +39,9 @@ pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken) {
             next = token.refresh_at;
             continue;
         }
-        let stale = slot.current().map(|t| t.generation);
+        // "Unless a newer token than the last one this task knows of exists": a 401 on the
+        // request path may be minting one right now (single flight), so no second grant.
+        let stale = Some(slot.current().map_or(slot.generation(), |t| t.generation));
         let result = tokio::select! {
             r = slot.refresh(stale) => r,
             _ = stop.cancelled() => return,
