@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
 use crate::proxy::Proxy;
-use crate::server::{self, ServeOptions};
+use crate::server::{self, ConnectionLimit, ServeOptions};
 use crate::shutdown::Shutdown;
 use crate::tls::{TlsAcceptor, TlsError};
 use crate::token::{TokenSlot, refresher};
@@ -93,6 +93,7 @@ fn spawn_workers(
     shutdown: &Shutdown,
     options: ServeOptions,
     tls: Option<&TlsAcceptor>,
+    limit: &Arc<ConnectionLimit>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
     let workers = std::env::var("GCPOOL_WORKERS")
         .ok()
@@ -106,6 +107,7 @@ fn spawn_workers(
             let proxy = proxy.with_own_upstream();
             let stop = shutdown.token();
             let tls = tls.cloned();
+            let limit = limit.clone();
             std::thread::Builder::new()
                 .name(format!("gcpool-worker-{i}"))
                 .spawn(move || {
@@ -131,7 +133,8 @@ fn spawn_workers(
                             let proxy = proxy.clone();
                             async move { proxy.handle(request).await }
                         };
-                        let _ = server::serve(listener, handler, stop, options, tls).await;
+                        let _ =
+                            server::serve(listener, handler, stop, options, tls, Some(limit)).await;
                     });
                 })
                 .map_err(StartError::Worker)
@@ -247,7 +250,18 @@ impl Gcpool {
                     .instrument(info_span!("tls_reload")),
             );
         }
-        let api = spawn_workers(api_listener, &proxy, &shutdown, options, tls.as_ref())?;
+        let limit = ConnectionLimit::new(
+            config.server.max_connections,
+            metrics.rejections.with_label_values(&["connection_limit"]),
+        );
+        let api = spawn_workers(
+            api_listener,
+            &proxy,
+            &shutdown,
+            options,
+            tls.as_ref(),
+            &limit,
+        )?;
         let admin_state = Admin::new(
             pool.clone(),
             admission.clone(),
@@ -263,6 +277,7 @@ impl Gcpool {
             shutdown.token(),
             options,
             // Plain: the admin listener defaults to loopback (SPEC).
+            None,
             None,
         ));
         info!(%api_addr, %admin_addr, tls = tls.is_some(), clients = config.clients.len(), "gcpool listening");

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub tls: Option<TlsConfig>,
     pub max_body_bytes: u64,
+    /// Open caller connections at most (`server.max_connections`, default 20000); past it a
+    /// new connection is closed at once.
+    pub max_connections: usize,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM (`server.shutdown_grace`, default 30s).

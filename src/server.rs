@@ -18,6 +18,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus::IntCounter;
+
 use crate::proxy::ProxyBody;
 use crate::tls::TlsAcceptor;
 
@@ -31,6 +35,57 @@ pub struct ServeOptions {
     pub grace: Duration,
 }
 
+/// Open connections of one listener, shared by its worker threads, with a cap.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+    /// Counts connections closed at once because the cap was reached.
+    refused: IntCounter,
+}
+
+/// One open connection; gives its place back when dropped.
+#[derive(Debug)]
+struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl ConnectionLimit {
+    pub fn new(max: usize, refused: IntCounter) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+            refused,
+        })
+    }
+
+    fn take(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let open = self.open.fetch_add(1, Ordering::Relaxed);
+        if open >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.refused.inc();
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Read buffer limit while a request head is incomplete; hyper answers 431 (or closes) when
+/// a head is still unfinished past it. hyper-util's builder does not expose hyper's exact
+/// `max_header_size`, so a head that arrives in one read can be somewhat larger.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most request headers; hyper answers 431 past it.
+const MAX_HEADERS: usize = 128;
+
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then stops accepting
 /// and waits up to `options.grace` for in-flight requests. With `tls`, every connection
 /// starts with a TLS handshake; a failed one is logged at debug and closes the connection.
@@ -43,6 +98,7 @@ pub async fn serve<H, F>(
     shutdown: CancellationToken,
     options: ServeOptions,
     tls: Option<TlsAcceptor>,
+    limit: Option<Arc<ConnectionLimit>>,
 ) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -53,6 +109,8 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.idle_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     // Shared with TLS connection tasks, which build their connection after the handshake.
@@ -71,6 +129,17 @@ where
             },
             () = shutdown.cancelled() => break,
         };
+        let slot = match &limit {
+            Some(limit) => match limit.take() {
+                Some(slot) => Some(slot),
+                None => {
+                    debug!(%peer, "connection cap reached; closing the new connection");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |request| {
@@ -83,6 +152,7 @@ where
                 .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(error) = connection.await {
                     debug!(%peer, error = %error, "connection ended with an error");
                 }
@@ -94,6 +164,7 @@ where
         let watcher = graceful.watcher();
         let (tls, builder, stop) = (tls.clone(), builder.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = tokio::select! {
                 accepted = tls.accept(stream) => match accepted {
                     Ok(stream) => stream,

@@ -204,3 +204,93 @@ async fn no_secret_in_logs_status_metrics_or_answers() {
         assert!(!seen.contains(secret), "a credential appears in an answer");
     }
 }
+
+/// Past `server.max_connections` a new caller connection is closed at once (and counted);
+/// once one closes, there is room again. Oversized or too many headers get hyper's 431.
+#[tokio::test]
+async fn connection_cap_and_header_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        "",
+    )
+    .replace("server:\n", "server:\n  max_connections: 2\n");
+    let gcpool = support::start_config(config(&yaml)).await;
+    let addr = gcpool.api_addr();
+    let request = b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    async fn answer(stream: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for s in [&mut first, &mut second] {
+        s.write_all(request).await.unwrap();
+        assert!(
+            answer(s).await.starts_with("HTTP/1.1 200"),
+            "two connections fit"
+        );
+    }
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(request).await;
+    assert_eq!(
+        answer(&mut third).await,
+        "",
+        "the third connection is closed without an answer"
+    );
+
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    fourth.write_all(request).await.unwrap();
+    assert!(
+        answer(&mut fourth).await.starts_with("HTTP/1.1 200"),
+        "room again after one closed"
+    );
+
+    let mut many = String::from("GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    second.write_all(many.as_bytes()).await.unwrap();
+    assert!(
+        answer(&mut second).await.starts_with("HTTP/1.1 431"),
+        "too many headers"
+    );
+    let huge = format!(
+        "GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(1_000_000)
+    );
+    fourth.write_all(huge.as_bytes()).await.unwrap();
+    // hyper answers 431 and closes; with bytes still unread the kernel may reset the
+    // connection first, so the client sees either the 431 or nothing — never a forward.
+    let big = answer(&mut fourth).await;
+    assert!(
+        big.is_empty() || big.starts_with("HTTP/1.1 431"),
+        "head too large: {big}"
+    );
+    assert_eq!(
+        sim.stats().accepted,
+        3,
+        "refused requests never reach the upstream"
+    );
+
+    let metrics = HttpClient::new()
+        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"gcpool_rejections_total{reason="connection_limit"} 1"#),
+        "{metrics}"
+    );
+}

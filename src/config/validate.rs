@@ -29,6 +29,7 @@ const DEFAULT_LISTEN: SocketAddr =
 const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 const DEFAULT_MAX_BODY_BYTES: u64 = 512_000;
+const DEFAULT_MAX_CONNECTIONS: u64 = 20_000;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -123,6 +124,7 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
                 key_file: t.key_file.display().to_string(),
             }),
             max_body_bytes: c.server.max_body_bytes,
+            max_connections: c.server.max_connections as u64,
             request_timeout: format_duration(c.server.request_timeout),
             idle_timeout: format_duration(c.server.idle_timeout),
             shutdown_grace: format_duration(c.server.shutdown_grace),
@@ -266,8 +268,15 @@ impl Validator<'_> {
             s.max_body_bytes,
             parse_positive_u64,
         );
+        let max_connections = self.parse(
+            "server.max_connections",
+            s.max_connections,
+            parse_positive_u64,
+        );
         let tls = s.tls.map(|t| self.tls(t));
         let config = ServerConfig {
+            max_connections: usize::try_from(or_default(max_connections, DEFAULT_MAX_CONNECTIONS))
+                .unwrap_or(usize::MAX),
             listen,
             admin_listen,
             tls: tls.flatten(),
