@@ -156,7 +156,14 @@ impl BudgetStore for FallbackStore {
         Box::pin(async move {
             if let Some(shared) = self.shared() {
                 match shared.admit(request).await {
-                    Ok(decision) => return Ok(decision),
+                    Ok(decision) => {
+                        if let Decision::Admitted(r) = &decision {
+                            // Mirrored locally: a fallback share then starts from what this
+                            // replica already sent, not from empty windows.
+                            self.local.record(&r.slot.budgets, r.wait);
+                        }
+                        return Ok(decision);
+                    }
                     Err(error) => self.mark_down(&error),
                 }
             }

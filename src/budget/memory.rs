@@ -147,6 +147,21 @@ impl MemoryStore {
         }
     }
 
+    /// Records an admission decided elsewhere (the shared store) at `wait` from now in
+    /// `budgets`, without checking: so that this replica's local share, should it have to
+    /// take over, counts what it already sent.
+    pub fn record(&self, budgets: &[BudgetId], wait: Duration) {
+        let now = self.now();
+        let at = now.saturating_add(micros(wait));
+        let mut state = self.lock();
+        for &b in budgets {
+            if let Some(w) = state.windows.get_mut(b) {
+                w.prune(now);
+                w.reserve(at);
+            }
+        }
+    }
+
     /// No admission for `target` before `duration` from now.
     pub fn cool_down_now(&self, target: CoolDown, duration: Duration) {
         let until = self.now().saturating_add(micros(duration));
@@ -359,5 +374,20 @@ mod tests {
         assert!(store.lower_limit_now(0, 1));
         assert!(!store.lower_limit_now(0, 5), "only ever lowered");
         assert_eq!(store.snapshot_now(&[0], 0).usage[0].1, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recorded_admissions_count_against_the_local_share() {
+        let store = MemoryStore::new(&defs(), 2);
+        // Two admissions the shared store made for client 0: its local token budget (2) is
+        // full, so a fallback decision moves to client 1.
+        store.record(&[2, 0], Duration::ZERO);
+        store.record(&[2, 0], Duration::ZERO);
+        let c = candidates();
+        let Decision::Admitted(r) = admit(&store, &c, Duration::ZERO) else {
+            panic!()
+        };
+        assert_eq!(c[r.candidate].client, 1);
+        assert_eq!(store.snapshot_now(&[2], 0).usage[0], (3, 3));
     }
 }
