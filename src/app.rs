@@ -242,6 +242,7 @@ impl Gcpool {
         let options = ServeOptions {
             idle_timeout: config.server.idle_timeout,
             grace: config.server.shutdown_grace,
+            header_read_timeout: config.server.header_read_timeout,
         };
         if let Some(tls) = &tls {
             shutdown.spawn(

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Once the first byte of a request head arrives, the whole head must arrive within this
+    /// (`server.header_read_timeout`, default 10s): slow-loris protection.
+    pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM (`server.shutdown_grace`, default 30s).
     pub shutdown_grace: Duration,
 }

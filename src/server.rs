@@ -22,6 +22,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus::IntCounter;
 
+mod head_timeout;
+
+use head_timeout::{HeadTimeout, HeadTimer};
+
 use crate::proxy::ProxyBody;
 use crate::tls::TlsAcceptor;
 
@@ -33,6 +37,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub grace: Duration,
+    /// A request head, once begun, must arrive within this (slow-loris).
+    pub header_read_timeout: Duration,
 }
 
 /// Open connections of one listener, shared by its worker threads, with a cap.
@@ -142,13 +148,18 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let head_timer = Arc::new(HeadTimer::default());
+        let timer = head_timer.clone();
         let service = service_fn(move |request| {
+            timer.head_done();
             let response = handler(request, peer);
             async move { Ok::<_, Infallible>(response.await) }
         });
+        let header_read_timeout = options.header_read_timeout;
         let Some(tls) = &tls else {
+            let io = HeadTimeout::new(stream, head_timer, header_read_timeout);
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
@@ -175,8 +186,9 @@ where
                 },
                 () = stop.cancelled() => return,
             };
+            let io = HeadTimeout::new(stream, head_timer, header_read_timeout);
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .into_owned();
             if let Err(error) = watcher.watch(connection).await {
                 debug!(%peer, error = %error, "connection ended with an error");

@@ -294,3 +294,87 @@ async fn connection_cap_and_header_limits() {
         "{metrics}"
     );
 }
+
+/// Slow-loris: a request head that has begun must arrive within `header_read_timeout`,
+/// while an idle keep-alive connection stays open for `idle_timeout`.
+#[tokio::test]
+async fn slow_request_heads_are_cut_but_idle_connections_stay() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        "",
+    )
+    .replace(
+        "server:\n",
+        "server:\n  header_read_timeout: 1s\n  idle_timeout: 10s\n",
+    );
+    let gcpool = support::start_config(config(&yaml)).await;
+    let addr = gcpool.api_addr();
+    let request = b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n\r\n";
+    let read = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf))
+            .await
+            .expect("the server must answer or close within 4 s")
+            .unwrap_or(0);
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), s)
+    };
+
+    // Idle for twice the header timeout between two requests on one connection: still open.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(request).await.unwrap();
+    let (first, mut kept) = read(kept).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kept.write_all(request).await.unwrap();
+    let (second, _kept) = read(kept).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "an idle keep-alive connection is not cut: {second}"
+    );
+
+    // A head that starts and stalls is cut after ~1 s, and never forwarded.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /api/v2/users/me HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let (cut, _) = read(slow).await;
+    assert!(
+        !cut.contains("200 OK"),
+        "a stalled head is never served: {cut}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut after header_read_timeout"
+    );
+
+    // Dripping a byte at a time does not keep a head alive past the timeout either.
+    let mut drip = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    for byte in
+        b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\nx-a: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n"
+    {
+        if drip.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !closed {
+        let (rest, _) = read(drip).await;
+        assert!(!rest.contains("200 OK"), "{rest}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        sim.stats().accepted,
+        2,
+        "only the two complete requests reached the upstream"
+    );
+}

@@ -33,6 +33,7 @@ pub(super) struct Server {
     pub(super) max_connections: Option<String>,
     pub(super) request_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) header_read_timeout: Option<String>,
     pub(super) shutdown_grace: Option<String>,
 }
 
@@ -134,6 +135,7 @@ pub(super) struct ResolvedServer {
     pub(super) max_connections: u64,
     pub(super) request_timeout: String,
     pub(super) idle_timeout: String,
+    pub(super) header_read_timeout: String,
     pub(super) shutdown_grace: String,
 }
 

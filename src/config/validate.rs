@@ -32,6 +32,7 @@ const DEFAULT_MAX_BODY_BYTES: u64 = 512_000;
 const DEFAULT_MAX_CONNECTIONS: u64 = 20_000;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_REGION: &str = "mypurecloud.com";
 const MAX_CLIENTS: usize = 50;
@@ -127,6 +128,7 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
             max_connections: c.server.max_connections as u64,
             request_timeout: format_duration(c.server.request_timeout),
             idle_timeout: format_duration(c.server.idle_timeout),
+            header_read_timeout: format_duration(c.server.header_read_timeout),
             shutdown_grace: format_duration(c.server.shutdown_grace),
         },
         genesys: file::ResolvedGenesys {
@@ -290,6 +292,11 @@ impl Validator<'_> {
                 "server.idle_timeout",
                 s.idle_timeout,
                 DEFAULT_IDLE_TIMEOUT,
+            ),
+            header_read_timeout: self.positive_duration(
+                "server.header_read_timeout",
+                s.header_read_timeout,
+                DEFAULT_HEADER_READ_TIMEOUT,
             ),
             shutdown_grace: self.positive_duration(
                 "server.shutdown_grace",
