@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
 use crate::proxy::Proxy;
-use crate::server::{self, ConnectionLimit, ServeOptions};
+use crate::server::{self, ConnectionLimit, HeadRefusals, ServeOptions};
 use crate::shutdown::Shutdown;
 use crate::tls::{TlsAcceptor, TlsError};
 use crate::token::{TokenSlot, refresher};
@@ -94,6 +94,7 @@ fn spawn_workers(
     options: ServeOptions,
     tls: Option<&TlsAcceptor>,
     limit: &Arc<ConnectionLimit>,
+    refusals: &HeadRefusals,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
     let workers = std::env::var("GCPOOL_WORKERS")
         .ok()
@@ -108,6 +109,7 @@ fn spawn_workers(
             let stop = shutdown.token();
             let tls = tls.cloned();
             let limit = limit.clone();
+            let refusals = refusals.clone();
             std::thread::Builder::new()
                 .name(format!("gcpool-worker-{i}"))
                 .spawn(move || {
@@ -133,8 +135,16 @@ fn spawn_workers(
                             let proxy = proxy.clone();
                             async move { proxy.handle(request).await }
                         };
-                        let _ =
-                            server::serve(listener, handler, stop, options, tls, Some(limit)).await;
+                        let _ = server::serve(
+                            listener,
+                            handler,
+                            stop,
+                            options,
+                            tls,
+                            Some(limit),
+                            Some(refusals),
+                        )
+                        .await;
                     });
                 })
                 .map_err(StartError::Worker)
@@ -255,6 +265,12 @@ impl Gcpool {
             config.server.max_connections,
             metrics.rejections.with_label_values(&["connection_limit"]),
         );
+        let reason = |r: &str| metrics.rejections.with_label_values(&[r]);
+        let refusals = HeadRefusals {
+            timeout: reason("header_timeout"),
+            too_large: reason("header_too_large"),
+            malformed: reason("bad_request"),
+        };
         let api = spawn_workers(
             api_listener,
             &proxy,
@@ -262,6 +278,7 @@ impl Gcpool {
             options,
             tls.as_ref(),
             &limit,
+            &refusals,
         )?;
         let admin_state = Admin::new(
             pool.clone(),
@@ -278,6 +295,7 @@ impl Gcpool {
             shutdown.token(),
             options,
             // Plain: the admin listener defaults to loopback (SPEC).
+            None,
             None,
             None,
         ));

@@ -24,6 +24,7 @@ use prometheus::IntCounter;
 
 mod head_timeout;
 
+pub use head_timeout::HeadRefusals;
 use head_timeout::{HeadTimeout, HeadTimer};
 
 use crate::proxy::ProxyBody;
@@ -105,6 +106,7 @@ pub async fn serve<H, F>(
     options: ServeOptions,
     tls: Option<TlsAcceptor>,
     limit: Option<Arc<ConnectionLimit>>,
+    refusals: Option<HeadRefusals>,
 ) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -157,7 +159,7 @@ where
         });
         let header_read_timeout = options.header_read_timeout;
         let Some(tls) = &tls else {
-            let io = HeadTimeout::new(stream, head_timer, header_read_timeout);
+            let io = HeadTimeout::new(stream, head_timer, header_read_timeout, refusals.clone());
             let connection = builder
                 .serve_connection(TokioIo::new(io), service)
                 .into_owned();
@@ -174,6 +176,7 @@ where
         // in progress too.
         let watcher = graceful.watcher();
         let (tls, builder, stop) = (tls.clone(), builder.clone(), shutdown.clone());
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let stream = tokio::select! {
@@ -186,7 +189,7 @@ where
                 },
                 () = stop.cancelled() => return,
             };
-            let io = HeadTimeout::new(stream, head_timer, header_read_timeout);
+            let io = HeadTimeout::new(stream, head_timer, header_read_timeout, refusals);
             let connection = builder
                 .serve_connection(TokioIo::new(io), service)
                 .into_owned();

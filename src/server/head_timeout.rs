@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -21,6 +22,17 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, Default)]
 pub(crate) struct HeadTimer {
     head_done: AtomicBool,
+}
+
+/// Counters of requests refused before they reached the service (a listener's).
+#[derive(Debug, Clone)]
+pub struct HeadRefusals {
+    /// A begun head did not arrive within the timeout.
+    pub timeout: IntCounter,
+    /// hyper answered 431 (too many or too large headers).
+    pub too_large: IntCounter,
+    /// hyper answered another error itself (a malformed request).
+    pub malformed: IntCounter,
 }
 
 impl HeadTimer {
@@ -48,16 +60,44 @@ pub(crate) struct HeadTimeout<T> {
     limit: Duration,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
+    refusals: Option<HeadRefusals>,
 }
 
 impl<T> HeadTimeout<T> {
-    pub(crate) fn new(io: T, timer: Arc<HeadTimer>, limit: Duration) -> Self {
+    pub(crate) fn new(
+        io: T,
+        timer: Arc<HeadTimer>,
+        limit: Duration,
+        refusals: Option<HeadRefusals>,
+    ) -> Self {
         Self {
             io,
             timer,
             limit,
             phase: Phase::Idle,
             deadline: Box::pin(tokio::time::sleep(limit)),
+            refusals,
+        }
+    }
+
+    /// Called before a write: a write while a head is still being read can only be hyper
+    /// answering an error itself (the service never saw the request): count it once.
+    fn before_write(&mut self, first_bytes: &[u8]) {
+        self.settle();
+        match &mut self.phase {
+            Phase::Request { responded } => *responded = true,
+            Phase::Head => {
+                if let Some(refusals) = &self.refusals {
+                    if first_bytes.starts_with(b"HTTP/1.1 431") {
+                        refusals.too_large.inc();
+                    } else {
+                        refusals.malformed.inc();
+                    }
+                }
+                // Answered: whatever comes next is a new head.
+                self.phase = Phase::Request { responded: true };
+            }
+            Phase::Idle => {}
         }
     }
 
@@ -93,6 +133,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadTimeout<T> {
             && polled.is_pending()
             && this.deadline.as_mut().poll(cx).is_ready()
         {
+            if let Some(refusals) = &this.refusals {
+                refusals.timeout.inc();
+            }
+            this.phase = Phase::Idle;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request head not received within header_read_timeout",
@@ -109,10 +153,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.settle();
-        if let Phase::Request { responded } = &mut this.phase {
-            *responded = true;
-        }
+        this.before_write(buf);
         Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
@@ -122,10 +163,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.settle();
-        if let Phase::Request { responded } = &mut this.phase {
-            *responded = true;
-        }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        this.before_write(first);
         Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
