@@ -49,6 +49,24 @@ async fn wait_metric(
     }
 }
 
+/// `n` gcpool processes on `yaml`, each ready and connected to Redis.
+async fn start_fleet(yaml: &str, n: usize) -> (Vec<GcpoolProcess>, HttpClient) {
+    let replicas: Vec<GcpoolProcess> = (0..n).map(|_| GcpoolProcess::spawn(yaml, &[])).collect();
+    let client = HttpClient::new();
+    for r in &replicas {
+        wait_ready(r.admin).await;
+        wait_metric(
+            &client,
+            r.admin,
+            "gcpool_shared_state_up",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    (replicas, client)
+}
+
 /// Three replicas, load spread over all three, saturating for 4 windows: no upstream 429,
 /// no client window over its limit, and the shared budgets used to ≥ 95 %.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,19 +80,7 @@ async fn three_replicas_share_budgets_through_redis() {
     .await
     .unwrap();
     let yaml = replica_yaml(&sim.base_url(), &redis.url());
-    let replicas: Vec<GcpoolProcess> = (0..3).map(|_| GcpoolProcess::spawn(&yaml, &[])).collect();
-    let client = HttpClient::new();
-    for r in &replicas {
-        wait_ready(r.admin).await;
-        wait_metric(
-            &client,
-            r.admin,
-            "gcpool_shared_state_up",
-            1.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    }
+    let (replicas, client) = start_fleet(&yaml, 3).await;
 
     // 30 req/s offered against 7.5/s of capacity, round-robin over the replicas, for 8 s.
     let start = Instant::now();
@@ -146,19 +152,7 @@ async fn replicas_survive_redis_going_away_and_coming_back() {
         redis.url()
     );
     let yaml = config_yaml(&sim.base_url(), "{API}", "{ADMIN}", &THREE_CLIENTS, &extra);
-    let replicas: Vec<GcpoolProcess> = (0..2).map(|_| GcpoolProcess::spawn(&yaml, &[])).collect();
-    let client = HttpClient::new();
-    for r in &replicas {
-        wait_ready(r.admin).await;
-        wait_metric(
-            &client,
-            r.admin,
-            "gcpool_shared_state_up",
-            1.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    }
+    let (replicas, client) = start_fleet(&yaml, 2).await;
     let send_all = |n: usize| {
         let apis: Vec<_> = replicas.iter().map(|r| r.api).collect();
         async move {
