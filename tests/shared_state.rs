@@ -80,7 +80,7 @@ async fn three_replicas_share_budgets_through_redis() {
     .await
     .unwrap();
     let yaml = replica_yaml(&sim.base_url(), &redis.url());
-    let (replicas, client) = start_fleet(&yaml, 3).await;
+    let (replicas, _client) = start_fleet(&yaml, 3).await;
 
     // 30 req/s offered against 7.5/s of capacity, round-robin over the replicas, for 8 s.
     let start = Instant::now();
