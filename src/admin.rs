@@ -16,31 +16,24 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Admission;
 use crate::metrics::Metrics;
-use crate::pool::{ClientStatus, Pool};
+use crate::pool::ClientStatus;
 use crate::proxy::{ProxyBody, json_response};
+use crate::reload::{Generation, Live};
 
 /// State the admin endpoints read.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    pool: Arc<Pool>,
-    admission: Arc<Admission>,
+    live: Arc<Live>,
     metrics: Metrics,
     shutdown: CancellationToken,
     started: Instant,
 }
 
 impl Admin {
-    pub fn new(
-        pool: Arc<Pool>,
-        admission: Arc<Admission>,
-        metrics: Metrics,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(live: Arc<Live>, metrics: Metrics, shutdown: CancellationToken) -> Self {
         Self {
-            pool,
-            admission,
+            live,
             metrics,
             shutdown,
             started: Instant::now(),
@@ -76,7 +69,7 @@ impl Admin {
     fn readyz(&self) -> Response<ProxyBody> {
         let (ready, reason) = if self.shutdown.is_cancelled() {
             (false, "shutting down")
-        } else if !self.pool.is_ready(Instant::now()) {
+        } else if !self.live.current().pool.is_ready(Instant::now()) {
             (false, "no client has a usable token")
         } else {
             (true, "")
@@ -91,15 +84,14 @@ impl Admin {
         }
     }
 
-    async fn client_statuses(&self) -> (Vec<ClientStatus>, (u32, u32)) {
+    async fn client_statuses(&self, live: &Generation) -> (Vec<ClientStatus>, (u32, u32)) {
         let now = Instant::now();
-        let clients = self.pool.clients();
-        let (usage, org, cooling) = self.admission.snapshot(clients.len()).await;
-        let statuses = clients
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let budget = usage.get(i).copied().unwrap_or_default();
+        let (usage, org, cooling) = live.admission.snapshot(&live.pool).await;
+        let statuses = live
+            .pool
+            .clients()
+            .zip(usage)
+            .map(|((i, c), budget)| {
                 let cooling = cooling.get(i).is_some_and(|d| !d.is_zero());
                 c.status(now, budget, cooling)
             })
@@ -109,25 +101,28 @@ impl Admin {
 
     async fn status(&self) -> serde_json::Value {
         let now = Instant::now();
-        let (clients, org) = self.client_statuses().await;
-        let store = self.admission.store();
+        let live = self.live.current();
+        let (clients, org) = self.client_statuses(&live).await;
+        let store = live.admission.store();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": now.saturating_duration_since(self.started).as_secs(),
+            "config_generation": live.number,
             "shared_state": {"backend": store.backend(), "up": store.is_up()},
             "org_budget": {"used": org.0, "limit": org.1},
-            "queue_pending": self.admission.pending(),
-            "learned_limits": self.admission.learned_limits(),
+            "queue_pending": live.admission.pending(),
+            "learned_limits": live.admission.learned_limits(),
             "clients": clients,
         })
     }
 
     /// Gauges derived from state are computed at scrape time, not on the request path.
     async fn refresh_gauges(&self) {
+        let live = self.live.current();
         self.metrics
             .shared_state_up
-            .set(i64::from(self.admission.store().is_up()));
-        for status in self.client_statuses().await.0 {
+            .set(i64::from(live.admission.store().is_up()));
+        for status in self.client_statuses(&live).await.0 {
             let name = [status.name.as_str()];
             self.metrics
                 .client_healthy

@@ -33,7 +33,8 @@ pub struct BudgetTable {
     defs: Vec<BudgetDef>,
     /// Per-minute rate of each budget (for learned limits given per minute).
     per_minute: Vec<u32>,
-    token: Vec<BudgetId>,
+    /// By client index (`None`: the client is not in this config).
+    token: Vec<Option<BudgetId>>,
     org: BudgetId,
     endpoints: HashMap<RouteId, EndpointBudgets>,
     window: Duration,
@@ -42,7 +43,8 @@ pub struct BudgetTable {
 #[derive(Debug, Clone)]
 enum EndpointBudgets {
     Org(BudgetId),
-    Token(Vec<BudgetId>),
+    /// By client index.
+    Token(Vec<Option<BudgetId>>),
 }
 
 /// Chooses a client and waits for its slot.
@@ -52,7 +54,8 @@ pub struct Admission {
     table: Arc<BudgetTable>,
     max_wait: Duration,
     max_pending: usize,
-    pending: AtomicUsize,
+    /// Shared with the admissions of later configs: waiting requests count until they leave.
+    pending: Arc<AtomicUsize>,
     metrics: Metrics,
     learned: Mutex<BTreeMap<String, u32>>,
 }
@@ -76,36 +79,101 @@ struct Pending<'a> {
     admission: &'a Admission,
 }
 
+// === impl Registry ===
+
+/// Stable ids of budgets and clients for the life of the process: a name keeps its id
+/// across config reloads, new names get new ids, removed names keep theirs unused. The
+/// budget stores index by these ids, so a request admitted under one config and one
+/// under the next count against the same windows.
+#[derive(Debug, Default)]
+pub struct Registry {
+    budgets: HashMap<String, BudgetId>,
+    defs: Vec<BudgetDef>,
+    per_minute: Vec<u32>,
+    clients: HashMap<String, usize>,
+    client_names: Vec<String>,
+}
+
+impl Registry {
+    /// The id of budget `name`, now defined as `def` at `per_minute`.
+    fn budget(&mut self, def: BudgetDef, per_minute: u32) -> BudgetId {
+        if let Some(&id) = self.budgets.get(&def.name) {
+            self.defs[id] = def;
+            self.per_minute[id] = per_minute;
+            return id;
+        }
+        let id = self.defs.len();
+        self.budgets.insert(def.name.clone(), id);
+        self.defs.push(def);
+        self.per_minute.push(per_minute);
+        id
+    }
+
+    /// The index of client `name` (its slot in the pool and in the stores' cool-downs).
+    pub fn client(&mut self, name: &str) -> usize {
+        if let Some(&index) = self.clients.get(name) {
+            return index;
+        }
+        let index = self.client_names.len();
+        self.clients.insert(name.to_owned(), index);
+        self.client_names.push(name.to_owned());
+        index
+    }
+
+    /// Every client name ever configured, by index.
+    pub fn client_names(&self) -> &[String] {
+        &self.client_names
+    }
+}
+
 // === impl BudgetTable ===
 
 impl BudgetTable {
+    /// The budgets of `config` with ids of their own (no reload to come).
     pub fn new(config: &Config) -> Self {
+        Self::build(config, &mut Registry::default())
+    }
+
+    /// The budgets of `config`, with the ids `registry` gave them under earlier configs.
+    pub fn build(config: &Config, registry: &mut Registry) -> Self {
         let budgets = &config.budgets;
         let window = budgets.window;
         let length = window + budgets.guard;
-        let mut defs = Vec::new();
-        let mut per_minute = Vec::new();
+        let keys: Vec<usize> = config
+            .clients
+            .iter()
+            .map(|c| registry.client(&c.name))
+            .collect();
+        let clients = registry.client_names.len();
         let mut add = |kind, name: String, rate: u32| {
-            defs.push(BudgetDef {
+            let def = BudgetDef {
                 kind,
                 name,
                 limit: per_window(rate, window),
                 window: length,
-            });
-            per_minute.push(rate);
-            defs.len() - 1
+            };
+            registry.budget(def, rate)
         };
-        let token = config
-            .clients
-            .iter()
-            .map(|c| {
-                add(
-                    BudgetKind::Token,
-                    format!("token:{}", c.name),
-                    c.requests_per_minute.get(),
-                )
-            })
-            .collect();
+        let by_client = |ids: Vec<BudgetId>| {
+            let mut slots = vec![None; clients];
+            for (&key, id) in keys.iter().zip(ids) {
+                slots[key] = Some(id);
+            }
+            slots
+        };
+        let token = by_client(
+            config
+                .clients
+                .iter()
+                .map(|c| {
+                    add(
+                        BudgetKind::Token,
+                        format!("token:{}", c.name),
+                        c.requests_per_minute.get(),
+                    )
+                })
+                .collect(),
+        );
         let org = add(BudgetKind::Org, "org".into(), budgets.org_per_minute.get());
         let mut endpoints = HashMap::new();
         for e in &budgets.endpoints {
@@ -117,7 +185,7 @@ impl BudgetTable {
                     format!("endpoint:{route}"),
                     rate,
                 )),
-                BudgetScope::Token => EndpointBudgets::Token(
+                BudgetScope::Token => EndpointBudgets::Token(by_client(
                     config
                         .clients
                         .iter()
@@ -129,13 +197,13 @@ impl BudgetTable {
                             )
                         })
                         .collect(),
-                ),
+                )),
             };
             endpoints.insert(e.route, ids);
         }
         Self {
-            defs,
-            per_minute,
+            defs: registry.defs.clone(),
+            per_minute: registry.per_minute.clone(),
             token,
             org,
             endpoints,
@@ -153,15 +221,17 @@ impl BudgetTable {
         ids.push(self.org);
         match route.and_then(|r| self.endpoints.get(&r)) {
             Some(EndpointBudgets::Org(id)) => ids.push(*id),
-            Some(EndpointBudgets::Token(per_client)) => ids.extend(per_client.get(client)),
+            Some(EndpointBudgets::Token(per_client)) => {
+                ids.extend(per_client.get(client).copied().flatten());
+            }
             None => {}
         }
-        ids.extend(self.token.get(client));
+        ids.extend(self.token(client));
         ids
     }
 
     pub fn token(&self, client: usize) -> Option<BudgetId> {
-        self.token.get(client).copied()
+        self.token.get(client).copied().flatten()
     }
 
     pub fn org(&self) -> BudgetId {
@@ -172,14 +242,14 @@ impl BudgetTable {
     pub fn endpoint(&self, route: RouteId) -> Vec<BudgetId> {
         match self.endpoints.get(&route) {
             Some(EndpointBudgets::Org(id)) => vec![*id],
-            Some(EndpointBudgets::Token(ids)) => ids.clone(),
+            Some(EndpointBudgets::Token(ids)) => ids.iter().copied().flatten().collect(),
             None => Vec::new(),
         }
     }
 
-    /// Every token budget.
-    pub fn tokens(&self) -> &[BudgetId] {
-        &self.token
+    /// Every token budget of this config.
+    pub fn tokens(&self) -> Vec<BudgetId> {
+        self.token.iter().copied().flatten().collect()
     }
 
     /// Admissions per window for a per-minute rate, as the budgets count them.
@@ -213,9 +283,23 @@ impl Admission {
             table,
             max_wait: config.budgets.queue.max_wait,
             max_pending: config.budgets.queue.max_pending,
-            pending: AtomicUsize::new(0),
+            pending: Arc::default(),
             metrics,
             learned: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The admission of a reloaded config: same store (reconfigured by the caller), same
+    /// queue count and learned limits, the new budgets and queue settings.
+    pub fn reconfigured(&self, config: &Config, table: Arc<BudgetTable>) -> Self {
+        Self {
+            store: self.store.clone(),
+            table,
+            max_wait: config.budgets.queue.max_wait,
+            max_pending: config.budgets.queue.max_pending,
+            pending: self.pending.clone(),
+            metrics: self.metrics.clone(),
+            learned: Mutex::new(self.learned_limits()),
         }
     }
 
@@ -360,7 +444,7 @@ impl Admission {
         };
         let per_minute = u32::try_from(value).unwrap_or(u32::MAX);
         let budgets = match (scope, route) {
-            (LimitScope::Client, _) => self.table.tokens().to_vec(),
+            (LimitScope::Client, _) => self.table.tokens(),
             (LimitScope::Route, Some(route)) => self.table.endpoint(route),
             // A service limit (e.g. `directory` / `user.rate.per.minute`) covers only that
             // service's routes, not the org budget: cool the pool down, learn nothing.
@@ -389,14 +473,21 @@ impl Admission {
             .clone()
     }
 
-    /// Usage of every client's token budget and of the org budget, and cool-downs.
-    pub async fn snapshot(&self, clients: usize) -> (Vec<(u32, u32)>, (u32, u32), Vec<Duration>) {
-        let mut budgets: Vec<BudgetId> = (0..clients).filter_map(|c| self.table.token(c)).collect();
+    /// `(used, limit)` of the token budget of each of `pool`'s clients (in
+    /// [`Pool::clients`] order) and of the org budget, and how long each client index
+    /// still cools down.
+    pub async fn snapshot(&self, pool: &Pool) -> (Vec<(u32, u32)>, (u32, u32), Vec<Duration>) {
+        let ids: Vec<Option<BudgetId>> = pool.clients().map(|(i, _)| self.table.token(i)).collect();
+        let mut budgets: Vec<BudgetId> = ids.iter().flatten().copied().collect();
         budgets.push(self.table.org());
-        let snapshot = self.store.snapshot(budgets, clients).await;
-        let mut usage = snapshot.usage;
-        let org = usage.pop().unwrap_or_default();
-        (usage, org, snapshot.cooling)
+        let snapshot = self.store.snapshot(budgets, pool.index_bound()).await;
+        let mut usage = snapshot.usage.into_iter();
+        let per_client = ids
+            .iter()
+            .map(|id| id.and_then(|_| usage.next()).unwrap_or_default())
+            .collect();
+        let org = usage.next().unwrap_or_default();
+        (per_client, org, snapshot.cooling)
     }
 
     /// Requests waiting for their slot now.

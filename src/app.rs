@@ -1,5 +1,6 @@
-//! The composition root: builds the pool, the token refreshers, the proxy and the admin
-//! listener from a [`Config`], and runs them until shutdown. `cli` and the integration
+//! The composition root: builds the budget store, the first config generation (pool, token
+//! refreshers, admission; see [`crate::reload`]), the proxy and the admin listener from a
+//! [`Config`], and runs them until shutdown. `cli` and the integration
 //! tests both start gcpool through [`Gcpool::start`].
 
 use std::net::SocketAddr;
@@ -10,17 +11,17 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
 use crate::admin::Admin;
-use crate::admission::{Admission, BudgetTable};
+use crate::admission::{Admission, BudgetTable, Registry};
 use crate::budget::redis::RedisStore;
-use crate::budget::{BudgetStore, FallbackStore, MemoryStore, SharedStore};
+use crate::budget::{BudgetStore, FallbackStore, MemoryStore};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolClient};
+use crate::pool::Pool;
 use crate::proxy::Proxy;
+use crate::reload::{ReloadError, ReloadSummary, Reloader};
 use crate::server::{self, ConnectionLimit, HeadRefusals, ServeOptions};
 use crate::shutdown::Shutdown;
 use crate::tls::{TlsAcceptor, TlsError};
-use crate::token::{TokenSlot, refresher};
 use crate::upstream::Upstream;
 
 /// Why gcpool could not start.
@@ -51,28 +52,20 @@ const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250)
 fn budget_store(
     config: &Config,
     table: &BudgetTable,
+    clients: &[String],
     shutdown: &Shutdown,
 ) -> Result<Arc<dyn BudgetStore>, StartError> {
-    let clients = config.clients.len();
     let Some(shared) = &config.shared_state else {
-        return Ok(Arc::new(MemoryStore::new(table.defs(), clients)));
+        return Ok(Arc::new(MemoryStore::new(table.defs(), clients.len())));
     };
-    let names: Vec<String> = config.clients.iter().map(|c| c.name.clone()).collect();
     // Fail at start on a URL that can never work; a Redis that is down is fine.
-    let redis = RedisStore::lazy(shared, table.defs(), &names, REDIS_TIMEOUT)
+    let redis = RedisStore::lazy(shared, table.defs(), clients, REDIS_TIMEOUT)
         .map_err(StartError::SharedState)?;
-    let connect: crate::budget::fallback::Connect = Arc::new(move || {
-        let redis = redis.clone();
-        Box::pin(async move {
-            redis.ping().await?;
-            Ok(Arc::new(redis) as Arc<dyn SharedStore>)
-        })
-    });
     let store = Arc::new(FallbackStore::new(
         table.defs(),
-        clients,
+        clients.len(),
         shared.replicas_hint.get(),
-        connect,
+        Arc::new(redis),
     ));
     shutdown.spawn(
         store
@@ -162,9 +155,8 @@ pub struct Gcpool {
     api: Vec<std::thread::JoinHandle<()>>,
     admin: JoinHandle<std::io::Result<()>>,
     tls: Option<TlsAcceptor>,
+    reloader: Arc<Reloader>,
     pub metrics: Metrics,
-    pub pool: Arc<Pool>,
-    pub admission: Arc<Admission>,
 }
 
 impl Gcpool {
@@ -218,37 +210,25 @@ impl Gcpool {
         let shutdown = Shutdown::new();
         let upstream = Upstream::new();
 
-        let clients = config
-            .clients
-            .iter()
-            .map(|c| {
-                let slot = Arc::new(TokenSlot::new(
-                    c.name.clone(),
-                    c.client_id.clone(),
-                    c.client_secret.clone(),
-                    config.genesys.login_base.clone(),
-                    upstream.clone(),
-                    metrics.token_refresh.clone(),
-                ));
-                shutdown.spawn(
-                    refresher::run(slot.clone(), shutdown.token())
-                        .instrument(info_span!("token_refresh", client = %c.name)),
-                );
-                Arc::new(PoolClient::new(c.name.clone(), slot))
-            })
-            .collect();
-        let pool = Arc::new(Pool::new(clients));
-
-        let table = Arc::new(BudgetTable::new(&config));
-        let store = budget_store(&config, &table, &shutdown)?;
-        let admission = Arc::new(Admission::new(&config, store, table, metrics.clone()));
-        let proxy = Proxy::new(
-            &config,
-            pool.clone(),
-            admission.clone(),
-            upstream,
+        let mut registry = Registry::default();
+        let table = BudgetTable::build(&config, &mut registry);
+        let store = budget_store(&config, &table, registry.client_names(), &shutdown)?;
+        let reloader = Reloader::start(
+            config.clone(),
+            registry,
+            table,
+            store,
+            upstream.clone(),
             metrics.clone(),
+            shutdown.clone(),
         );
+        shutdown.spawn(
+            reloader
+                .clone()
+                .watch(shutdown.token())
+                .instrument(info_span!("config_reload")),
+        );
+        let proxy = Proxy::new(&config, reloader.live(), upstream, metrics.clone());
         let options = ServeOptions {
             idle_timeout: config.server.idle_timeout,
             grace: config.server.shutdown_grace,
@@ -280,12 +260,7 @@ impl Gcpool {
             &limit,
             &refusals,
         )?;
-        let admin_state = Admin::new(
-            pool.clone(),
-            admission.clone(),
-            metrics.clone(),
-            shutdown.token(),
-        );
+        let admin_state = Admin::new(reloader.live(), metrics.clone(), shutdown.token());
         let admin = tokio::spawn(server::serve(
             admin_listener,
             move |request, _peer| {
@@ -307,9 +282,8 @@ impl Gcpool {
             api,
             admin,
             tls,
+            reloader,
             metrics,
-            pool,
-            admission,
         })
     }
 
@@ -325,6 +299,32 @@ impl Gcpool {
     /// SIGHUP does).
     pub fn tls(&self) -> Option<&TlsAcceptor> {
         self.tls.as_ref()
+    }
+
+    /// The current config's pool of clients.
+    pub fn pool(&self) -> Arc<Pool> {
+        self.reloader.live().current().pool.clone()
+    }
+
+    /// The current config's admission (budgets and queue).
+    pub fn admission(&self) -> Arc<Admission> {
+        self.reloader.live().current().admission.clone()
+    }
+
+    /// Applies `config` as SIGHUP applies the config file (see [`crate::reload`]).
+    ///
+    /// # Errors
+    /// When `config` changes a key only a restart applies; nothing changes then.
+    pub fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        self.reloader.apply(config)
+    }
+
+    /// Re-reads the config file gcpool was started from and applies it (what SIGHUP does).
+    ///
+    /// # Errors
+    /// When the file does not validate or changes a key only a restart applies.
+    pub fn reload_file(&self) -> Result<ReloadSummary, ReloadError> {
+        self.reloader.reload_file()
     }
 
     /// The shutdown owner; [`Shutdown::trigger`] starts a graceful stop.

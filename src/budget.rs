@@ -171,6 +171,12 @@ pub trait BudgetStore: Send + Sync + fmt::Debug {
     /// Usage of `budgets` and the cool-downs of `clients` clients.
     fn snapshot(&self, budgets: Vec<BudgetId>, clients: usize) -> BoxFuture<'static, Snapshot>;
 
+    /// Takes the budgets and clients of a reloaded config. Ids are stable across reloads:
+    /// a budget (client) keeps its id while its name stays, new ones are appended, and
+    /// removed ones keep theirs unused. Admissions, cool-downs and learned lower limits
+    /// carry over; requests admitted under the old config keep valid ids.
+    fn reconfigure(&self, defs: &[BudgetDef], clients: &[String]);
+
     /// `memory` or `redis`, as `/status` names it.
     fn backend(&self) -> &'static str;
 

@@ -268,7 +268,7 @@ fn proxy_config(args: &DemoArgs, sim_url: &str, per_minute: u32) -> anyhow::Resu
 
 async fn wait_ready(gcpool: &Gcpool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !gcpool.pool.is_ready(Instant::now()) {
+    while !gcpool.pool().is_ready(Instant::now()) {
         anyhow::ensure!(
             Instant::now() < deadline,
             "gcpool got no token from the simulator"
@@ -457,7 +457,7 @@ async fn draw(
 ) {
     let live = display == Display::Redraw;
     let usage = match gcpool {
-        Some(g) => g.admission.snapshot(g.pool.clients().len()).await.0,
+        Some(g) => g.admission().snapshot(&g.pool()).await.0,
         None => Vec::new(),
     };
     let stats = sim.stats();
@@ -474,18 +474,17 @@ async fn draw(
         t.local_429,
     );
     if let Some(gcpool) = gcpool {
-        let pending = gcpool.admission.pending();
+        let pending = gcpool.admission().pending();
         let p50 = quantile(&waits, 0.5).unwrap_or(0);
         let p99 = quantile(&waits, 0.99).unwrap_or(0);
         line.push_str(&format!(
             "  queued {pending:>3}  wait p50 {p50}ms p99 {p99}ms"
         ));
         let uses: Vec<String> = gcpool
-            .pool
+            .pool()
             .clients()
-            .iter()
             .zip(&usage)
-            .map(|(c, (used, limit))| format!("{} {used}/{limit}", c.name))
+            .map(|((_, c), (used, limit))| format!("{} {used}/{limit}", c.name))
             .collect();
         if live {
             line.push_str(&format!(

@@ -43,6 +43,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub token_expires_in: IntGaugeVec,
     pub shared_state_up: IntGauge,
     pub tls_handshake_failures: IntCounter,
+    pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -146,6 +147,11 @@ impl Metrics {
                     "Inbound TLS handshakes that failed or timed out (plain HTTP to a TLS port included).",
                 )?,
             )?,
+            config_reloads: counter(
+                "gcpool_config_reloads_total",
+                "Config reloads (SIGHUP or file change), by result (applied, rejected).",
+                &["result"],
+            )?,
             build_info: gauge_vec(
                 "gcpool_build_info",
                 "Always 1; the version label carries the build.",
@@ -157,7 +163,23 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         metrics.shared_state_up.set(1);
+        for result in ["applied", "rejected"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
         Ok(metrics)
+    }
+
+    /// Drops the per-client gauges of a client a reload removed (its counters stay: they
+    /// are totals).
+    pub fn forget_client(&self, name: &str) {
+        for family in [
+            &self.client_budget_used,
+            &self.client_budget_limit,
+            &self.client_healthy,
+            &self.token_expires_in,
+        ] {
+            let _ = family.remove_label_values(&[name]);
+        }
     }
 
     /// The text exposition of everything registered.
@@ -222,6 +244,7 @@ mod tests {
             "gcpool_token_expires_in_seconds",
             "gcpool_shared_state_up",
             "gcpool_tls_handshake_failures_total",
+            "gcpool_config_reloads_total",
             "gcpool_build_info",
         ] {
             assert!(

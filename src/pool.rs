@@ -2,6 +2,11 @@
 //!
 //! Knows nothing of budgets: it offers the healthy clients in order of preference (fewest
 //! requests in flight first, ties round-robin); admission decides among them.
+//!
+//! A client's index is stable for the life of the process (see
+//! [`Registry`](crate::admission::Registry)): a config reload builds a new `Pool` in which
+//! removed clients leave an empty slot and new ones take new indices, so an index held by
+//! a request admitted under the previous config still names the same client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -16,14 +21,23 @@ use crate::token::{Token, TokenSlot, TokenState};
 pub struct PoolClient {
     pub name: String,
     pub tokens: Arc<TokenSlot>,
+    /// Shared with the client's successor after a secret rotation.
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
     in_flight: AtomicU32,
     upstream_429: AtomicU64,
 }
 
-/// Every client, in config order.
+/// The clients of one config, by stable index.
 #[derive(Debug)]
 pub struct Pool {
-    clients: Vec<Arc<PoolClient>>,
+    /// By index; `None` where a client of an earlier config was removed.
+    clients: Vec<Option<Arc<PoolClient>>>,
+    /// Indices of this config's clients, in config order.
+    order: Vec<usize>,
     next: AtomicUsize,
 }
 
@@ -55,17 +69,25 @@ impl PoolClient {
         Self {
             name,
             tokens,
-            in_flight: AtomicU32::new(0),
-            upstream_429: AtomicU64::new(0),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The same client with new credentials: requests in flight and 429s count on.
+    pub fn with_tokens(&self, tokens: Arc<TokenSlot>) -> Self {
+        Self {
+            name: self.name.clone(),
+            tokens,
+            counters: self.counters.clone(),
         }
     }
 
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.counters.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn record_upstream_429(&self) {
-        self.upstream_429.fetch_add(1, Ordering::Relaxed);
+        self.counters.upstream_429.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn is_healthy(&self, now: Instant) -> bool {
@@ -89,7 +111,7 @@ impl PoolClient {
             budget_limit: budget.1,
             in_flight: self.in_flight(),
             token_expires_in_s: self.tokens.expires_in(now).as_secs(),
-            upstream_429: self.upstream_429.load(Ordering::Relaxed),
+            upstream_429: self.counters.upstream_429.load(Ordering::Relaxed),
         }
     }
 }
@@ -97,44 +119,73 @@ impl PoolClient {
 // === impl Pool ===
 
 impl Pool {
+    /// A pool of `clients` at indices 0, 1, … in that order (no reload to come).
     pub fn new(clients: Vec<Arc<PoolClient>>) -> Self {
+        Self::with_indices(clients.into_iter().enumerate().collect())
+    }
+
+    /// A pool of `(index, client)` pairs, in config order; indices are unique.
+    pub fn with_indices(clients: Vec<(usize, Arc<PoolClient>)>) -> Self {
+        let len = clients.iter().map(|(i, _)| i + 1).max().unwrap_or(0);
+        let mut slots = vec![None; len];
+        let order = clients.iter().map(|(i, _)| *i).collect();
+        for (index, client) in clients {
+            slots[index] = Some(client);
+        }
         Self {
-            clients,
+            clients: slots,
+            order,
             next: AtomicUsize::new(0),
         }
     }
 
-    pub fn clients(&self) -> &[Arc<PoolClient>] {
-        &self.clients
+    /// This config's clients with their indices, in config order.
+    pub fn clients(&self) -> impl Iterator<Item = (usize, &Arc<PoolClient>)> + '_ {
+        self.order
+            .iter()
+            .filter_map(|&i| Some((i, self.clients.get(i)?.as_ref()?)))
+    }
+
+    /// Client `index`, if it belongs to this config.
+    pub fn client(&self, index: usize) -> Option<&Arc<PoolClient>> {
+        self.clients.get(index)?.as_ref()
+    }
+
+    /// Indices up to the highest one in use (the size of per-index tables).
+    pub fn index_bound(&self) -> usize {
+        self.clients.len()
     }
 
     /// At least one client holds a usable token.
     pub fn is_ready(&self, now: Instant) -> bool {
-        self.clients.iter().any(|c| c.is_healthy(now))
+        self.clients().any(|(_, c)| c.is_healthy(now))
     }
 
     /// Indices of the clients holding a usable token, fewest requests in flight first
     /// (ties in round-robin order, so sequential traffic spreads too).
     pub fn candidates(&self, now: Instant) -> Vec<usize> {
-        let n = self.clients.len();
+        let n = self.order.len();
         if n == 0 {
             return Vec::new();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut healthy: Vec<(u32, usize)> = (0..n)
-            .map(|offset| (start + offset) % n)
-            .filter(|&i| self.clients[i].is_healthy(now))
-            .map(|i| (self.clients[i].in_flight(), i))
+            .map(|offset| self.order[(start + offset) % n])
+            .filter_map(|i| {
+                let client = self.client(i)?;
+                client.is_healthy(now).then(|| (client.in_flight(), i))
+            })
             .collect();
         healthy.sort_by_key(|&(load, _)| load);
         healthy.into_iter().map(|(_, i)| i).collect()
     }
 
-    /// Takes client `index` with its current token; `None` if it has no usable token.
+    /// Takes client `index` with its current token; `None` if it has no usable token (or
+    /// left the pool in a reload).
     pub fn lease(&self, index: usize, now: Instant) -> Option<Lease> {
-        let client = self.clients.get(index)?;
+        let client = self.client(index)?;
         let token = client.tokens.usable(now)?;
-        client.in_flight.fetch_add(1, Ordering::Relaxed);
+        client.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             client: client.clone(),
             token,
@@ -146,6 +197,9 @@ impl Pool {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.client.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.client
+            .counters
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,7 +6,6 @@
 //! and retry idempotent methods → answer, with every fact recorded once in
 //! `Exchange::finish`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +16,11 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::admission::Admission;
 use crate::config::Config;
-use crate::inbound::{self, Authenticator};
+use crate::inbound;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
-use crate::routes::{RouteId, RouteTable};
+use crate::reload::Live;
+use crate::routes::RouteTable;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
 
 mod reject;
@@ -55,15 +53,10 @@ pub struct Proxy {
 
 #[derive(Debug)]
 struct Inner {
-    pool: Arc<Pool>,
-    admission: Arc<Admission>,
-    /// `None`: every route; else only these.
-    allow_routes: Option<HashSet<RouteId>>,
+    /// Pool, budgets, keys and limits of the current config (swapped by a reload).
+    live: Arc<Live>,
     metrics: Metrics,
     target: ApiTarget,
-    auth: Authenticator,
-    max_body_bytes: u64,
-    request_timeout: Duration,
 }
 
 /// Facts learnt about one request, recorded once when it ends.
@@ -79,13 +72,7 @@ struct Exchange {
 // === impl Proxy ===
 
 impl Proxy {
-    pub fn new(
-        config: &Config,
-        pool: Arc<Pool>,
-        admission: Arc<Admission>,
-        upstream: Upstream,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(config: &Config, live: Arc<Live>, upstream: Upstream, metrics: Metrics) -> Self {
         let api = &config.genesys.api_base;
         let target = ApiTarget {
             scheme: api.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
@@ -96,21 +83,9 @@ impl Proxy {
         };
         Self {
             inner: Arc::new(Inner {
-                pool,
-                admission,
-                allow_routes: (!config.inbound.allow_routes.is_empty()).then(|| {
-                    config
-                        .inbound
-                        .allow_routes
-                        .iter()
-                        .map(|r| r.route)
-                        .collect()
-                }),
+                live,
                 metrics,
                 target,
-                auth: Authenticator::new(&config.inbound),
-                max_body_bytes: config.server.max_body_bytes,
-                request_timeout: config.server.request_timeout,
             }),
             upstream,
         }
@@ -157,7 +132,10 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Reject> {
         let inner = &*self.inner;
         let started = Instant::now();
-        let deadline = started + inner.request_timeout;
+        // Admission takes the current config again for each attempt (a reload may land
+        // while the body is read or the request waits); the rest of this request keeps it.
+        let config = inner.live.current();
+        let deadline = started + config.request_timeout;
 
         inbound::check_target(
             request.method(),
@@ -165,10 +143,10 @@ impl Proxy {
             request.version(),
             &inner.target.authority,
         )?;
-        inner.auth.authenticate(request.headers())?;
+        config.auth.authenticate(request.headers())?;
         let route = RouteTable::genesys().lookup(request.method(), request.uri().path());
         exchange.route = route.label();
-        if let Some(allowed) = &inner.allow_routes
+        if let Some(allowed) = &config.allow_routes
             && !route.id().is_some_and(|id| allowed.contains(&id))
         {
             return Err(Reject::RouteNotAllowed(reject::route_text(
@@ -176,21 +154,20 @@ impl Proxy {
             )));
         }
         let (parts, body) = request.into_parts();
-        let body = read_body(&parts.headers, body, inner.max_body_bytes).await?;
+        let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
+        drop(config);
 
         let mut waited = Duration::ZERO;
         let mut refreshed = false;
         for attempt in 1..=MAX_ATTEMPTS {
             let last = attempt == MAX_ATTEMPTS;
-            let permit = inner
+            let live = inner.live.current();
+            let permit = live
                 .admission
-                .admit(&inner.pool, route.id(), deadline)
+                .admit(&live.pool, route.id(), deadline)
                 .await?;
             waited += permit.waited;
-            let Some(lease) = inner.pool.lease(permit.client, Instant::now()) else {
-                // Its token died while the request waited: choose again.
-                continue;
-            };
+            let lease = permit.lease;
             exchange.client = Some(lease.client.name.clone());
 
             let upstream_request =
@@ -256,8 +233,7 @@ impl Proxy {
                     head.headers.remove(header::TRANSFER_ENCODING);
                     let limit = UpstreamLimit::parse(&head.headers, &body);
                     warn!(client = %client, route = exchange.route, retry_after = ?limit.retry_after, limit = ?limit.limit, "upstream answered 429; cooling down");
-                    inner
-                        .admission
+                    live.admission
                         .upstream_limited(&limit, permit.client, route.id())
                         .await;
                     if !last && Instant::now() < deadline {

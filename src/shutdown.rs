@@ -2,6 +2,7 @@
 //!
 //! On SIGTERM or Ctrl-C the token is cancelled: listeners stop accepting, `/readyz`
 //! answers 503, in-flight requests finish within the grace period, then tasks stop.
+//! Also here: [`Hangup`], the SIGHUP stream that reloads use.
 
 use std::future::Future;
 
@@ -71,5 +72,39 @@ pub async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGHUP, where there is one; pending forever otherwise.
+#[derive(Debug)]
+pub struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Listens for SIGHUP; `otherwise` says in the warning what still works if it cannot.
+    pub fn new(otherwise: &str) -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|error| tracing::warn!(%error, "cannot watch SIGHUP; {otherwise}"))
+                .ok();
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the next SIGHUP.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
     }
 }

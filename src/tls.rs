@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::TlsConfig;
+use crate::shutdown::Hangup;
 
 /// How long a caller may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -195,7 +196,7 @@ impl TlsAcceptor {
     /// Reloads on SIGHUP and when the files change (polled every [`POLL_INTERVAL`]) until
     /// `stop` is cancelled. Spawn it on the shutdown owner.
     pub async fn watch(self, stop: CancellationToken) {
-        let mut hangup = Hangup::new();
+        let mut hangup = Hangup::new("TLS reload on file change only");
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -212,39 +213,6 @@ impl TlsAcceptor {
                 }
             }
         }
-    }
-}
-
-/// SIGHUP, where there is one; pending forever otherwise.
-struct Hangup {
-    #[cfg(unix)]
-    signal: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangup {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let signal = signal(SignalKind::hangup())
-                .inspect_err(
-                    |error| warn!(%error, "cannot watch SIGHUP; TLS reload on file change only"),
-                )
-                .ok();
-            Self { signal }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some(signal) = &mut self.signal
-            && signal.recv().await.is_some()
-        {
-            return;
-        }
-        std::future::pending::<()>().await;
     }
 }
 

@@ -119,6 +119,31 @@ impl TokenSlot {
         }
     }
 
+    /// The same client with new credentials (a reload rotated its secret or id). It keeps
+    /// serving with the current token until a grant with the new credentials replaces it
+    /// (run its refresher with `grant_now`); if the login host rejects them, the client
+    /// fails as it would at start.
+    pub fn rotated(&self, client_id: String, secret: Secret) -> Self {
+        let slot = Self::new(
+            self.name.clone(),
+            client_id,
+            secret,
+            self.login_base.clone(),
+            self.upstream.clone(),
+            self.refresh_metric.clone(),
+        );
+        *slot.current.write().unwrap_or_else(|e| e.into_inner()) = self.current();
+        slot.generation.store(self.generation(), Ordering::Relaxed);
+        slot.attempted
+            .store(self.attempted.load(Ordering::Relaxed), Ordering::Relaxed);
+        slot
+    }
+
+    /// Whether this slot holds exactly these credentials.
+    pub fn has_credentials(&self, client_id: &str, secret: &Secret) -> bool {
+        self.client_id == client_id && self.secret.expose() == secret.expose()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

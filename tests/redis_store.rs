@@ -603,10 +603,7 @@ async fn every_key_carries_a_ttl() {
         .await;
     assert!(store.lower_limit(2, 2).await);
     let mut con = raw(&server).await;
-    let mut keys = vec![
-        store.budget_key(0).unwrap().to_owned(),
-        store.budget_key(2).unwrap().to_owned(),
-    ];
+    let mut keys = vec![store.budget_key(0).unwrap(), store.budget_key(2).unwrap()];
     keys.extend(store.shared_keys().iter().map(|k| (*k).to_owned()));
     for key in keys {
         let ttl: i64 = con.pttl(&key).await.unwrap();

@@ -8,8 +8,8 @@
 //! of replicas, and callers never see a 5xx because Redis went away.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rand::Rng;
@@ -27,14 +27,10 @@ pub trait SharedStore: BudgetStore {
     fn ping(&self) -> BoxFuture<'static, Result<(), BudgetError>>;
 }
 
-/// Makes a connection to the shared store (called again after failures).
-pub type Connect =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn SharedStore>, BudgetError>> + Send + Sync>;
-
 /// The shared store while it answers, a local share of every budget while it does not.
 pub struct FallbackStore {
-    shared: RwLock<Option<Arc<dyn SharedStore>>>,
-    connect: Connect,
+    /// Connects by itself (lazily, and again after failures); `up` says whether to use it.
+    shared: Arc<dyn SharedStore>,
     local: MemoryStore,
     up: AtomicBool,
     replicas: u32,
@@ -54,33 +50,24 @@ const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl FallbackStore {
-    /// Starts in fallback mode; [`FallbackStore::run_recovery`] connects at once.
-    pub fn new(defs: &[BudgetDef], clients: usize, replicas_hint: u32, connect: Connect) -> Self {
+    /// Starts in fallback mode; [`FallbackStore::run_recovery`] pings `shared` at once.
+    pub fn new(
+        defs: &[BudgetDef],
+        clients: usize,
+        replicas_hint: u32,
+        shared: Arc<dyn SharedStore>,
+    ) -> Self {
         let replicas = replicas_hint.max(1);
-        let local_defs: Vec<BudgetDef> = defs
-            .iter()
-            .map(|d| BudgetDef {
-                limit: (d.limit / replicas).max(1),
-                ..d.clone()
-            })
-            .collect();
         Self {
-            shared: RwLock::new(None),
-            connect,
-            local: MemoryStore::new(&local_defs, clients),
+            shared,
+            local: MemoryStore::new(&local_shares(defs, replicas), clients),
             up: AtomicBool::new(false),
             replicas,
         }
     }
 
-    fn shared(&self) -> Option<Arc<dyn SharedStore>> {
-        if !self.up.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.shared
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn shared(&self) -> Option<&Arc<dyn SharedStore>> {
+        self.up.load(Ordering::Relaxed).then_some(&self.shared)
     }
 
     /// The shared store failed: serve locally until the recovery task brings it back.
@@ -106,18 +93,8 @@ impl FallbackStore {
                 self.mark_down(&BudgetError::Unavailable("the last call failed".into()));
             }
             if !self.up.load(Ordering::Relaxed) {
-                let existing = self
-                    .shared
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let attempt = match existing {
-                    Some(store) => store.ping().await.map(|()| store),
-                    None => (self.connect)().await,
-                };
-                match attempt {
-                    Ok(store) => {
-                        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
+                match self.shared.ping().await {
+                    Ok(()) => {
                         self.up.store(true, Ordering::Relaxed);
                         if first {
                             info!("shared state connected; budgets are shared");
@@ -209,6 +186,12 @@ impl BudgetStore for FallbackStore {
         }
     }
 
+    fn reconfigure(&self, defs: &[BudgetDef], clients: &[String]) {
+        self.local
+            .reconfigure_now(&local_shares(defs, self.replicas), clients.len());
+        self.shared.reconfigure(defs, clients);
+    }
+
     fn backend(&self) -> &'static str {
         "redis"
     }
@@ -216,4 +199,14 @@ impl BudgetStore for FallbackStore {
     fn is_up(&self) -> bool {
         self.shared().is_some_and(|s| s.is_up())
     }
+}
+
+/// This replica's share of every budget while the shared store is down.
+fn local_shares(defs: &[BudgetDef], replicas: u32) -> Vec<BudgetDef> {
+    defs.iter()
+        .map(|d| BudgetDef {
+            limit: (d.limit / replicas).max(1),
+            ..d.clone()
+        })
+        .collect()
 }

@@ -26,6 +26,8 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct State {
     windows: Vec<Window>,
+    /// Each budget's configured limit (its window's may be lower: learned from a 429).
+    configured: Vec<u32>,
     /// Instant (µs since epoch) before which each client admits nothing.
     client_cool: Vec<Micros>,
     route_cool: HashMap<RouteKey, Micros>,
@@ -43,6 +45,7 @@ impl MemoryStore {
             epoch: Instant::now(),
             state: Mutex::new(State {
                 windows,
+                configured: budgets.iter().map(|b| b.limit).collect(),
                 client_cool: vec![0; clients],
                 route_cool: HashMap::new(),
                 pool_cool: 0,
@@ -189,6 +192,37 @@ impl MemoryStore {
         }
     }
 
+    /// Takes a reloaded config's budgets and client count (see
+    /// [`BudgetStore::reconfigure`]): windows keep their admissions and a learned lower
+    /// limit stays while it is below the new configured one.
+    pub fn reconfigure_now(&self, budgets: &[BudgetDef], clients: usize) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        for (id, def) in budgets.iter().enumerate() {
+            match (state.windows.get_mut(id), state.configured.get_mut(id)) {
+                (Some(window), Some(configured)) => {
+                    let learned = window.limit() < *configured;
+                    let limit = if learned {
+                        window.limit().min(def.limit)
+                    } else {
+                        def.limit
+                    };
+                    window.set_limit(limit);
+                    *configured = def.limit;
+                }
+                _ => {
+                    state
+                        .windows
+                        .push(Window::new(def.limit, micros(def.window)));
+                    state.configured.push(def.limit);
+                }
+            }
+        }
+        if state.client_cool.len() < clients {
+            state.client_cool.resize(clients, 0);
+        }
+    }
+
     /// Usage of `budgets` and cool-downs of the first `clients` clients.
     pub fn snapshot_now(&self, budgets: &[BudgetId], clients: usize) -> Snapshot {
         let now = self.now();
@@ -243,6 +277,10 @@ impl BudgetStore for MemoryStore {
 
     fn snapshot(&self, budgets: Vec<BudgetId>, clients: usize) -> BoxFuture<'static, Snapshot> {
         Box::pin(std::future::ready(self.snapshot_now(&budgets, clients)))
+    }
+
+    fn reconfigure(&self, defs: &[BudgetDef], clients: &[String]) {
+        self.reconfigure_now(defs, clients.len());
     }
 
     fn backend(&self) -> &'static str {

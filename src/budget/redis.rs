@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script, Value};
+use arc_swap::ArcSwap;
 use tracing::debug;
 
 use super::window::Micros;
@@ -125,9 +126,9 @@ struct Shared {
     con: ConnectionManager,
     timeout: Duration,
     up: AtomicBool,
-    budgets: Vec<BudgetMeta>,
-    /// `client:<name>` of each client, by index.
-    client_fields: Vec<String>,
+    /// Budgets and clients by id; replaced whole by a config reload.
+    layout: ArcSwap<Layout>,
+    prefix: String,
     cool_key: String,
     limits_key: String,
     seq_key: String,
@@ -137,6 +138,14 @@ struct Shared {
     snapshot: Script,
     /// The URL's password, to scrub from error messages that might echo it.
     password: Option<Secret>,
+}
+
+/// What the ids of the request path name in Redis.
+struct Layout {
+    /// By [`BudgetId`].
+    budgets: Vec<BudgetMeta>,
+    /// `client:<name>` of each client, by index.
+    client_fields: Vec<String>,
 }
 
 /// One budget as the store addresses it.
@@ -157,6 +166,25 @@ struct AdmitReply {
     binding_pos: usize,
     member: String,
     at: Micros,
+}
+
+// === impl Layout ===
+
+impl Layout {
+    fn new(prefix: &str, defs: &[BudgetDef], clients: &[String]) -> Self {
+        Self {
+            budgets: defs
+                .iter()
+                .map(|d| BudgetMeta {
+                    key: budget_key(prefix, &d.name),
+                    name: d.name.clone(),
+                    limit: d.limit,
+                    window: micros(d.window),
+                })
+                .collect(),
+            client_fields: clients.iter().map(|c| format!("client:{c}")).collect(),
+        }
+    }
 }
 
 // === impl RedisStore ===
@@ -218,22 +246,13 @@ impl RedisStore {
         let con = ConnectionManager::new_lazy_with_config(client, manager)
             .map_err(|e| BudgetError::Unavailable(scrub(&e, password.as_ref())))?;
         let prefix = &config.key_prefix;
-        let budgets = defs
-            .iter()
-            .map(|d| BudgetMeta {
-                key: budget_key(prefix, &d.name),
-                name: d.name.clone(),
-                limit: d.limit,
-                window: micros(d.window),
-            })
-            .collect();
         Ok(Self {
             shared: Arc::new(Shared {
                 con,
                 timeout,
                 up: AtomicBool::new(false),
-                budgets,
-                client_fields: clients.iter().map(|c| format!("client:{c}")).collect(),
+                layout: ArcSwap::from_pointee(Layout::new(prefix, defs, clients)),
+                prefix: prefix.clone(),
                 cool_key: format!("{{{prefix}}}:cool"),
                 limits_key: format!("{{{prefix}}}:limits"),
                 seq_key: format!("{{{prefix}}}:seq"),
@@ -267,8 +286,13 @@ impl RedisStore {
     }
 
     /// The Redis key of a budget (for tests and diagnostics).
-    pub fn budget_key(&self, budget: BudgetId) -> Option<&str> {
-        self.shared.budgets.get(budget).map(|b| b.key.as_str())
+    pub fn budget_key(&self, budget: BudgetId) -> Option<String> {
+        self.shared
+            .layout
+            .load()
+            .budgets
+            .get(budget)
+            .map(|b| b.key.clone())
     }
 
     /// The keys of the cool-down hash, learned-limit hash and member counter.
@@ -279,8 +303,9 @@ impl RedisStore {
 
     async fn admit_inner(&self, request: AdmitRequest<'_>) -> Result<Decision, BudgetError> {
         let s = &self.shared;
+        let layout = s.layout.load_full();
         // Budgets touched, each once, in first-seen order; `pos[b]` is its 1-based position.
-        let mut pos = vec![0usize; s.budgets.len()];
+        let mut pos = vec![0usize; layout.budgets.len()];
         let mut touched: Vec<BudgetId> = Vec::new();
         for candidate in request.candidates {
             for &b in &candidate.budgets {
@@ -296,7 +321,7 @@ impl RedisStore {
             .key(&s.limits_key)
             .key(&s.seq_key);
         for &b in &touched {
-            invocation.key(&s.budgets[b].key);
+            invocation.key(&layout.budgets[b].key);
         }
         invocation
             .arg(micros(request.max_wait))
@@ -308,12 +333,12 @@ impl RedisStore {
             )
             .arg(touched.len());
         for &b in &touched {
-            let meta = &s.budgets[b];
+            let meta = &layout.budgets[b];
             invocation.arg(&meta.name).arg(meta.limit).arg(meta.window);
         }
         invocation.arg(request.candidates.len());
         for candidate in request.candidates {
-            let field = s
+            let field = layout
                 .client_fields
                 .get(candidate.client)
                 .map_or("", String::as_str);
@@ -336,16 +361,17 @@ impl RedisStore {
             Ok(reply) => reply,
             Err(e) => return s.fail(e),
         };
-        reply.decision(request, s.budgets.len())
+        reply.decision(request, layout.budgets.len())
     }
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the URL or the connection (it holds the password).
+        let layout = self.shared.layout.load();
         f.debug_struct("RedisStore")
-            .field("budgets", &self.shared.budgets.len())
-            .field("clients", &self.shared.client_fields.len())
+            .field("budgets", &layout.budgets.len())
+            .field("clients", &layout.client_fields.len())
             .field("timeout", &self.shared.timeout)
             .field("up", &self.shared.up.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -366,9 +392,10 @@ impl BudgetStore for RedisStore {
             let Some(member) = reservation.slot.member else {
                 return;
             };
+            let layout = shared.layout.load_full();
             let mut pipe = ::redis::pipe();
             for &b in &reservation.slot.budgets {
-                if let Some(meta) = shared.budgets.get(b) {
+                if let Some(meta) = layout.budgets.get(b) {
                     pipe.zrem(&meta.key, &member).ignore();
                 }
             }
@@ -386,7 +413,7 @@ impl BudgetStore for RedisStore {
         let shared = self.shared.clone();
         Box::pin(async move {
             let field = match target {
-                CoolDown::Client(c) => match shared.client_fields.get(c) {
+                CoolDown::Client(c) => match shared.layout.load().client_fields.get(c) {
                     Some(field) => field.clone(),
                     None => return,
                 },
@@ -409,7 +436,8 @@ impl BudgetStore for RedisStore {
     fn lower_limit(&self, budget: BudgetId, limit: u32) -> BoxFuture<'static, bool> {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let Some(meta) = shared.budgets.get(budget) else {
+            let layout = shared.layout.load_full();
+            let Some(meta) = layout.budgets.get(budget) else {
                 return false;
             };
             let mut con = shared.con.clone();
@@ -442,12 +470,13 @@ impl BudgetStore for RedisStore {
     fn snapshot(&self, budgets: Vec<BudgetId>, clients: usize) -> BoxFuture<'static, Snapshot> {
         let shared = self.shared.clone();
         Box::pin(async move {
+            let layout = shared.layout.load_full();
             let known: Vec<&BudgetMeta> = budgets
                 .iter()
-                .filter_map(|&b| shared.budgets.get(b))
+                .filter_map(|&b| layout.budgets.get(b))
                 .collect();
             let fields: Vec<&str> = (0..clients)
-                .map(|c| shared.client_fields.get(c).map_or("", String::as_str))
+                .map(|c| layout.client_fields.get(c).map_or("", String::as_str))
                 .collect();
             let mut invocation = shared.snapshot.prepare_invoke();
             invocation.key(&shared.cool_key).key(&shared.limits_key);
@@ -471,14 +500,14 @@ impl BudgetStore for RedisStore {
                 Ok(_) | Err(_) => {
                     debug!("reading the shared budgets failed; showing configured limits");
                     shared.up.store(false, Ordering::Relaxed);
-                    return fallback_snapshot(&shared, &budgets, clients);
+                    return fallback_snapshot(&layout, &budgets, clients);
                 }
             };
             // Unknown budget ids show as (0, 0), as in memory.
             let mut usage = Vec::with_capacity(budgets.len());
             let mut k = 0;
             for &b in &budgets {
-                if b < shared.budgets.len() {
+                if b < layout.budgets.len() {
                     usage.push((to_u32(ints[2 * k]), to_u32(ints[2 * k + 1])));
                     k += 1;
                 } else {
@@ -491,6 +520,12 @@ impl BudgetStore for RedisStore {
                 .collect();
             Snapshot { usage, cooling }
         })
+    }
+
+    fn reconfigure(&self, defs: &[BudgetDef], clients: &[String]) {
+        // Keys are names: reservations, cool-downs and learned limits carry over as they are.
+        let layout = Layout::new(&self.shared.prefix, defs, clients);
+        self.shared.layout.store(Arc::new(layout));
     }
 
     fn backend(&self) -> &'static str {
@@ -669,11 +704,11 @@ fn scrub(error: &RedisError, password: Option<&Secret>) -> String {
     }
 }
 
-fn fallback_snapshot(shared: &Shared, budgets: &[BudgetId], clients: usize) -> Snapshot {
+fn fallback_snapshot(layout: &Layout, budgets: &[BudgetId], clients: usize) -> Snapshot {
     Snapshot {
         usage: budgets
             .iter()
-            .map(|&b| shared.budgets.get(b).map_or((0, 0), |m| (0, m.limit)))
+            .map(|&b| layout.budgets.get(b).map_or((0, 0), |m| (0, m.limit)))
             .collect(),
         cooling: vec![Duration::ZERO; clients],
     }

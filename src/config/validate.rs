@@ -73,7 +73,9 @@ pub(super) fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    from_yaml(&text, base_dir, env)
+    let mut config = from_yaml(&text, base_dir, env)?;
+    config.files.insert(0, path.to_owned());
+    Ok(config)
 }
 
 pub(super) fn from_yaml(
@@ -86,6 +88,7 @@ pub(super) fn from_yaml(
         env,
         base_dir,
         errors: Vec::new(),
+        files: Vec::new(),
     };
     let config = v.config(file);
     if v.errors.is_empty() {
@@ -208,6 +211,8 @@ struct Validator<'a> {
     env: &'a dyn Env,
     base_dir: &'a Path,
     errors: Vec<ConfigError>,
+    /// Secret files read.
+    files: Vec<std::path::PathBuf>,
 }
 
 // === impl Validator ===
@@ -246,6 +251,7 @@ impl Validator<'_> {
             inbound,
             shared_state,
             warnings,
+            files: std::mem::take(&mut self.files),
         }
     }
 
@@ -473,7 +479,9 @@ impl Validator<'_> {
             }
             Err(Reported) => return None,
         };
-        match read_secret_file(&file) {
+        let read = read_secret_file(&file);
+        self.files.push(file);
+        match read {
             Ok(v) => Some(v),
             Err(message) => {
                 self.error(path, message);

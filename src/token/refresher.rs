@@ -19,10 +19,12 @@ const REJECTED_MIN: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Keeps `slot` supplied with a token until `stop` is cancelled. The first grant is
-/// attempted at once, so spawning one task per client fetches all tokens concurrently.
-pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken) {
+/// attempted at once, so spawning one task per client fetches all tokens concurrently;
+/// with `grant_now` even when the slot already holds a token (rotated credentials).
+pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken, mut grant_now: bool) {
     let mut failures: u32 = 0;
     let mut next = Instant::now();
+    let mut force = grant_now;
     loop {
         tokio::select! {
             _ = sleep_until(next) => {}
@@ -32,7 +34,8 @@ pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         // A 401 on the request path may have refreshed it meanwhile: check before granting.
-        if let Some(token) = slot.current()
+        if !std::mem::take(&mut force)
+            && let Some(token) = slot.current()
             && failures == 0
             && token.refresh_at > Instant::now()
         {
@@ -53,6 +56,10 @@ pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken) {
                 } else if token.generation == 1 {
                     info!(client = %slot.name(), "token acquired");
                 }
+                if grant_now {
+                    info!(client = %slot.name(), "token acquired with the new credentials");
+                }
+                grant_now = false;
                 failures = 0;
                 next = token.refresh_at;
             }
