@@ -34,6 +34,7 @@ pub struct Metrics {
     pub shared_state_up: IntGauge,
     pub tls_handshake_failures: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -152,6 +153,13 @@ impl Metrics {
                 "Config reloads (SIGHUP or file change), by result (applied, rejected).",
                 &["result"],
             )?,
+            config_last_reload_successful: reg(
+                registry,
+                IntGauge::new(
+                    "gcpool_config_last_reload_successful",
+                    "0 after a rejected config reload, until one is applied; 1 otherwise.",
+                )?,
+            )?,
             build_info: gauge_vec(
                 "gcpool_build_info",
                 "Always 1; the version label carries the build.",
@@ -163,6 +171,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         metrics.shared_state_up.set(1);
+        metrics.config_last_reload_successful.set(1);
         for result in ["applied", "rejected"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
@@ -245,6 +254,7 @@ mod tests {
             "gcpool_shared_state_up",
             "gcpool_tls_handshake_failures_total",
             "gcpool_config_reloads_total",
+            "gcpool_config_last_reload_successful",
             "gcpool_build_info",
         ] {
             assert!(

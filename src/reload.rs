@@ -253,6 +253,7 @@ impl Reloader {
             .config_reloads
             .with_label_values(&["applied"])
             .inc();
+        self.metrics.config_last_reload_successful.set(1);
         info!(
             generation = summary.generation,
             clients = state.config.clients.len(),
@@ -309,6 +310,7 @@ impl Reloader {
             .config_reloads
             .with_label_values(&["rejected"])
             .inc();
+        self.metrics.config_last_reload_successful.set(0);
         warn!("config reload rejected; keeping the current config: {error}");
         error
     }
