@@ -21,7 +21,9 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: commands (`run`, `check`, `simulate`, `demo`); [`app`]: the composition root.
+//! - [`cli`]: commands (`run`, `check`, `simulate`, `demo`); [`app`]: the composition root;
+//!   [`reload`]: the current config generation (pool, admission, inbound policy) and hot
+//!   reload on SIGHUP or file change.
 //! - [`config`]: YAML → validated [`config::Config`]; [`secret`]: redacting wrapper;
 //!   [`routes`]: the Platform API operation table. These three are leaves.
 //! - [`budget`]: sliding-window budgets and the store trait (no HTTP); [`admission`]: client
