@@ -122,7 +122,18 @@ impl Admin {
         self.metrics
             .shared_state_up
             .set(i64::from(live.admission.store().is_up()));
-        for status in self.client_statuses(&live).await.0 {
+        let statuses = self.client_statuses(&live).await.0;
+        // Only the current clients: a scrape that raced a reload must not bring back the
+        // gauges of a removed client.
+        for family in [
+            &self.metrics.client_healthy,
+            &self.metrics.client_budget_limit,
+            &self.metrics.client_budget_used,
+            &self.metrics.token_expires_in,
+        ] {
+            family.reset();
+        }
+        for status in statuses {
             let name = [status.name.as_str()];
             self.metrics
                 .client_healthy

@@ -57,7 +57,8 @@ pub struct Admission {
     /// Shared with the admissions of later configs: waiting requests count until they leave.
     pending: Arc<AtomicUsize>,
     metrics: Metrics,
-    learned: Mutex<BTreeMap<String, u32>>,
+    /// Shared with the admissions of later configs (learned limits outlive a reload).
+    learned: Arc<Mutex<BTreeMap<String, u32>>>,
 }
 
 /// Leave to use one client now, with its token (counted in flight while held).
@@ -66,6 +67,9 @@ pub struct Permit {
     pub client: usize,
     pub waited: Duration,
     pub lease: Lease,
+    /// The admission it used, to give back if the request does not go (see
+    /// [`Admission::give_back`]).
+    reservation: Reservation,
 }
 
 /// Gives a reservation back unless the request reached its instant.
@@ -285,7 +289,7 @@ impl Admission {
             max_pending: config.budgets.queue.max_pending,
             pending: Arc::default(),
             metrics,
-            learned: Mutex::new(BTreeMap::new()),
+            learned: Arc::default(),
         }
     }
 
@@ -299,7 +303,7 @@ impl Admission {
             max_pending: config.budgets.queue.max_pending,
             pending: self.pending.clone(),
             metrics: self.metrics.clone(),
-            learned: Mutex::new(self.learned_limits()),
+            learned: self.learned.clone(),
         }
     }
 
@@ -339,13 +343,15 @@ impl Admission {
                 // Dropped here (caller gone) → the guard gives the slot back.
                 tokio::time::sleep_until(Instant::now() + waited).await;
             }
-            if let Some(lease) = pool.lease(client, Instant::now()) {
-                guard.reservation = None;
+            if let Some(lease) = pool.lease(client, Instant::now())
+                && let Some(reservation) = guard.reservation.take()
+            {
                 self.metrics.queue_wait.observe(waited.as_secs_f64());
                 return Ok(Permit {
                     client,
                     waited,
                     lease,
+                    reservation,
                 });
             }
         }
@@ -419,9 +425,33 @@ impl Admission {
         Ok((candidates[reservation.candidate].client, reservation))
     }
 
+    /// Whether `client` serving `route` meets the same budgets, with the same limits, under
+    /// `next` (a reloaded config's admission) as under this one.
+    pub fn same_budgets(&self, next: &Admission, client: usize, route: Option<RouteId>) -> bool {
+        let (now, then) = (
+            self.table.for_client(client, route),
+            next.table.for_client(client, route),
+        );
+        let limit = |table: &BudgetTable, id: BudgetId| table.defs.get(id).map(|d| d.limit);
+        now == then
+            && now
+                .iter()
+                .all(|&id| limit(&self.table, id) == limit(&next.table, id))
+    }
+
+    /// Gives a permit's admission back: the request will not be sent with it.
+    pub fn give_back(&self, permit: Permit) {
+        let Permit {
+            reservation, lease, ..
+        } = permit;
+        drop(lease);
+        tokio::spawn(self.store.release(reservation));
+    }
+
     /// Acts on an upstream 429 seen by `client` for `route`: cools down what the limit
     /// names for `Retry-After`, and lowers the matching budgets when the 429 reveals a
-    /// lower limit than configured (until restart; logged once, shown in `/status`).
+    /// lower limit than configured (until restart, reloads included; logged once, shown in
+    /// `/status`).
     pub async fn upstream_limited(
         &self,
         limit: &UpstreamLimit,
@@ -456,7 +486,7 @@ impl Admission {
                 && self.store.lower_limit(budget, per_window).await
             {
                 let name = &self.table.defs()[budget].name;
-                warn!(budget = %name, per_minute, "upstream 429 revealed a lower limit; budget lowered until restart or reload");
+                warn!(budget = %name, per_minute, "upstream 429 revealed a lower limit; budget lowered until restart");
                 self.learned
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -34,6 +34,8 @@ pub struct Config {
     pub shared_state: Option<SharedStateConfig>,
     /// Things that are allowed but probably not meant (e.g. Σ client budgets > org cap).
     pub warnings: Vec<String>,
+    /// The config file, when loaded from one (what a reload re-reads).
+    pub source: Option<PathBuf>,
     /// The files this config was read from: the config file (when loaded from one), then
     /// every `*_file` secret. A reload watches them.
     pub files: Vec<PathBuf>,

@@ -167,6 +167,17 @@ impl Proxy {
                 .admit(&live.pool, route.id(), deadline)
                 .await?;
             waited += permit.waited;
+            let next = inner.live.current();
+            if next.number != live.number
+                && !live
+                    .admission
+                    .same_budgets(&next.admission, permit.client, route.id())
+            {
+                // A reload changed what this request must fit in while it waited: admitted
+                // under the old limits, it would not count against the new ones.
+                live.admission.give_back(permit);
+                continue;
+            }
             let lease = permit.lease;
             exchange.client = Some(lease.client.name.clone());
 

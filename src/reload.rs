@@ -19,7 +19,11 @@
 //! TLS files, limits of the connection layer, Genesys hosts, shared state, budget window),
 //! is rejected with the reason logged and counted, and the current generation stays.
 //! [`Reloader::watch`] applies the config file on SIGHUP and when it, or a `*_file` it
-//! names, changes (polled every [`POLL_INTERVAL`]).
+//! names, changes (polled every [`POLL_INTERVAL`]; a change is read once two polls agree,
+//! so a file is not read half-written).
+//!
+//! Not carried over: changing an endpoint budget's `scope` (org ↔ token) changes its
+//! budgets' names, so they start with empty windows, as after a restart.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -106,8 +110,11 @@ struct State {
     registry: Registry,
     /// Stops each current client's refresher, by client name.
     refreshers: HashMap<String, CancellationToken>,
-    /// The watched files as last read.
+    /// The watched files as they were just before they were last read.
     stamps: Vec<Stamp>,
+    /// Changed stamps seen by the last poll: applied once a poll sees them again (so a
+    /// file caught half-written is read only once the writer is done).
+    settling: Option<Vec<Stamp>>,
 }
 
 /// A file's modification time and length (`None`: unreadable).
@@ -146,7 +153,7 @@ impl Reloader {
             live: Arc::new(Live {
                 current: ArcSwap::from_pointee(Generation::placeholder(admission.clone())),
             }),
-            path: config.files.first().cloned(),
+            path: config.source.clone(),
             store,
             upstream,
             metrics,
@@ -155,7 +162,8 @@ impl Reloader {
                 config: config.clone(),
                 registry: Registry::default(),
                 refreshers: HashMap::new(),
-                stamps: stamps(&config.files),
+                stamps: stamps(&watched(config.source.as_ref(), &config)),
+                settling: None,
             }),
         };
         let mut refreshers = HashMap::new();
@@ -186,12 +194,26 @@ impl Reloader {
         let Some(path) = &self.path else {
             return Err(self.rejected(ReloadError::NoFile));
         };
+        // Stamped before reading: a write landing during the read changes the files again
+        // and the next poll reads them once more.
+        let before = {
+            let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let paths: Vec<PathBuf> = state.stamps.iter().map(|(p, _)| p.clone()).collect();
+            stamps(&paths)
+        };
         match Config::load(path, &ProcessEnv) {
-            Ok(config) => self.apply(config),
-            Err(errors) => Err(self.rejected(ReloadError::Invalid {
-                path: path.display().to_string(),
-                errors,
-            })),
+            Ok(config) => self.apply_read(config, Some(before)),
+            Err(errors) => {
+                // Reported once per change of the files, not at every poll.
+                self.state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .stamps = before;
+                Err(self.rejected(ReloadError::Invalid {
+                    path: path.display().to_string(),
+                    errors,
+                }))
+            }
         }
     }
 
@@ -202,14 +224,27 @@ impl Reloader {
     /// [`ReloadError::RestartNeeded`] when `config` changes a key only a restart applies;
     /// nothing changes then.
     pub fn apply(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        self.apply_read(config, None)
+    }
+
+    /// [`Reloader::apply`] of a config read from files whose stamps were `before` just
+    /// before the read.
+    fn apply_read(
+        &self,
+        config: Config,
+        before: Option<Vec<Stamp>>,
+    ) -> Result<ReloadSummary, ReloadError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let fixed = restart_needed(&state.config, &config);
         if !fixed.is_empty() {
+            if let Some(before) = before {
+                state.stamps = before;
+            }
             return Err(self.rejected(ReloadError::RestartNeeded(fixed)));
         }
         let state = &mut *state;
         let current = self.live.current();
-        let before: Vec<u32> = current
+        let old_limits: Vec<u32> = current
             .admission
             .table()
             .defs()
@@ -221,7 +256,7 @@ impl Reloader {
             .defs()
             .iter()
             .enumerate()
-            .filter(|(id, def)| before.get(*id) != Some(&def.limit))
+            .filter(|(id, def)| old_limits.get(*id) != Some(&def.limit))
             .count();
         // The store first: the new generation's budget ids must exist before it serves.
         self.store
@@ -235,16 +270,22 @@ impl Reloader {
         );
         summary.budgets_changed = budgets_changed;
         summary.generation = current.number + 1;
-        for name in &summary.removed {
-            self.metrics.forget_client(name);
-        }
         self.live.current.store(Arc::new(Generation::new(
             summary.generation,
             &config,
             pool,
             admission,
         )));
-        state.stamps = stamps(&config.files);
+        for name in &summary.removed {
+            self.metrics.forget_client(name);
+        }
+        let mut now = stamps(&watched(self.path.as_ref(), &config));
+        for (path, stamp) in &mut now {
+            if let Some((_, earlier)) = before.iter().flatten().find(|(p, _)| p == path) {
+                *stamp = *earlier;
+            }
+        }
+        state.stamps = now;
         for warning in &config.warnings {
             warn!("{warning}");
         }
@@ -291,17 +332,22 @@ impl Reloader {
         }
     }
 
-    /// Whether a watched file differs from when it was last read. A rejected reload
-    /// records the new stamps too, so a bad file is reported once, not every poll.
+    /// Whether a watched file differs from when it was last read, the same way for two
+    /// polls in a row.
     fn changed(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let paths: Vec<PathBuf> = state.stamps.iter().map(|(p, _)| p.clone()).collect();
         let now = stamps(&paths);
         if now == state.stamps {
+            state.settling = None;
             return false;
         }
-        state.stamps = now;
-        true
+        if state.settling.as_ref() == Some(&now) {
+            state.settling = None;
+            return true;
+        }
+        state.settling = Some(now);
+        false
     }
 
     /// Counts and logs a rejected reload.
@@ -476,6 +522,17 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))
     .collect()
+}
+
+/// The config file gcpool re-reads, then every secret file `config` read.
+fn watched(source: Option<&PathBuf>, config: &Config) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = source.into_iter().cloned().collect();
+    for file in &config.files {
+        if !paths.contains(file) {
+            paths.push(file.clone());
+        }
+    }
+    paths
 }
 
 fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {

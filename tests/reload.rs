@@ -414,3 +414,62 @@ async fn reload_over_shared_budgets() {
     assert_eq!(status["org_budget"]["limit"], 8);
     assert!(!served.is_empty());
 }
+
+/// Requests queued under the old config are admitted again when a reload changes their
+/// budgets: a route budget added while 4 requests wait for the org window lets one of
+/// them through per window, not all 4 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_meet_a_budget_added_while_they_wait() {
+    let sim = Simulator::start(SimOptions::with_clients(2)).await.unwrap();
+    let pool = [
+        ("pool-01", "sim-client-01", "sim-secret-01"),
+        ("pool-02", "sim-client-02", "sim-secret-02"),
+    ];
+    // 4 per 2 s for the org; queue up to 5 s.
+    let two_seconds = |extra: &str| {
+        yaml(&sim, &pool, 20, extra)
+            .replace("window: 10s", "window: 2s")
+            .replace("max_wait: 0s", "max_wait: 5s")
+    };
+    let gcpool = start_config(config(&two_seconds(""))).await;
+    let url = api_url(&gcpool);
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        callers.push(tokio::spawn(
+            async move { HttpClient::new().get(&url).await },
+        ));
+    }
+    eventually("4 requests queued", || async {
+        gcpool.admission().pending() == 4
+    })
+    .await;
+    let route =
+        "  endpoints:\n    - route: GET /api/v2/users/me\n      per_minute: 30\n      scope: org\n";
+    let with_route = two_seconds("").replace("  queue:\n", &format!("{route}  queue:\n"));
+    gcpool.reload(config(&with_route)).unwrap();
+
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.push(caller.await.unwrap());
+    }
+    let waited = |a: &support::Answer| a.header("x-gcpool-wait-ms").parse::<u64>().unwrap_or(0);
+    let first_window = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK && waited(a) < 100)
+        .count();
+    let next_window = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK && (100..3000).contains(&waited(a)))
+        .count();
+    assert_eq!(first_window, 4, "admitted before the reload");
+    assert_eq!(
+        next_window,
+        1,
+        "one per window on the new route budget: {:?}",
+        answers
+            .iter()
+            .map(|a| (a.status, waited(a)))
+            .collect::<Vec<_>>()
+    );
+}

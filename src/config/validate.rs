@@ -75,6 +75,7 @@ pub(super) fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
     };
     let mut config = from_yaml(&text, base_dir, env)?;
     config.files.insert(0, path.to_owned());
+    config.source = Some(path.to_owned());
     Ok(config)
 }
 
@@ -251,6 +252,7 @@ impl Validator<'_> {
             inbound,
             shared_state,
             warnings,
+            source: None,
             files: std::mem::take(&mut self.files),
         }
     }
