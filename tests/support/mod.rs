@@ -227,6 +227,8 @@ pub struct GcpoolProcess {
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub stderr_path: std::path::PathBuf,
+    /// The config file the binary runs on (tests may rewrite it to exercise reloads).
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -261,6 +263,7 @@ impl GcpoolProcess {
             api,
             admin,
             stderr_path,
+            config_path,
             _dir: dir,
         }
     }
