@@ -308,24 +308,34 @@ impl Reloader {
     }
 
     /// Applies the config file on SIGHUP and when a watched file changes, until `stop`.
-    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        if self.path.is_none() {
-            return;
-        }
-        let mut hangup = Hangup::new("config reload on file change only");
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = hangup.recv() => {
-                    info!("SIGHUP received; reloading the config");
-                    let _ = self.reload_file();
-                }
-                _ = poll.tick() => {
-                    if self.changed() {
-                        info!("config file changed; reloading the config");
+    /// SIGHUP is caught from this call on (before, it would end the process); call it
+    /// inside the runtime.
+    pub fn watch(
+        self: Arc<Self>,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let hangup = self
+            .path
+            .is_some()
+            .then(|| Hangup::new("config reload on file change only"));
+        async move {
+            let Some(mut hangup) = hangup else {
+                return;
+            };
+            let mut poll = tokio::time::interval(POLL_INTERVAL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = hangup.recv() => {
+                        info!("SIGHUP received; reloading the config");
                         let _ = self.reload_file();
+                    }
+                    _ = poll.tick() => {
+                        if self.changed() {
+                            info!("config file changed; reloading the config");
+                            let _ = self.reload_file();
+                        }
                     }
                 }
             }
@@ -433,7 +443,8 @@ impl Reloader {
         }
         self.shutdown.spawn(
             refresher::run(slot.clone(), stop, grant_now)
-                .instrument(info_span!("token_refresh", client = %slot.name())),
+                // Not inside the span of the reload that started it.
+                .instrument(info_span!(parent: None, "token_refresh", client = %slot.name())),
         );
     }
 }

@@ -194,21 +194,24 @@ impl TlsAcceptor {
     }
 
     /// Reloads on SIGHUP and when the files change (polled every [`POLL_INTERVAL`]) until
-    /// `stop` is cancelled. Spawn it on the shutdown owner.
-    pub async fn watch(self, stop: CancellationToken) {
+    /// `stop` is cancelled. Spawn it on the shutdown owner. SIGHUP is caught from this call
+    /// on; call it inside the runtime.
+    pub fn watch(self, stop: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
         let mut hangup = Hangup::new("TLS reload on file change only");
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = hangup.recv() => {
-                    info!("SIGHUP received; reloading the TLS certificate");
-                    let _ = self.reload();
-                }
-                _ = poll.tick() => {
-                    if self.changed() {
+        async move {
+            let mut poll = tokio::time::interval(POLL_INTERVAL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = hangup.recv() => {
+                        info!("SIGHUP received; reloading the TLS certificate");
                         let _ = self.reload();
+                    }
+                    _ = poll.tick() => {
+                        if self.changed() {
+                            let _ = self.reload();
+                        }
                     }
                 }
             }

@@ -350,13 +350,7 @@ async fn sighup_and_file_changes_reload_the_config() {
 
 /// A bad file that is both edited (new stamp) and signalled is reported once: the
 /// rejection records the file's stamp, so the next poll does not re-read it.
-///
-/// Fails today: a reload rejected on SIGHUP leaves the stamps of the last applied config
-/// in place (`Reloader::reload_file` / `apply` update them only on success, `changed` only
-/// on the poll's path), so the next poll re-reads the same bad file, logs the rejection
-/// again and counts `gcpool_config_reloads_total{result="rejected"}` twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a SIGHUP-rejected config is rejected again by the next file poll"]
 async fn a_rejected_file_is_not_reloaded_again_by_the_poll() {
     let sim = Simulator::start(SimOptions::with_clients(3))
         .await
