@@ -104,13 +104,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    // From here on SIGHUP no longer ends the process (tokio keeps the handler installed
+    // once registered): one sent while the config loads is simply not acted on.
+    drop(runtime.block_on(async { shutdown::Hangup::new("config reload on file change only") }));
     let config = Config::load(path, &ProcessEnv).map_err(|errors| {
         anyhow::anyhow!("{} is not a valid gcpool config:\n{errors}", path.display())
     })?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    runtime()?.block_on(async move {
+    runtime.block_on(async move {
         let gcpool = Gcpool::start(config).await?;
         shutdown::signal().await;
         gcpool.shutdown().trigger();
