@@ -41,7 +41,7 @@ use crate::inbound::Authenticator;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
 use crate::routes::RouteId;
-use crate::shutdown::{Hangup, Shutdown};
+use crate::shutdown::{Hangup, Shutdown, watch_reloads};
 use crate::token::{TokenSlot, refresher};
 use crate::upstream::Upstream;
 
@@ -98,10 +98,17 @@ pub struct Reloader {
     /// `None` when started from a config built in memory (tests).
     path: Option<PathBuf>,
     store: Arc<dyn BudgetStore>,
+    metrics: Metrics,
+    builder: PoolBuilder,
+    state: Mutex<State>,
+}
+
+/// Builds a config's pool: keeps, rotates or creates clients and runs their refreshers.
+#[derive(Debug)]
+struct PoolBuilder {
     upstream: Upstream,
     metrics: Metrics,
     shutdown: Shutdown,
-    state: Mutex<State>,
 }
 
 #[derive(Debug)]
@@ -149,36 +156,30 @@ impl Reloader {
             Arc::new(table),
             metrics.clone(),
         ));
-        let mut reloader = Self {
+        let builder = PoolBuilder {
+            upstream,
+            metrics: metrics.clone(),
+            shutdown,
+        };
+        let mut refreshers = HashMap::new();
+        let (pool, _) = builder.pool(&config, &mut registry, None, &mut refreshers);
+        let first = Generation::new(1, &config, pool, admission);
+        Arc::new(Self {
             live: Arc::new(Live {
-                current: ArcSwap::from_pointee(Generation::placeholder(admission.clone())),
+                current: ArcSwap::from_pointee(first),
             }),
             path: config.source.clone(),
             store,
-            upstream,
             metrics,
-            shutdown,
+            builder,
             state: Mutex::new(State {
-                config: config.clone(),
-                registry: Registry::default(),
-                refreshers: HashMap::new(),
                 stamps: stamps(&watched(config.source.as_ref(), &config)),
+                config,
+                registry,
+                refreshers,
                 settling: None,
             }),
-        };
-        let mut refreshers = HashMap::new();
-        let (pool, _) = reloader.pool(&config, &mut registry, None, &mut refreshers);
-        let state = reloader
-            .state
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        state.registry = registry;
-        state.refreshers = refreshers;
-        reloader
-            .live
-            .current
-            .store(Arc::new(Generation::new(1, &config, pool, admission)));
-        Arc::new(reloader)
+        })
     }
 
     /// The current generation's holder, for the request path and the admin listener.
@@ -262,7 +263,7 @@ impl Reloader {
         self.store
             .reconfigure(table.defs(), state.registry.client_names());
         let admission = Arc::new(current.admission.reconfigured(&config, Arc::new(table)));
-        let (pool, mut summary) = self.pool(
+        let (pool, mut summary) = self.builder.pool(
             &config,
             &mut state.registry,
             Some(&current.pool),
@@ -319,26 +320,21 @@ impl Reloader {
             .is_some()
             .then(|| Hangup::new("config reload on file change only"));
         async move {
-            let Some(mut hangup) = hangup else {
+            let Some(hangup) = hangup else {
                 return;
             };
-            let mut poll = tokio::time::interval(POLL_INTERVAL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = hangup.recv() => {
-                        info!("SIGHUP received; reloading the config");
-                        let _ = self.reload_file();
-                    }
-                    _ = poll.tick() => {
-                        if self.changed() {
-                            info!("config file changed; reloading the config");
-                            let _ = self.reload_file();
-                        }
-                    }
-                }
-            }
+            let reloader = &self;
+            watch_reloads(
+                hangup,
+                POLL_INTERVAL,
+                stop,
+                "config",
+                || reloader.changed(),
+                || {
+                    let _ = reloader.reload_file();
+                },
+            )
+            .await;
         }
     }
 
@@ -370,7 +366,11 @@ impl Reloader {
         warn!("config reload rejected; keeping the current config: {error}");
         error
     }
+}
 
+// === impl PoolBuilder ===
+
+impl PoolBuilder {
     /// The pool of `config`'s clients: kept, rotated or new (each new slot with its
     /// refresher started), and the refreshers of clients no longer configured stopped.
     fn pool(
@@ -462,23 +462,6 @@ impl Generation {
             allow_routes: (!allowed.is_empty()).then(|| allowed.iter().map(|r| r.route).collect()),
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout,
-        }
-    }
-
-    /// Never served: stands in while generation 1 is built.
-    fn placeholder(admission: Arc<Admission>) -> Self {
-        Self {
-            number: 0,
-            pool: Arc::new(Pool::new(Vec::new())),
-            admission,
-            auth: Authenticator::new(&crate::config::InboundConfig {
-                api_keys: Vec::new(),
-                allow_anonymous: false,
-                allow_routes: Vec::new(),
-            }),
-            allow_routes: None,
-            max_body_bytes: 0,
-            request_timeout: Duration::ZERO,
         }
     }
 }

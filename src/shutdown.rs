@@ -2,9 +2,11 @@
 //!
 //! On SIGTERM or Ctrl-C the token is cancelled: listeners stop accepting, `/readyz`
 //! answers 503, in-flight requests finish within the grace period, then tasks stop.
-//! Also here: [`Hangup`], the SIGHUP stream that reloads use.
+//! Also here: [`Hangup`], the SIGHUP stream, and [`watch_reloads`], the loop the config and
+//! TLS reloads share.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -106,5 +108,34 @@ impl Hangup {
             return;
         }
         std::future::pending::<()>().await;
+    }
+}
+
+/// Calls `reload` on SIGHUP, and when `changed` says so at a poll every `interval`, until
+/// `stop`. `what` names the files in the log: "`what` file changed; reloading".
+pub async fn watch_reloads(
+    mut hangup: Hangup,
+    interval: Duration,
+    stop: CancellationToken,
+    what: &str,
+    changed: impl Fn() -> bool,
+    reload: impl Fn(),
+) {
+    let mut poll = tokio::time::interval(interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = hangup.recv() => {
+                tracing::info!("SIGHUP received; reloading the {what}");
+                reload();
+            }
+            _ = poll.tick() => {
+                if changed() {
+                    tracing::info!("{what} file changed; reloading");
+                    reload();
+                }
+            }
+        }
     }
 }

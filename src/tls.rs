@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::TlsConfig;
-use crate::shutdown::Hangup;
+use crate::shutdown::{Hangup, watch_reloads};
 
 /// How long a caller may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,24 +197,19 @@ impl TlsAcceptor {
     /// `stop` is cancelled. Spawn it on the shutdown owner. SIGHUP is caught from this call
     /// on; call it inside the runtime.
     pub fn watch(self, stop: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
-        let mut hangup = Hangup::new("TLS reload on file change only");
+        let hangup = Hangup::new("TLS reload on file change only");
         async move {
-            let mut poll = tokio::time::interval(POLL_INTERVAL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = hangup.recv() => {
-                        info!("SIGHUP received; reloading the TLS certificate");
-                        let _ = self.reload();
-                    }
-                    _ = poll.tick() => {
-                        if self.changed() {
-                            let _ = self.reload();
-                        }
-                    }
-                }
-            }
+            watch_reloads(
+                hangup,
+                POLL_INTERVAL,
+                stop,
+                "TLS certificate",
+                || self.changed(),
+                || {
+                    let _ = self.reload();
+                },
+            )
+            .await;
         }
     }
 }

@@ -14,7 +14,7 @@ use gcpool::reload::ReloadError;
 use gcpool::sim::{SimOptions, Simulator};
 use http::{Method, StatusCode};
 use support::redis::RedisServer;
-use support::{HttpClient, TestClient, config, start_config, wait_ready};
+use support::{HttpClient, TestClient, config, metric_value, start_config, wait_ready};
 
 const API_KEY_OLD: &str = "old-key-0123456789abcdef";
 const API_KEY_NEW: &str = "new-key-fedcba9876543210";
@@ -80,13 +80,6 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("never happened: {what}");
-}
-
-fn metric(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Slow requests in flight while one client is removed and another rotated all answer
@@ -185,7 +178,7 @@ async fn clients_come_and_go_without_dropping_requests_in_flight() {
         .await
         .text();
     assert_eq!(
-        metric(&metrics, "gcpool_config_reloads_total{result=\"applied\"}"),
+        metric_value(&metrics, "gcpool_config_reloads_total{result=\"applied\"}"),
         Some(1.0)
     );
     assert!(
@@ -275,11 +268,11 @@ async fn a_lowered_budget_counts_what_was_already_sent() {
 
     // Raised again: the window's 8 count, 4 more pass.
     gcpool.reload(config(&yaml(&sim, &pool, 12, ""))).unwrap();
-    let passed = futures_ok(&http, &url, 6).await;
+    let passed = count_ok(&http, &url, 6).await;
     assert_eq!(passed, 4);
 }
 
-async fn futures_ok(http: &HttpClient, url: &str, n: usize) -> usize {
+async fn count_ok(http: &HttpClient, url: &str, n: usize) -> usize {
     let mut ok = 0;
     for _ in 0..n {
         if http.get(url).await.status == StatusCode::OK {
@@ -353,7 +346,7 @@ async fn a_config_needing_a_restart_is_refused_and_the_old_one_stays() {
         .await
         .text();
     assert_eq!(
-        metric(&metrics, "gcpool_config_reloads_total{result=\"rejected\"}"),
+        metric_value(&metrics, "gcpool_config_reloads_total{result=\"rejected\"}"),
         Some(3.0)
     );
     let status = http.get(&status_url(&gcpool)).await.json();

@@ -158,12 +158,8 @@ impl Harness {
             .get(&format!("http://{}/metrics", self.process.admin))
             .await;
         assert_eq!(answer.status, StatusCode::OK);
-        let series = format!("gcpool_config_reloads_total{{result=\"{result}\"}} ");
-        answer
-            .text()
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .map_or(0.0, |v| v.trim().parse().expect("a counter value"))
+        let series = format!("gcpool_config_reloads_total{{result=\"{result}\"}}");
+        support::metric_value(&answer.text(), &series).unwrap_or(0.0)
     }
 
     /// A request through the proxy must be answered 200.

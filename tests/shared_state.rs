@@ -22,10 +22,7 @@ fn replica_yaml(sim_url: &str, redis_url: &str) -> String {
 
 async fn metric(client: &HttpClient, admin: std::net::SocketAddr, name: &str) -> Option<f64> {
     let text = client.get(&format!("http://{admin}/metrics")).await.text();
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    support::metric_value(&text, name)
 }
 
 async fn wait_metric(

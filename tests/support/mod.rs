@@ -109,6 +109,15 @@ pub async fn wait_ready(admin: SocketAddr) {
     panic!("gcpool at admin {admin} never became ready");
 }
 
+/// The value of one series (`name` or `name{labels}`, exactly as exported) in a
+/// Prometheus text exposition.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A free loopback port (bound and released; fine for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
