@@ -47,6 +47,10 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub tls: Option<TlsConfig>,
     pub max_body_bytes: u64,
+    /// Bytes of request bodies held in memory at once, over all requests
+    /// (`server.max_body_bytes_in_flight`, default 64 MiB and never below `max_body_bytes`);
+    /// past it a new body is refused (503, `body_memory`).
+    pub max_body_bytes_in_flight: u64,
     /// Open caller connections at most (`server.max_connections`, default 20000); past it a
     /// new connection is closed at once.
     pub max_connections: usize,

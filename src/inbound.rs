@@ -1,7 +1,8 @@
 //! Caller-side checks before anything is spent: the request target, the caller's key.
 //!
 //! `CONNECT` is refused, absolute-form targets must name the configured API host, paths
-//! must stay under `/api/v2/`, and callers authenticate with an API key unless anonymous
+//! must stay under `/api/v2/` (also once percent-decoded), methods must be ones the
+//! Platform API has for the path, and callers authenticate with an API key unless anonymous
 //! access is allowed (loopback sidecars only; enforced by config validation).
 
 use base64::Engine;
@@ -11,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::InboundConfig;
 use crate::proxy::Reject;
+use crate::routes::{Route, RouteMethod, RouteTable};
 
 /// The header callers may carry their key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -44,10 +46,44 @@ pub fn check_target(
     if !path.starts_with("/api/v2/") {
         return Err(Reject::NotApiPath);
     }
-    if path.split('/').any(is_dot_segment) {
+    if has_dot_segment(path) {
         return Err(Reject::BadPath);
     }
     Ok(())
+}
+
+/// Checks the method against the operations the route table has for the path: a method no
+/// operation has there gets 405 (HEAD is allowed wherever GET is). A path the table does
+/// not know is forwarded with any method the Platform API uses (the table may be older
+/// than the API), and refused with any other (`TRACE`, `OPTIONS`, extension methods).
+///
+/// # Errors
+/// [`Reject::MethodNotAllowed`] naming the methods that are allowed.
+pub fn check_method(
+    method: &Method,
+    path: &str,
+    route: &Route,
+    table: &RouteTable,
+) -> Result<(), Reject> {
+    if matches!(route, Route::Known(_)) {
+        return Ok(());
+    }
+    let mut allowed = table.methods_for(path);
+    if allowed.is_empty() {
+        if RouteMethod::from_http(method).is_some() {
+            return Ok(());
+        }
+        allowed = RouteMethod::ALL.to_vec();
+    } else if allowed.contains(&RouteMethod::Get) && !allowed.contains(&RouteMethod::Head) {
+        if method == Method::HEAD {
+            return Ok(());
+        }
+        allowed.push(RouteMethod::Head);
+    }
+    Err(Reject::MethodNotAllowed {
+        method: method.as_str().chars().take(32).collect(),
+        allowed,
+    })
 }
 
 fn default_port(uri: &Uri) -> Option<u16> {
@@ -58,15 +94,47 @@ fn default_port(uri: &Uri) -> Option<u16> {
     }
 }
 
-/// `.` or `..`, also when percent-encoded (`%2e`, `%2E%2e`, …).
-fn is_dot_segment(segment: &str) -> bool {
-    match segment.len() {
-        // ".", "..", or one to two "%2e" (any case) mixed with ".": at most 6 bytes.
-        1..=6 if segment.starts_with(['.', '%']) => {
-            let lowered = segment.to_ascii_lowercase().replace("%2e", ".");
-            lowered == "." || lowered == ".."
+/// Whether the path, percent-decoded as a hop that decodes it would read it, has a `.` or
+/// `..` segment: `/`, a backslash, `%2F` and `%5C` (any case) separate segments and `%2E` is a
+/// dot. So `/api/v2/users/x%2F..%2F..%2Fauthorization` is caught, while a `%2F` inside an
+/// ordinary segment (`rows/key%2Fwith%2Fslashes`) is not a traversal.
+fn has_dot_segment(path: &str) -> bool {
+    #[derive(PartialEq)]
+    enum Token {
+        Separator,
+        Dot,
+        Other,
+    }
+    let bytes = path.as_bytes();
+    let (mut at, mut dots, mut only_dots) = (0, 0usize, true);
+    loop {
+        let (token, width) = match bytes.get(at) {
+            None => (Token::Separator, 1),
+            Some(b'/' | b'\\') => (Token::Separator, 1),
+            Some(b'.') => (Token::Dot, 1),
+            Some(b'%') => match (bytes.get(at + 1), bytes.get(at + 2)) {
+                (Some(b'2'), Some(b'f' | b'F')) | (Some(b'5'), Some(b'c' | b'C')) => {
+                    (Token::Separator, 3)
+                }
+                (Some(b'2'), Some(b'e' | b'E')) => (Token::Dot, 3),
+                _ => (Token::Other, 1),
+            },
+            Some(_) => (Token::Other, 1),
+        };
+        match token {
+            Token::Separator => {
+                if only_dots && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                if at >= bytes.len() {
+                    return false;
+                }
+                (dots, only_dots) = (0, true);
+            }
+            Token::Dot => dots += 1,
+            Token::Other => only_dots = false,
         }
-        _ => false,
+        at += width;
     }
 }
 
@@ -189,6 +257,30 @@ mod tests {
             Err(Reject::BadPath)
         ));
         assert!(ok(Method::GET, "/api/v2/users/a.b").is_ok());
+        for traversal in [
+            "/api/v2/..%2f..%2fetc/passwd",
+            "/api/v2/users/x%2F..%2F..%2Fauthorization%2Froles",
+            "/api/v2/users/x%5c..%5Cy",
+            "/api/v2/users/.%2E",
+            "/api/v2/users/x%2f.",
+            "/api/v2/users/%2e",
+        ] {
+            assert!(
+                matches!(ok(Method::GET, traversal), Err(Reject::BadPath)),
+                "{traversal}"
+            );
+        }
+        for fine in [
+            "/api/v2/flows/datatables/d/rows/a%2Fb%2Fc",
+            "/api/v2/users/...",
+            "/api/v2/users/.x",
+            "/api/v2/users/x%2F...%2Fy",
+            "/api/v2/users/%2e%2e%2e",
+            "/api/v2/users/%2",
+            "/api/v2/users/x%",
+        ] {
+            assert!(ok(Method::GET, fine).is_ok(), "{fine}");
+        }
         let h2 = check_target(
             &Method::GET,
             &"https://gcpool.example:8443/api/v2/users".parse().unwrap(),
@@ -199,6 +291,36 @@ mod tests {
             h2.is_ok(),
             "an HTTP/2 :authority is the caller's Host, not a target"
         );
+    }
+
+    #[test]
+    fn methods_the_table_has_for_the_path() {
+        let table = RouteTable::genesys();
+        let check = |m: &str, path: &str| {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            let route = table.lookup(&method, path);
+            check_method(&method, path, &route, table)
+        };
+        assert!(check("GET", "/api/v2/users").is_ok());
+        assert!(
+            check("HEAD", "/api/v2/users").is_ok(),
+            "HEAD wherever GET is"
+        );
+        assert!(check("GET", "/api/v2/not/in/the/table").is_ok());
+        assert!(check("DELETE", "/api/v2/not/in/the/table").is_ok());
+        let Err(Reject::MethodNotAllowed { allowed, .. }) = check("DELETE", "/api/v2/users") else {
+            panic!("DELETE /api/v2/users has no operation");
+        };
+        assert_eq!(
+            allowed,
+            [RouteMethod::Get, RouteMethod::Post, RouteMethod::Head]
+        );
+        assert!(matches!(
+            check("FOO", "/api/v2/not/in/the/table"),
+            Err(Reject::MethodNotAllowed { allowed, .. }) if allowed.len() == RouteMethod::ALL.len()
+        ));
+        assert!(check("TRACE", "/api/v2/users/me").is_err());
+        assert!(check("OPTIONS", "/api/v2/users/me").is_err());
     }
 
     #[test]

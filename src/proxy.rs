@@ -9,10 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -57,6 +59,8 @@ struct Inner {
     live: Arc<Live>,
     metrics: Metrics,
     target: ApiTarget,
+    /// One permit per byte of request body held in memory (`server.max_body_bytes_in_flight`).
+    body_memory: Arc<Semaphore>,
 }
 
 /// Facts learnt about one request, recorded once when it ends.
@@ -81,11 +85,17 @@ impl Proxy {
                 .cloned()
                 .expect("config validation guarantees api_base has a host"),
         };
+        let body_memory = Arc::new(Semaphore::new(
+            usize::try_from(config.server.max_body_bytes_in_flight)
+                .unwrap_or(Semaphore::MAX_PERMITS)
+                .min(Semaphore::MAX_PERMITS),
+        ));
         Self {
             inner: Arc::new(Inner {
                 live,
                 metrics,
                 target,
+                body_memory,
             }),
             upstream,
         }
@@ -144,8 +154,10 @@ impl Proxy {
             &inner.target.authority,
         )?;
         config.auth.authenticate(request.headers())?;
-        let route = RouteTable::genesys().lookup(request.method(), request.uri().path());
+        let table = RouteTable::genesys();
+        let route = table.lookup(request.method(), request.uri().path());
         exchange.route = route.label();
+        inbound::check_method(request.method(), request.uri().path(), &route, table)?;
         if let Some(allowed) = &config.allow_routes
             && !route.id().is_some_and(|id| allowed.contains(&id))
         {
@@ -154,7 +166,15 @@ impl Proxy {
             )));
         }
         let (parts, body) = request.into_parts();
-        let body = read_body(&parts.headers, body, config.max_body_bytes).await?;
+        // The bytes stay counted against the in-flight cap until this request ends.
+        let (body, _body_memory) = read_body(
+            &parts.headers,
+            body,
+            config.max_body_bytes,
+            deadline,
+            &inner.body_memory,
+        )
+        .await?;
         drop(config);
 
         let mut waited = Duration::ZERO;
@@ -297,8 +317,18 @@ async fn backoff_until(attempt: u32, deadline: Instant) {
     tokio::time::sleep_until(until).await;
 }
 
-/// Reads the caller's body, refusing it past `max` bytes (also for chunked bodies).
-async fn read_body(headers: &http::HeaderMap, body: Incoming, max: u64) -> Result<Bytes, Reject> {
+/// Reads the caller's body by `deadline`, refusing it past `max` bytes (also for chunked
+/// bodies) and when its bytes would take the bodies in flight past the cap (`memory`:
+/// one permit per byte). Bytes are counted as they arrive, so a body that announces
+/// 500 KB and stalls holds what it sent, not what it announced. The permit returned holds
+/// them until dropped.
+async fn read_body(
+    headers: &http::HeaderMap,
+    mut body: Incoming,
+    max: u64,
+    deadline: Instant,
+    memory: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Reject> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -306,12 +336,50 @@ async fn read_body(headers: &http::HeaderMap, body: Incoming, max: u64) -> Resul
     if declared.is_some_and(|n| n > max) {
         return Err(Reject::BodyTooLarge(max));
     }
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge(max)),
-        Err(_) => Err(Reject::BadBody),
+    if body.is_end_stream() {
+        return Ok((Bytes::new(), None));
     }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut total: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Reject::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(Reject::BadBody),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers are not forwarded.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len() as u64);
+        if total > max {
+            return Err(Reject::BodyTooLarge(max));
+        }
+        let bytes = u32::try_from(data.len()).map_err(|_| Reject::BodyTooLarge(max))?;
+        let permit = memory
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| Reject::BodyMemory)?;
+        match &mut held {
+            Some(held) => held.merge(permit),
+            None => held = Some(permit),
+        }
+        chunks.push(data);
+    }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(usize::try_from(total).unwrap_or(0));
+            for chunk in chunks {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    };
+    Ok((body, held))
 }
 
 /// The upstream answer as the caller gets it: hop-by-hop headers removed, gcpool's added.

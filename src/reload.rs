@@ -492,6 +492,10 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
             "server.max_connections",
             a.max_connections != b.max_connections,
         ),
+        (
+            "server.max_body_bytes_in_flight",
+            a.max_body_bytes_in_flight != b.max_body_bytes_in_flight,
+        ),
         ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
         (
             "server.header_read_timeout",

@@ -320,6 +320,22 @@ impl RouteTable {
             .map(|(_, op)| op)
     }
 
+    /// The methods with an operation whose template matches `path` (a request path, as
+    /// [`lookup`](Self::lookup) takes it), in [`RouteMethod::ALL`] order.
+    pub fn methods_for(&self, path: &str) -> Vec<RouteMethod> {
+        let path = match path.find(['?', '#']) {
+            Some(end) => &path[..end],
+            None => path,
+        };
+        if path.is_empty() || path.ends_with('/') || path.contains("//") {
+            return Vec::new();
+        }
+        RouteMethod::ALL
+            .into_iter()
+            .filter(|m| self.routers[*m as usize].at(path).is_ok())
+            .collect()
+    }
+
     /// The methods with an operation at exactly `template`, in [`RouteMethod::ALL`] order.
     pub fn methods_at(&self, template: &str) -> Vec<RouteMethod> {
         RouteMethod::ALL

@@ -1,6 +1,7 @@
 //! The accept loop: one task per caller connection, HTTP/1.1 and HTTP/2 (hyper-util's auto
-//! builder), TLS when configured (handshake in the connection's task), graceful drain on
-//! shutdown.
+//! builder), TLS when configured (handshake in the connection's task), the connection's
+//! deadlines (first head, slow heads, idle; see `conn_io` and `activity`), graceful drain
+//! on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,19 +14,22 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use prometheus::IntCounter;
+mod activity;
+mod conn_io;
 
-mod head_timeout;
-
-pub use head_timeout::HeadRefusals;
-use head_timeout::{HeadTimeout, HeadTimer};
+use activity::Activity;
+pub use activity::TrackedBody;
+pub use conn_io::HeadRefusals;
+use conn_io::{ConnIo, HeadTimer};
 
 use crate::proxy::ProxyBody;
 use crate::tls::TlsAcceptor;
@@ -33,12 +37,14 @@ use crate::tls::TlsAcceptor;
 /// Connection settings of a listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// Idle keep-alive connections are closed after this long (never sooner: Data Actions
-    /// reuse connections and fail on ones closed under them).
+    /// Connections with no request in flight (and, HTTP/1, no byte arriving) are closed
+    /// after this long (never sooner: Data Actions reuse connections and fail on ones
+    /// closed under them); HTTP/2 ones with GOAWAY.
     pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub grace: Duration,
-    /// A request head, once begun, must arrive within this (slow-loris).
+    /// The first request head must arrive within this of the connection's start (silent
+    /// sockets), and every later HTTP/1 head within this of its first byte (slow-loris).
     pub header_read_timeout: Duration,
 }
 
@@ -92,10 +98,17 @@ impl Drop for ConnectionSlot {
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most request headers; hyper answers 431 past it.
 const MAX_HEADERS: usize = 128;
+/// How long an idle connection closed by the idle timeout may take to go: an HTTP/2 peer
+/// that does not acknowledge the GOAWAY (hyper waits for its PING ack) is then dropped,
+/// unless a request slipped in meanwhile.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then stops accepting
 /// and waits up to `options.grace` for in-flight requests. With `tls`, every connection
 /// starts with a TLS handshake; a failed one is logged at debug and closes the connection.
+///
+/// Every connection must send its first request head within `options.header_read_timeout`
+/// and is closed gracefully (HTTP/2: GOAWAY) once idle for `options.idle_timeout`.
 ///
 /// # Errors
 /// Never in practice: accept errors (e.g. out of file descriptors) are logged and retried.
@@ -116,14 +129,16 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.idle_timeout)
+        // Heads are timed by `ConnIo`, idle connections by `Activity` (see their docs).
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    // Shared with TLS connection tasks, which build their connection after the handshake.
+    // Shared with the connection tasks, which build their connection there (after the
+    // TLS handshake, when there is one).
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -149,61 +164,124 @@ where
             None => None,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let head_timer = Arc::new(HeadTimer::default());
-        let timer = head_timer.clone();
-        let service = service_fn(move |request| {
-            timer.head_done();
-            let response = handler(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let header_read_timeout = options.header_read_timeout;
-        let Some(tls) = &tls else {
-            let io = HeadTimeout::new(stream, head_timer, header_read_timeout, refusals.clone());
-            let connection = builder
-                .serve_connection(TokioIo::new(io), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                let _slot = slot;
-                if let Err(error) = connection.await {
-                    debug!(%peer, error = %error, "connection ended with an error");
-                }
-            });
-            continue;
+        let connection = Connection {
+            peer,
+            builder: builder.clone(),
+            options,
+            refusals: refusals.clone(),
+            stop: shutdown.clone(),
         };
-        // Watched from the start, so a drain waits for (or, via `stop`, cuts) handshakes
-        // in progress too.
-        let watcher = graceful.watcher();
-        let (tls, builder, stop) = (tls.clone(), builder.clone(), shutdown.clone());
-        let refusals = refusals.clone();
-        tokio::spawn(async move {
+        let handler = handler.clone();
+        let tls = tls.clone();
+        // Tracked from the start, so a drain waits for (or, via `stop`, cuts) TLS
+        // handshakes in progress too.
+        connections.spawn(async move {
             let _slot = slot;
-            let stream = tokio::select! {
-                accepted = tls.accept(stream) => match accepted {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        debug!(%peer, error = %crate::tls::error_chain(&error), "TLS handshake failed");
-                        return;
-                    }
-                },
-                () = stop.cancelled() => return,
-            };
-            let io = HeadTimeout::new(stream, head_timer, header_read_timeout, refusals);
-            let connection = builder
-                .serve_connection(TokioIo::new(io), service)
-                .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                debug!(%peer, error = %error, "connection ended with an error");
+            match tls {
+                None => connection.run(stream, handler).await,
+                Some(tls) => {
+                    let stream = tokio::select! {
+                        accepted = tls.accept(stream) => match accepted {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                debug!(%peer, error = %crate::tls::error_chain(&error), "TLS handshake failed");
+                                return;
+                            }
+                        },
+                        () = connection.stop.cancelled() => return,
+                    };
+                    connection.run(stream, handler).await;
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(options.grace, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(options.grace, connections.wait())
         .await
         .is_err()
     {
         warn!(grace = ?options.grace, "grace period over; closing connections with requests still in flight");
     }
     Ok(())
+}
+
+/// What a connection task needs besides its stream and handler.
+struct Connection {
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    options: ServeOptions,
+    refusals: Option<HeadRefusals>,
+    stop: CancellationToken,
+}
+
+impl Connection {
+    /// Serves one connection until the peer closes it, it idles out, or shutdown drains it.
+    async fn run<S, H, F>(self, stream: S, handler: H)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        let Self {
+            peer,
+            builder,
+            options,
+            refusals,
+            stop,
+        } = self;
+        let activity = Activity::new();
+        let head_timer = Arc::new(HeadTimer::default());
+        let service = {
+            let (activity, head_timer) = (activity.clone(), head_timer.clone());
+            service_fn(move |request| {
+                head_timer.head_done();
+                // Counted from here until the response body is written or dropped (also
+                // when the caller leaves and this future is dropped).
+                let in_flight = activity.begin();
+                let response = handler(request, peer);
+                async move {
+                    let response = response.await;
+                    Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
+                }
+            })
+        };
+        let io = ConnIo::new(
+            stream,
+            head_timer,
+            activity.clone(),
+            options.header_read_timeout,
+            refusals,
+        );
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let idle = tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    debug!(%peer, error = %error, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.idle_for(options.idle_timeout) => true,
+            () = stop.cancelled() => false,
+        };
+        // HTTP/1: closes at once when idle, else after the response in progress;
+        // HTTP/2: GOAWAY, then the streams in progress finish.
+        connection.as_mut().graceful_shutdown();
+        let ended = if idle {
+            debug!(%peer, "closing an idle connection");
+            match tokio::time::timeout(IDLE_CLOSE_GRACE, connection.as_mut()).await {
+                Ok(ended) => ended,
+                // A request that crossed the GOAWAY on the wire is served to its end.
+                Err(_) if activity.in_flight() > 0 => connection.await,
+                Err(_) => return,
+            }
+        } else {
+            // Bounded by the drain's grace period in `serve`.
+            connection.await
+        };
+        if let Err(error) = ended {
+            debug!(%peer, error = %error, "connection ended with an error");
+        }
+    }
 }

@@ -29,6 +29,7 @@ const DEFAULT_LISTEN: SocketAddr =
 const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 const DEFAULT_MAX_BODY_BYTES: u64 = 512_000;
+const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u64 = 20_000;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -129,6 +130,7 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
                 key_file: t.key_file.display().to_string(),
             }),
             max_body_bytes: c.server.max_body_bytes,
+            max_body_bytes_in_flight: c.server.max_body_bytes_in_flight,
             max_connections: c.server.max_connections as u64,
             request_timeout: format_duration(c.server.request_timeout),
             idle_timeout: format_duration(c.server.idle_timeout),
@@ -278,6 +280,25 @@ impl Validator<'_> {
             s.max_body_bytes,
             parse_positive_u64,
         );
+        let max_body_bytes = or_default(max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let in_flight_given = s.max_body_bytes_in_flight.is_some();
+        let max_body_bytes_in_flight = or_default(
+            self.parse(
+                "server.max_body_bytes_in_flight",
+                s.max_body_bytes_in_flight,
+                parse_positive_u64,
+            ),
+            DEFAULT_MAX_BODY_BYTES_IN_FLIGHT.max(max_body_bytes),
+        );
+        if in_flight_given && max_body_bytes_in_flight < max_body_bytes {
+            self.error(
+                "server.max_body_bytes_in_flight",
+                format!(
+                    "{max_body_bytes_in_flight} is less than server.max_body_bytes \
+                     ({max_body_bytes}): a body of the largest size allowed could never be read"
+                ),
+            );
+        }
         let max_connections = self.parse(
             "server.max_connections",
             s.max_connections,
@@ -290,7 +311,8 @@ impl Validator<'_> {
             listen,
             admin_listen,
             tls: tls.flatten(),
-            max_body_bytes: or_default(max_body_bytes, DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes,
+            max_body_bytes_in_flight,
             request_timeout: self.positive_duration(
                 "server.request_timeout",
                 s.request_timeout,

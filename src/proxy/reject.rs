@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::ProxyBody;
 use crate::budget::BudgetKind;
-use crate::routes::Operation;
+use crate::routes::{Operation, RouteMethod};
 use crate::upstream::UpstreamError;
 
 /// The gcpool budget named in a local 429's `limit` object.
@@ -34,12 +34,21 @@ pub enum Reject {
     ForeignHost,
     #[error("only /api/v2/ paths are forwarded")]
     NotApiPath,
-    #[error("the path contains dot segments")]
+    #[error("the path contains dot segments (also percent-encoded, or made by %2F or %5C)")]
     BadPath,
+    #[error("the Platform API has no {method} operation for this path; allowed: {}", allow_list(.allowed))]
+    MethodNotAllowed {
+        method: String,
+        allowed: Vec<RouteMethod>,
+    },
     #[error("the request body could not be read")]
     BadBody,
+    #[error("the request body did not arrive before the request deadline")]
+    BodyTimeout,
     #[error("the request is over the size limit. Maximum bytes: {0}")]
     BodyTooLarge(u64),
+    #[error("too many request bodies are in flight; retry shortly")]
+    BodyMemory,
     #[error(
         "the caller is not authenticated: send X-API-Key or HTTP Basic with the key as password"
     )]
@@ -72,8 +81,10 @@ pub enum Reject {
 impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ConnectRefused | Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::ForeignHost | Self::BadPath | Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyMemory => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotApiPath => StatusCode::NOT_FOUND,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -94,8 +105,11 @@ impl Reject {
             Self::ConnectRefused | Self::ForeignHost | Self::BadPath | Self::BadBody => {
                 "bad_request"
             }
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::NotApiPath => "not_found",
+            Self::BodyTimeout => "body_timeout",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::BodyMemory => "body_memory",
             Self::Unauthorized => "unauthorized",
             Self::RouteNotAllowed(_) => "route_not_allowed",
             Self::NoHealthyClient | Self::AllCoolingDown { .. } => "no_healthy_client",
@@ -116,6 +130,7 @@ impl Reject {
             StatusCode::TOO_MANY_REQUESTS => "too.many.requests.retry.after",
             StatusCode::NOT_FOUND => "not.found",
             StatusCode::METHOD_NOT_ALLOWED => "method.not.allowed",
+            StatusCode::REQUEST_TIMEOUT => "request.timeout",
             StatusCode::PAYLOAD_TOO_LARGE => "request.entity.too.large",
             StatusCode::BAD_GATEWAY => "bad.gateway",
             StatusCode::SERVICE_UNAVAILABLE => "service.unavailable",
@@ -188,11 +203,25 @@ impl Reject {
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
         }
-        if matches!(self, Self::NoHealthyClient) {
+        if let Self::MethodNotAllowed { allowed, .. } = &self
+            && let Ok(value) = HeaderValue::from_str(&allow_list(allowed))
+        {
+            headers.insert(header::ALLOW, value);
+        }
+        if matches!(self, Self::NoHealthyClient | Self::BodyMemory) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
+}
+
+/// `GET, POST, HEAD`: the value of an `Allow` header.
+fn allow_list(methods: &[RouteMethod]) -> String {
+    methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A JSON response gcpool writes itself.

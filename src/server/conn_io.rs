@@ -1,11 +1,17 @@
-//! Slow-loris protection: once the first byte of a request head arrives, the whole head
-//! must arrive within `server.header_read_timeout`.
+//! A caller connection's IO with its head deadlines: the first request head must arrive
+//! within `server.header_read_timeout` of the connection's start (a silent socket is
+//! closed then), and every later HTTP/1 head within that long of its first byte
+//! (slow-loris).
 //!
-//! hyper's own `header_read_timeout` also runs while a keep-alive connection sits idle, so
-//! it cannot be shorter than `idle_timeout` without closing the idle connections Data
-//! Actions reuse. This wrapper arms its timer only when bytes of a new head arrive (the
-//! connection was idle, or a response has been written since the last head), and the
-//! service disarms it when hyper hands it the parsed request ([`HeadTimer::head_done`]).
+//! hyper's own `header_read_timeout` cannot do this: hyper-util's auto builder first reads
+//! the protocol preface with no deadline, and hyper's timer also runs while a keep-alive
+//! connection sits idle. So hyper's is off and this wrapper times the heads: armed at the
+//! start and whenever bytes of a new HTTP/1 head arrive, disarmed when hyper hands the
+//! service the parsed request ([`HeadTimer::head_done`]). An HTTP/2 connection (its
+//! preface seen) has no head timer: once the preface is in, its frames, whatever they are,
+//! never arm one, and its lifetime is the idle timeout's business
+//! ([`Activity`](super::activity::Activity)). Reads of an HTTP/1 connection count as
+//! activity for that idle timeout.
 
 use std::io;
 use std::pin::Pin;
@@ -18,6 +24,11 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::activity::Activity;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Shared between the connection's IO and its service.
 #[derive(Debug, Default)]
 pub(crate) struct HeadTimer {
@@ -27,7 +38,7 @@ pub(crate) struct HeadTimer {
 /// Counters of requests refused before they reached the service (a listener's).
 #[derive(Debug, Clone)]
 pub struct HeadRefusals {
-    /// A begun head did not arrive within the timeout.
+    /// No complete head within the timeout (a silent connection, or a begun head).
     pub timeout: IntCounter,
     /// hyper answered 431 (too many or too large headers).
     pub too_large: IntCounter,
@@ -44,38 +55,48 @@ impl HeadTimer {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Between requests: nothing read since the last response.
+    /// Between HTTP/1 requests: nothing read since the last response.
     Idle,
-    /// Reading a head: the timer runs.
+    /// Reading a head (or, at the start, waiting for one): the timer runs.
     Head,
     /// Head parsed: reading its body or writing the response.
     Request { responded: bool },
+    /// An HTTP/2 connection: no head timer.
+    H2,
 }
 
 /// An IO whose reads fail with `TimedOut` when a request head takes too long.
 #[derive(Debug)]
-pub(crate) struct HeadTimeout<T> {
+pub(crate) struct ConnIo<T> {
     io: T,
     timer: Arc<HeadTimer>,
+    activity: Arc<Activity>,
     limit: Duration,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
+    /// How many leading bytes of the connection matched the HTTP/2 preface; `None` once
+    /// the protocol is known.
+    preface_matched: Option<usize>,
     refusals: Option<HeadRefusals>,
 }
 
-impl<T> HeadTimeout<T> {
+impl<T> ConnIo<T> {
+    /// Wraps a connection that starts now: its first head is due within `limit`.
     pub(crate) fn new(
         io: T,
         timer: Arc<HeadTimer>,
+        activity: Arc<Activity>,
         limit: Duration,
         refusals: Option<HeadRefusals>,
     ) -> Self {
         Self {
             io,
             timer,
+            activity,
             limit,
-            phase: Phase::Idle,
+            phase: Phase::Head,
             deadline: Box::pin(tokio::time::sleep(limit)),
+            preface_matched: Some(0),
             refusals,
         }
     }
@@ -97,7 +118,7 @@ impl<T> HeadTimeout<T> {
                 // Answered: whatever comes next is a new head.
                 self.phase = Phase::Request { responded: true };
             }
-            Phase::Idle => {}
+            Phase::Idle | Phase::H2 => {}
         }
     }
 
@@ -106,9 +127,27 @@ impl<T> HeadTimeout<T> {
             self.phase = Phase::Request { responded: false };
         }
     }
+
+    /// Looks at the connection's first bytes: the HTTP/2 preface switches the head timer
+    /// off for good; anything else is HTTP/1.
+    fn detect_protocol(&mut self, read: &[u8]) {
+        let Some(matched) = self.preface_matched else {
+            return;
+        };
+        let wanted = &H2_PREFACE[matched..];
+        let n = read.len().min(wanted.len());
+        if read[..n] != wanted[..n] {
+            self.preface_matched = None;
+        } else if matched + n == H2_PREFACE.len() {
+            self.preface_matched = None;
+            self.phase = Phase::H2;
+        } else {
+            self.preface_matched = Some(matched + n);
+        }
+    }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for HeadTimeout<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -118,15 +157,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadTimeout<T> {
         this.settle();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let read = buf.filled().len() > before;
-        if read {
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            this.detect_protocol(read);
             match this.phase {
+                Phase::H2 => {}
                 Phase::Idle | Phase::Request { responded: true } => {
+                    this.activity.touch();
                     this.phase = Phase::Head;
                     let deadline = Instant::now() + this.limit;
                     this.deadline.as_mut().reset(deadline);
                 }
-                Phase::Head | Phase::Request { responded: false } => {}
+                Phase::Head | Phase::Request { responded: false } => this.activity.touch(),
             }
         }
         if this.phase == Phase::Head
@@ -146,7 +188,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadTimeout<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -181,5 +223,49 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io() -> ConnIo<tokio::io::Empty> {
+        ConnIo::new(
+            tokio::io::empty(),
+            Arc::default(),
+            Activity::new(),
+            Duration::from_secs(1),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_h2_preface_is_recognised_even_byte_by_byte() {
+        let mut whole = io();
+        whole.detect_protocol(H2_PREFACE);
+        assert_eq!(whole.phase, Phase::H2);
+
+        let mut dripped = io();
+        for byte in H2_PREFACE {
+            assert_eq!(
+                dripped.phase,
+                Phase::Head,
+                "undecided until the whole preface"
+            );
+            dripped.detect_protocol(&[*byte]);
+        }
+        assert_eq!(dripped.phase, Phase::H2);
+
+        let mut h1 = io();
+        h1.detect_protocol(b"PRI /api/v2/users HTTP/1.1\r\n");
+        assert_eq!(
+            h1.phase,
+            Phase::Head,
+            "a look-alike HTTP/1 head keeps its timer"
+        );
+        assert_eq!(h1.preface_matched, None);
+        h1.detect_protocol(&H2_PREFACE[14..]);
+        assert_eq!(h1.phase, Phase::Head, "decided once");
     }
 }

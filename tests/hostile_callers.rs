@@ -1,0 +1,569 @@
+//! Hostile callers (issue 10, items 1–5): silent sockets, stalled request bodies, idle
+//! HTTP/2 connections, encoded path traversal and unknown methods. Real gcpool, the real
+//! simulator, raw sockets on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gcpool::sim::{SimOptions, Simulator};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{HttpClient, THREE_CLIENTS, config, config_yaml};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const GET: &[u8] = b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// gcpool in front of `sim` with `server_keys` added under `server:` and `inbound_keys`
+/// under `inbound:`.
+async fn start(sim: &Simulator, server_keys: &str, inbound_keys: &str) -> gcpool::app::Gcpool {
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        "",
+    )
+    .replace("server:\n", &format!("server:\n{server_keys}"))
+    .replace("inbound:\n", &format!("inbound:\n{inbound_keys}"));
+    support::start_config(config(&yaml)).await
+}
+
+async fn metrics(gcpool: &gcpool::app::Gcpool) -> String {
+    HttpClient::new()
+        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
+        .await
+        .text()
+}
+
+fn metric(exposition: &str, series: &str) -> f64 {
+    support::metric_value(exposition, series).unwrap_or(0.0)
+}
+
+/// Reads until the peer closes (or `limit` passes); returns what arrived and whether the
+/// connection was closed (EOF or reset) within `limit`.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 answer head (and whatever body bytes came with it) within `limit`.
+async fn read_answer(stream: &mut TcpStream, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Item 1: a connection that never sends a byte is closed `header_read_timeout` after
+/// accept, so silent sockets cannot hold `max_connections`; an idle keep-alive connection
+/// closes after `idle_timeout`, not before.
+#[tokio::test]
+async fn silent_connections_are_closed_and_cannot_lock_callers_out() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(
+        &sim,
+        "  header_read_timeout: 1s\n  idle_timeout: 3s\n  max_connections: 3\n",
+        "",
+    )
+    .await;
+    let addr = gcpool.api_addr();
+
+    // Three silent sockets fill max_connections.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let started = Instant::now();
+    for socket in &mut silent {
+        let (bytes, closed) = read_until_closed(socket, Duration::from_secs(4)).await;
+        assert!(
+            closed,
+            "a silent connection must be closed within header_read_timeout (1 s); still open after {:?}",
+            started.elapsed()
+        );
+        assert!(bytes.is_empty(), "nothing is answered to silence: {bytes}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before header_read_timeout: {:?}",
+        started.elapsed()
+    );
+
+    // With them gone, a caller gets in again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut caller = TcpStream::connect(addr).await.unwrap();
+    caller.write_all(GET).await.unwrap();
+    let answer = read_answer(&mut caller, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The caller's keep-alive connection stays open while idle for less than idle_timeout
+    // (and longer than header_read_timeout) …
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    caller.write_all(GET).await.unwrap();
+    let again = read_answer(&mut caller, Duration::from_secs(3)).await;
+    assert!(
+        again.starts_with("HTTP/1.1 200"),
+        "an idle keep-alive connection lives until idle_timeout: {again}"
+    );
+    // … and is closed once idle for idle_timeout (3 s).
+    let idle_from = Instant::now();
+    let (_, closed) = read_until_closed(&mut caller, Duration::from_secs(6)).await;
+    assert!(
+        closed,
+        "an idle keep-alive connection closes after idle_timeout"
+    );
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(2800) && idle < Duration::from_millis(5500),
+        "closed after {idle:?} idle, want ≈ 3 s"
+    );
+
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(&text, r#"gcpool_rejections_total{reason="header_timeout"}"#),
+        3.0,
+        "each silent connection is counted once:\n{text}"
+    );
+    assert_eq!(sim.stats().accepted, 2);
+}
+
+/// An HTTP/2 (prior knowledge) connection to gcpool.
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect to gcpool");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake with gcpool");
+    (sender, tokio::spawn(connection))
+}
+
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    addr: std::net::SocketAddr,
+) -> Result<StatusCode, String> {
+    let request = Request::builder()
+        .uri(format!("http://{addr}/api/v2/users/me"))
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request");
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
+}
+
+/// Item 3: an idle HTTP/2 connection is not cut by the head timer: it lives until
+/// `idle_timeout`, then closes with GOAWAY (the client sees a clean end), and h2
+/// connections count no refusal they did not earn.
+#[tokio::test]
+async fn idle_h2_connections_live_until_idle_timeout_and_count_nothing() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  header_read_timeout: 1s\n  idle_timeout: 4s\n", "").await;
+    let addr = gcpool.api_addr();
+
+    let (mut sender, connection) = h2_connect(addr).await;
+    assert_eq!(h2_get(&mut sender, addr).await, Ok(StatusCode::OK));
+    // Idle for more than header_read_timeout: the connection must still serve.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h2_get(&mut sender, addr).await,
+        Ok(StatusCode::OK),
+        "an idle h2 connection must outlive header_read_timeout"
+    );
+    // Idle for idle_timeout: closed by gcpool with GOAWAY, which the client ends cleanly.
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), connection)
+        .await
+        .expect("an idle h2 connection must be closed after idle_timeout");
+    let idle = idle_from.elapsed();
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "closed with GOAWAY, not cut: {ended:?}"
+    );
+    assert!(
+        idle >= Duration::from_millis(3800),
+        "not before idle_timeout: {idle:?}"
+    );
+
+    // A churn of short h2 connections adds no refusal.
+    for _ in 0..5 {
+        let (mut sender, _connection) = h2_connect(addr).await;
+        assert_eq!(h2_get(&mut sender, addr).await, Ok(StatusCode::OK));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = metrics(&gcpool).await;
+    for reason in ["bad_request", "header_timeout", "header_too_large"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!(r#"gcpool_rejections_total{{reason="{reason}"}}"#)
+            ),
+            0.0,
+            "h2 connections earned no {reason}:\n{text}"
+        );
+    }
+}
+
+/// HTTP/2 frame types, as read off the wire by [`read_h2_frames`].
+const H2_SETTINGS: u8 = 0x4;
+const H2_GOAWAY: u8 = 0x7;
+
+/// Reads HTTP/2 frames until `limit` passes or the peer closes; returns the frame types in
+/// order and whether the connection was closed.
+async fn read_h2_frames(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let (bytes, closed) = {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            }
+        };
+        (seen, closed)
+    };
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = (usize::from(bytes[at]) << 16)
+            | (usize::from(bytes[at + 1]) << 8)
+            | usize::from(bytes[at + 2]);
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    (types, closed)
+}
+
+/// Item 3, on the wire: a client that sends the preface, SETTINGS and a SETTINGS ack (a
+/// frame the server does not answer), then nothing, is an idle h2 connection: kept past
+/// `header_read_timeout`, closed at `idle_timeout` with a GOAWAY frame, and not counted as
+/// a bad request.
+#[tokio::test]
+async fn raw_h2_client_frames_do_not_arm_the_head_timer() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  header_read_timeout: 1s\n  idle_timeout: 4s\n", "").await;
+    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (frames, closed) = read_h2_frames(&mut stream, Duration::from_millis(300)).await;
+    assert!(
+        !closed && frames.contains(&H2_SETTINGS),
+        "server SETTINGS: {frames:?}"
+    );
+    // SETTINGS ack: a client-only frame the server writes nothing for.
+    stream.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap();
+    let (frames, closed) = read_h2_frames(&mut stream, Duration::from_millis(2500)).await;
+    assert!(
+        !closed,
+        "an idle h2 connection must outlive header_read_timeout; cut after {:?} (frames {frames:?})",
+        started.elapsed()
+    );
+    let (frames, closed) = read_h2_frames(&mut stream, Duration::from_secs(4)).await;
+    assert!(
+        closed,
+        "closed by idle_timeout, {:?} after connect",
+        started.elapsed()
+    );
+    assert!(
+        frames.contains(&H2_GOAWAY),
+        "closed with GOAWAY: {frames:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(3800),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(&text, r#"gcpool_rejections_total{reason="bad_request"}"#),
+        0.0,
+        "{text}"
+    );
+}
+
+/// Item 2: reading a request body counts against `request_timeout`: a body that stalls, or
+/// drips, is answered 408 by the deadline (counted, never forwarded).
+#[tokio::test]
+async fn stalled_and_dripping_request_bodies_end_at_the_deadline() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(
+        &sim,
+        "  request_timeout: 2s\n  header_read_timeout: 1s\n",
+        "",
+    )
+    .await;
+    let addr = gcpool.api_addr();
+    let head = "POST /api/v2/analytics/conversations/details/query HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+
+    // 2 bytes of 100, then nothing.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(b"{\"").await.unwrap();
+    let started = Instant::now();
+    let answer = read_answer(&mut stalled, Duration::from_secs(6)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body is answered 408 by the deadline, got {answer:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(answer.contains("x-gcpool-reason: body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // One byte every 300 ms never completes 100 bytes within 2 s.
+    let mut drip = TcpStream::connect(addr).await.unwrap();
+    drip.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let dripping = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            if drip.write_all(b" ").await.is_err() {
+                break;
+            }
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(300), drip.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(8), dripping)
+        .await
+        .expect("a dripping body must be answered by the deadline")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(&text, r#"gcpool_rejections_total{reason="body_timeout"}"#),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(sim.stats().accepted, 0, "nothing was forwarded");
+}
+
+/// Item 2: memory held by request bodies in flight is bounded by
+/// `server.max_body_bytes_in_flight`; past it new body bytes are refused at once (503,
+/// `body_memory`), and the room comes back when those requests end.
+#[tokio::test]
+async fn request_body_memory_is_bounded() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(
+        &sim,
+        "  request_timeout: 3s\n  max_body_bytes: 4000\n  max_body_bytes_in_flight: 5000\n",
+        "",
+    )
+    .await;
+    let addr = gcpool.api_addr();
+    let head = |len: usize| {
+        format!(
+            "POST /api/v2/analytics/conversations/details/query HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+
+    // Two callers hold 2,000 + 2,000 bytes of unfinished bodies.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(head(4000).as_bytes()).await.unwrap();
+        s.write_all(&[b' '; 2000]).await.unwrap();
+        holders.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third body of 2,000 bytes no longer fits in 5,000.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(head(2000).as_bytes()).await.unwrap();
+    third.write_all(&[b' '; 2000]).await.unwrap();
+    let answer = read_answer(&mut third, Duration::from_secs(2)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "a body past the in-flight cap is refused at once: {answer:?}"
+    );
+    assert!(answer.contains("x-gcpool-reason: body_memory"), "{answer}");
+
+    // When the holders end (timed out), there is room again.
+    for mut h in holders {
+        let answer = read_answer(&mut h, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let client = HttpClient::new();
+    let ok = client
+        .request(
+            http::Method::POST,
+            &format!("http://{addr}/api/v2/analytics/conversations/details/query"),
+            &[("content-type", "application/json")],
+            &" ".repeat(3000),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(&text, r#"gcpool_rejections_total{reason="body_memory"}"#),
+        1.0,
+        "{text}"
+    );
+}
+
+/// Item 4: a path that leaves its place once `%2F` / `%5C` are read as separators is
+/// refused (400, counted) and never forwarded, also past an allow-list; a `%2F` inside an
+/// ordinary segment (a data-table row key) still goes through verbatim.
+#[tokio::test]
+async fn encoded_traversal_is_refused_but_encoded_slashes_in_keys_pass() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(
+        &sim,
+        "",
+        "  allow_routes:\n    - \"GET /api/v2/users/{userId}\"\n    \
+         - \"GET /api/v2/flows/datatables/{datatableId}/rows/{rowId}\"\n",
+    )
+    .await;
+    let base = format!("http://{}", gcpool.api_addr());
+    let client = HttpClient::new();
+    for path in [
+        "/api/v2/..%2f..%2fetc/passwd",
+        "/api/v2/users/x%2F..%2F..%2Fauthorization%2Froles",
+        "/api/v2/users/x%5c..%5c..%5cauthorization%5Croles",
+        "/api/v2/users/%2e%2e%2F%2e%2e%2Fauthorization%2Froles",
+        "/api/v2/users/.%2e",
+        "/api/v2/users/x%2F.%2Fy",
+    ] {
+        let answer = client.get(&format!("{base}{path}")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.header("x-gcpool-reason"), "bad_request", "{path}");
+    }
+    assert_eq!(sim.stats().accepted, 0, "no traversal reached the upstream");
+
+    let row = "/api/v2/flows/datatables/dt-1/rows/key%2Fwith%2Fslashes";
+    let answer = client.get(&format!("{base}{row}")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        answer.json()["path"],
+        row,
+        "the row key is forwarded byte for byte"
+    );
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(&text, r#"gcpool_rejections_total{reason="bad_request"}"#),
+        6.0,
+        "{text}"
+    );
+}
+
+/// Item 5: a method no Platform API operation has for the path gets 405 (with `Allow`)
+/// before admission: nothing is forwarded and no budget is spent.
+#[tokio::test]
+async fn methods_no_operation_has_get_405_before_admission() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "", "").await;
+    let base = format!("http://{}", gcpool.api_addr());
+    let client = HttpClient::new();
+    let foo = http::Method::from_bytes(b"FOO").unwrap();
+    for (method, path) in [
+        (foo, "/api/v2/users"),
+        (http::Method::TRACE, "/api/v2/users/me"),
+        (http::Method::DELETE, "/api/v2/users"),
+        (
+            http::Method::PATCH,
+            "/api/v2/analytics/conversations/details/query",
+        ),
+    ] {
+        let answer = client
+            .request(method.clone(), &format!("{base}{path}"), &[], "")
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.header("x-gcpool-reason"), "method_not_allowed");
+        assert!(
+            !answer.header("allow").is_empty(),
+            "405 names the methods allowed"
+        );
+    }
+    let delete = client
+        .request(
+            http::Method::DELETE,
+            &format!("{base}/api/v2/users"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(delete.header("allow"), "GET, POST, HEAD");
+    assert_eq!(sim.stats().accepted, 0, "nothing reached the upstream");
+
+    // Known operations, HEAD where GET exists, and paths the table does not know still go.
+    for (method, path) in [
+        (http::Method::GET, "/api/v2/users/me"),
+        (http::Method::HEAD, "/api/v2/users/me"),
+        (
+            http::Method::POST,
+            "/api/v2/analytics/conversations/details/query",
+        ),
+        (http::Method::GET, "/api/v2/not/yet/in/the/table"),
+    ] {
+        let answer = client
+            .request(method.clone(), &format!("{base}{path}"), &[], "")
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{method} {path}");
+    }
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"gcpool_rejections_total{reason="method_not_allowed"}"#
+        ),
+        5.0,
+        "{text}"
+    );
+}
