@@ -24,6 +24,7 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_429: IntCounterVec,
     pub upstream_duration: HistogramVec,
+    pub response_aborted: IntCounterVec,
     pub queue_wait: Histogram,
     pub queue_pending: IntGauge,
     pub client_budget_used: IntGaugeVec,
@@ -91,6 +92,13 @@ impl Metrics {
                     .buckets(SECONDS_BUCKETS.to_vec()),
                     &["route"],
                 )?,
+            )?,
+            response_aborted: counter(
+                "gcpool_response_aborted_total",
+                "Answers cut after their head was sent, by reason (upstream_stalled: the \
+                 upstream body sent nothing for server.request_timeout; upstream_error: the \
+                 upstream connection failed mid-body).",
+                &["reason"],
             )?,
             queue_wait: reg(
                 registry,
@@ -175,6 +183,9 @@ impl Metrics {
         for result in ["applied", "rejected"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
+        for reason in ["upstream_stalled", "upstream_error"] {
+            metrics.response_aborted.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 
@@ -244,6 +255,7 @@ mod tests {
             "gcpool_upstream_requests_total",
             "gcpool_upstream_429_total",
             "gcpool_upstream_duration_seconds",
+            "gcpool_response_aborted_total",
             "gcpool_queue_wait_seconds",
             "gcpool_queue_pending",
             "gcpool_client_budget_used",

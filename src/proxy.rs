@@ -23,7 +23,7 @@ use crate::inbound;
 use crate::metrics::Metrics;
 use crate::reload::Live;
 use crate::routes::RouteTable;
-use crate::upstream::{Upstream, UpstreamBody, UpstreamError};
+use crate::upstream::{BodyAborts, Upstream, UpstreamBody, UpstreamError};
 
 mod reject;
 mod retry;
@@ -61,6 +61,8 @@ struct Inner {
     target: ApiTarget,
     /// One permit per byte of request body held in memory (`server.max_body_bytes_in_flight`).
     body_memory: Arc<Semaphore>,
+    /// Counts streamed answers cut midway.
+    body_aborts: BodyAborts,
 }
 
 /// Facts learnt about one request, recorded once when it ends.
@@ -90,12 +92,21 @@ impl Proxy {
                 .unwrap_or(Semaphore::MAX_PERMITS)
                 .min(Semaphore::MAX_PERMITS),
         ));
+        let body_aborts = BodyAborts {
+            stalled: metrics
+                .response_aborted
+                .with_label_values(&["upstream_stalled"]),
+            failed: metrics
+                .response_aborted
+                .with_label_values(&["upstream_error"]),
+        };
         Self {
             inner: Arc::new(Inner {
                 live,
                 metrics,
                 target,
                 body_memory,
+                body_aborts,
             }),
             upstream,
         }
@@ -302,6 +313,11 @@ impl Proxy {
                 }
                 _ => {
                     let (head, body) = response.into_parts();
+                    // A body that stalls for a whole request_timeout is cut (the caller
+                    // sees an aborted answer, never a hang).
+                    let body = body
+                        .stall_limit(live.request_timeout)
+                        .counted(inner.body_aborts.clone());
                     let response = Response::from_parts(head, Either::Left(body));
                     return Ok(finish_response(response, client, waited));
                 }

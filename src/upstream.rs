@@ -6,7 +6,9 @@
 //! on the same thread. A connection goes back to the pool when its response body has been
 //! read to the end (no task per request), and is dropped when the body is abandoned or the
 //! upstream closes it. Request bodies are [`Full`] buffers (so an attempt can be replayed on
-//! another client); response bodies stream back as they arrive.
+//! another client); response bodies stream back as they arrive, and one that stalls (no
+//! byte for its stall limit while it is being read) ends with [`BodyError::Stalled`], so
+//! the caller sees an aborted answer rather than a hang or a clean, truncated end.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,7 +25,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::time::Instant;
+use prometheus::IntCounter;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use tracing::debug;
 
@@ -31,6 +34,9 @@ use tracing::debug;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Idle connections kept per host.
 const MAX_IDLE_PER_HOST: usize = 1024;
+/// How long a response body may send nothing while it is read, unless
+/// [`UpstreamBody::stall_limit`] sets another bound.
+const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,6 +94,27 @@ struct Loan {
 pub struct UpstreamBody {
     body: Incoming,
     loan: Option<Loan>,
+    stall_limit: Duration,
+    /// Armed while a read waits for the upstream; reset by every frame.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Counts bodies cut because they stalled, or because the upstream failed mid-body.
+    aborts: Option<BodyAborts>,
+}
+
+/// Counters of response bodies that did not end cleanly.
+#[derive(Debug, Clone)]
+pub struct BodyAborts {
+    pub stalled: IntCounter,
+    pub failed: IntCounter,
+}
+
+/// Why a response body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the upstream sent no byte of the response body for {0:?}")]
+    Stalled(Duration),
+    #[error("the upstream response body failed")]
+    Upstream(#[source] hyper::Error),
 }
 
 // === impl Upstream ===
@@ -250,11 +277,29 @@ impl UpstreamBody {
         let mut this = Self {
             body,
             loan: Some(loan),
+            stall_limit: DEFAULT_STALL_LIMIT,
+            stall: None,
+            aborts: None,
         };
         if this.body.is_end_stream() {
             this.finish();
         }
         this
+    }
+
+    /// Ends the body with [`BodyError::Stalled`] when the upstream sends nothing for
+    /// `limit` while it is being read (time the reader is not reading does not count).
+    #[must_use]
+    pub fn stall_limit(mut self, limit: Duration) -> Self {
+        self.stall_limit = limit;
+        self
+    }
+
+    /// Counts the ways this body can end badly.
+    #[must_use]
+    pub fn counted(mut self, aborts: BodyAborts) -> Self {
+        self.aborts = Some(aborts);
+        self
     }
 
     /// The answer was read to its end: the connection may serve the next request.
@@ -267,21 +312,47 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.finish(),
-            Poll::Ready(Some(Err(_))) => this.loan = None,
-            _ => {}
+        match polled {
+            Poll::Pending => {
+                let limit = this.stall_limit;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stall.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The connection is mid-answer: it cannot serve another request.
+                this.loan = None;
+                this.stall = None;
+                if let Some(aborts) = &this.aborts {
+                    aborts.stalled.inc();
+                }
+                Poll::Ready(Some(Err(BodyError::Stalled(limit))))
+            }
+            Poll::Ready(ready) => {
+                this.stall = None;
+                match &ready {
+                    None => this.finish(),
+                    Some(Ok(_)) if this.body.is_end_stream() => this.finish(),
+                    Some(Err(_)) => {
+                        this.loan = None;
+                        if let Some(aborts) = &this.aborts {
+                            aborts.failed.inc();
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                }
+                Poll::Ready(ready.map(|r| r.map_err(BodyError::Upstream)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

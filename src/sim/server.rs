@@ -1,6 +1,7 @@
 //! HTTP face of the simulator: accept loop, routing, and Genesys-shaped answers.
 //!
-//! Endpoints: `POST /oauth/token`, `/api/v2/**` (echo), `GET /sim/stats`,
+//! Endpoints: `POST /oauth/token`, `/api/v2/**` (echo; `x-sim-*` request headers steer the
+//! answer: status, delay, headers, a body that stalls midway), `GET /sim/stats`,
 //! `POST /sim/revoke-tokens`, `POST /sim/reset-stats`; anything else is a 404.
 
 use std::convert::Infallible;
@@ -59,7 +60,7 @@ pub(crate) async fn serve(
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            async move { Ok::<_, Infallible>(stalled(handle(&state, req).await)) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
@@ -265,7 +266,14 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<Body> {
     } else {
         Bytes::from(echo.to_string())
     };
+    let stall = directives.stall_after.map(|sent| StallAfter {
+        body: bytes.clone(),
+        sent,
+    });
     let mut rsp = json_response(status, bytes);
+    if let Some(stall) = stall {
+        rsp.extensions_mut().insert(stall);
+    }
     let mut replaced: Vec<HeaderName> = Vec::new();
     for (name, value) in directives.set_headers {
         // The first x-sim-set-header for a name replaces ours; later ones add values.
@@ -284,6 +292,70 @@ struct Directives {
     status: StatusCode,
     set_headers: Vec<(HeaderName, HeaderValue)>,
     delay: Option<Duration>,
+    /// `x-sim-stall-body-after: N`: send the first N bytes of the body, then nothing.
+    stall_after: Option<usize>,
+}
+
+/// A response whose body stalls: carried as an extension from `api` to the service, which
+/// turns it into a [`StallingBody`].
+#[derive(Debug, Clone)]
+struct StallAfter {
+    body: Bytes,
+    sent: usize,
+}
+
+/// Sends the first part of a body (announcing the whole length), then never ends: an
+/// upstream that stops mid-answer.
+#[derive(Debug)]
+pub(crate) struct StallingBody {
+    first: Option<Bytes>,
+    total: u64,
+}
+
+impl http_body::Body for StallingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.first.take() {
+            Some(first) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first)))),
+            // Never woken: the connection is dropped by the peer in the end.
+            None => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.total)
+    }
+}
+
+/// The body the simulator sends: whole, or stalling midway.
+type SentBody = http_body_util::Either<Body, StallingBody>;
+
+/// Applies `x-sim-stall-body-after` (see [`StallAfter`]).
+fn stalled(response: Response<Body>) -> Response<SentBody> {
+    let (mut parts, body) = response.into_parts();
+    match parts.extensions.remove::<StallAfter>() {
+        Some(stall) => {
+            let first = stall.body.slice(..stall.sent.min(stall.body.len()));
+            let total = stall.body.len() as u64;
+            Response::from_parts(
+                parts,
+                http_body_util::Either::Right(StallingBody {
+                    first: Some(first),
+                    total,
+                }),
+            )
+        }
+        None => Response::from_parts(parts, http_body_util::Either::Left(body)),
+    }
 }
 
 impl Directives {
@@ -309,6 +381,17 @@ impl Directives {
                     })?,
             )),
         };
+        let stall_after = match headers.get("x-sim-stall-body-after") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        "x-sim-stall-body-after must be a whole number of bytes".to_owned()
+                    })?,
+            ),
+        };
         let mut set_headers = Vec::new();
         for v in headers.get_all("x-sim-set-header") {
             let parsed = v
@@ -329,6 +412,7 @@ impl Directives {
             status,
             set_headers,
             delay,
+            stall_after,
         })
     }
 }
