@@ -464,8 +464,8 @@ async fn encoded_traversal_is_refused_but_encoded_slashes_in_keys_pass() {
     let base = format!("http://{}", gcpool.api_addr());
     let client = HttpClient::new();
     for path in [
-        "/api/v2/..%2f..%2fetc/passwd",
         "/api/v2/users/x%2F..%2F..%2Fauthorization%2Froles",
+        "/api/v2/..%2f..%2fetc/passwd",
         "/api/v2/users/x%5c..%5c..%5cauthorization%5Croles",
         "/api/v2/users/%2e%2e%2F%2e%2e%2Fauthorization%2Froles",
         "/api/v2/users/.%2e",

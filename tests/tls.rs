@@ -537,3 +537,91 @@ async fn unusable_certificate_or_key_is_a_start_error_naming_the_file() {
         "no key material"
     );
 }
+
+/// Issue 10 item 3, over TLS: an h2 connection (ALPN `h2`) whose client sends the preface,
+/// SETTINGS and a SETTINGS ack, then nothing, is kept past `header_read_timeout` and closed
+/// at `idle_timeout` with a GOAWAY frame, counting no bad request.
+#[tokio::test]
+async fn idle_h2_over_tls_lives_until_idle_timeout_with_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("h2-idle");
+    pki.write(dir.path());
+    let yaml = with_tls(
+        &config_yaml(
+            &sim.base_url(),
+            "127.0.0.1:0",
+            "127.0.0.1:1",
+            &THREE_CLIENTS,
+            "",
+        ),
+        dir.path(),
+    )
+    .replacen(
+        "server:\n",
+        "server:\n  header_read_timeout: 1s\n  idle_timeout: 4s\n",
+        1,
+    );
+    let gcpool = support::start_config(config(&yaml)).await;
+    let mut stream = tls_connect(gcpool.api_addr(), &[&pki.ca], ANY_VERSION, &[b"h2"])
+        .await
+        .expect("TLS handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = tokio::time::Instant::now();
+
+    /// Frame types read within `limit`, and whether the peer closed.
+    async fn frames(stream: &mut TlsStream<TcpStream>, limit: Duration) -> (Vec<u8>, bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut bytes = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+            }
+        };
+        let mut types = Vec::new();
+        let mut at = 0;
+        while at + 9 <= bytes.len() {
+            let len = (usize::from(bytes[at]) << 16)
+                | (usize::from(bytes[at + 1]) << 8)
+                | usize::from(bytes[at + 2]);
+            types.push(bytes[at + 3]);
+            at += 9 + len;
+        }
+        (types, closed)
+    }
+
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (types, closed) = frames(&mut stream, Duration::from_millis(300)).await;
+    assert!(
+        !closed && types.contains(&0x4),
+        "server SETTINGS: {types:?}"
+    );
+    stream.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap();
+    let (_, closed) = frames(&mut stream, Duration::from_millis(2500)).await;
+    assert!(
+        !closed,
+        "an idle h2-over-TLS connection outlives header_read_timeout; cut after {:?}",
+        started.elapsed()
+    );
+    let (types, closed) = frames(&mut stream, Duration::from_secs(4)).await;
+    assert!(closed, "closed by idle_timeout");
+    assert!(types.contains(&0x7), "with GOAWAY: {types:?}");
+    assert!(started.elapsed() >= Duration::from_millis(3800));
+    let metrics = HttpClient::new()
+        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
+        .await
+        .text();
+    assert_eq!(
+        support::metric_value(&metrics, r#"gcpool_rejections_total{reason="bad_request"}"#)
+            .unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+}

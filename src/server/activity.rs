@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ pub(crate) struct Activity {
     /// The last activity, in µs since `epoch`.
     last_us: AtomicU64,
     epoch: Instant,
+    /// Set while the idle watcher waits for the requests in flight to end: only then does
+    /// the last one to end wake it (otherwise it finds the new `last_us` when its timer
+    /// fires), so a request costs no extra wake-up.
+    watching: AtomicBool,
     /// Wakes the idle watcher when the last request in flight ends.
     ended: Notify,
 }
@@ -48,6 +52,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_us: AtomicU64::new(0),
             epoch: Instant::now(),
+            watching: AtomicBool::new(false),
             ended: Notify::new(),
         })
     }
@@ -59,7 +64,7 @@ impl Activity {
 
     /// A request head reached the service.
     pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
 
@@ -72,19 +77,18 @@ impl Activity {
     pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
             let ended = self.ended.notified();
-            if self.in_flight.load(Ordering::Relaxed) > 0 {
+            self.watching.store(true, Ordering::SeqCst);
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
                 ended.await;
                 continue;
             }
+            self.watching.store(false, Ordering::Relaxed);
             let last = self.epoch + Duration::from_micros(self.last_us.load(Ordering::Relaxed));
             let deadline = last + idle;
             if Instant::now() >= deadline {
                 return;
             }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {}
-                () = ended => {}
-            }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 
@@ -97,7 +101,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
         activity.touch();
-        if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && activity.watching.swap(false, Ordering::SeqCst)
+        {
             activity.ended.notify_one();
         }
     }
