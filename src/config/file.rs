@@ -50,6 +50,7 @@ pub(super) struct Genesys {
     pub(super) region: Option<String>,
     pub(super) api_base: Option<String>,
     pub(super) login_base: Option<String>,
+    pub(super) token_remint_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +151,7 @@ pub(super) struct ResolvedGenesys {
     pub(super) region: String,
     pub(super) api_base: String,
     pub(super) login_base: String,
+    pub(super) token_remint_interval: String,
 }
 
 #[derive(Debug, Serialize)]
