@@ -249,7 +249,8 @@ impl Proxy {
                     drop((lease, response));
                     continue;
                 }
-            } else {
+            } else if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+                // Answered past authentication: the token works (ends a refusal streak).
                 lease.client.tokens.accepted(lease.token.generation);
             }
             match status {
