@@ -505,3 +505,46 @@ async fn a_fresh_token_refused_sits_out_the_interval_without_a_grant() {
         assert_eq!(metric(&client, admin, &series).await, count, "{series}");
     }
 }
+
+/// When every token of the only client is refused, fresh ones included, the caller is
+/// answered once the client is failed (503 `no_healthy_client`, after about two re-mint
+/// intervals), not one grant per 401 and not at its deadline: the 401 on the token it
+/// started with cost nothing, the three fresh ones each cost an attempt and a sit-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_every_token_is_refused_fails_without_a_grant_per_401() {
+    let sim = Simulator::start(SimOptions::with_clients(1)).await.unwrap();
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS[..1], "").await;
+    let admin = gcpool.admin_addr();
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/v2/users/me", gcpool.api_addr());
+    assert_eq!(client.get(&url).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let grants = sim.stats().token_grants;
+
+    sim.set_tokens_refused("sim-client-01", true);
+    let sent = Instant::now();
+    let answer = client.get(&url).await;
+    let took = sent.elapsed();
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(answer.header("x-gcpool-reason"), "no_healthy_client");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered once the client failed, long before the 30 s deadline ({took:?})"
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        stats.rejected_401, 4,
+        "the token it started with, then three fresh ones"
+    );
+    assert_eq!(
+        stats.token_grants,
+        grants + 3,
+        "one re-mint for the stale token, then one per interval"
+    );
+    assert_eq!(client_state(&client, admin, "pool-01").await, "failed");
+}
