@@ -65,6 +65,7 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Permit {
     pub client: usize,
+    /// How long admission waited: for the slot, and for a token when none was usable.
     pub waited: Duration,
     pub lease: Lease,
     /// The admission it used, to give back if the request does not go (see
@@ -330,6 +331,7 @@ impl Admission {
         // No client with a usable token: wait (queued, within `max_wait` and the deadline)
         // while one whose token the upstream refused re-mints.
         let token_wait_until = (Instant::now() + self.max_wait).min(deadline);
+        let mut token_waited = Duration::ZERO;
         // A client whose token dies while the request waits gives its slot back, and the
         // request is admitted again among the others.
         let mut lost = 0;
@@ -337,7 +339,10 @@ impl Admission {
             let (client, reservation) = match self.reserve(pool, route, deadline).await {
                 Err(Reject::NoHealthyClient) => {
                     let _pending = Pending::enter(self);
-                    if pool.wait_for_token(token_wait_until).await {
+                    let since = Instant::now();
+                    let look_again = pool.wait_for_token(token_wait_until).await;
+                    token_waited += since.elapsed();
+                    if look_again {
                         continue;
                     }
                     return Err(Reject::NoHealthyClient);
@@ -360,6 +365,7 @@ impl Admission {
             if let Some(lease) = pool.lease(client, Instant::now())
                 && let Some(reservation) = guard.reservation.take()
             {
+                let waited = waited + token_waited;
                 self.metrics.queue_wait.observe(waited.as_secs_f64());
                 return Ok(Permit {
                     client,

@@ -493,6 +493,8 @@ async fn a_fresh_token_refused_sits_out_the_interval_without_a_grant() {
         "served within about one interval ({:?})",
         sent.elapsed()
     );
+    let waited: u64 = answer.header("x-gcpool-wait-ms").parse().unwrap();
+    assert!(waited >= 300, "the wait for the token is reported: {waited} ms");
     let stats = sim.stats();
     assert_eq!(
         stats.token_grants,
