@@ -558,3 +558,34 @@ async fn a_client_whose_every_token_is_refused_fails_without_a_grant_per_401() {
     );
     assert_eq!(client_state(&client, admin, "pool-01").await, "failed");
 }
+
+/// `genesys.token_remint_interval` is read at start and applied to every client by a
+/// reload (the other `genesys` keys need a restart).
+#[tokio::test]
+async fn the_remint_interval_is_configured_and_reloadable() {
+    let sim = Simulator::start(SimOptions::with_clients(1)).await.unwrap();
+    let with_interval = |interval: &str| {
+        support::config_yaml(
+            &sim.base_url(),
+            "127.0.0.1:0",
+            "127.0.0.1:1",
+            &THREE_CLIENTS[..1],
+            "",
+        )
+        .replace(
+            "genesys:\n",
+            &format!("genesys:\n  token_remint_interval: {interval}\n"),
+        )
+    };
+    let gcpool = support::start_config(support::config(&with_interval("2s"))).await;
+    let interval = |gcpool: &gcpool::app::Gcpool| {
+        let pool = gcpool.pool();
+        let (_, client) = pool.clients().next().expect("one client");
+        client.tokens.remint_interval()
+    };
+    assert_eq!(interval(&gcpool), Duration::from_secs(2));
+    gcpool
+        .reload(support::config(&with_interval("250ms")))
+        .expect("the interval reloads");
+    assert_eq!(interval(&gcpool), Duration::from_millis(250));
+}
