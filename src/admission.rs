@@ -65,6 +65,7 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Permit {
     pub client: usize,
+    /// How long admission waited: for the slot, and for a token when none was usable.
     pub waited: Duration,
     pub lease: Lease,
     /// The admission it used, to give back if the request does not go (see
@@ -319,17 +320,35 @@ impl Admission {
     ///
     /// # Errors
     /// A local 429 (`OverBudget`, `QueueFull`, `Deadline`, `AllCoolingDown`) when no slot
-    /// comes in time, `NoHealthyClient` when no client has a usable token.
+    /// comes in time, `NoHealthyClient` when no client has a usable token and none that
+    /// re-mints after an upstream 401 gets one within `queue.max_wait` and the deadline.
     pub async fn admit(
         &self,
         pool: &Pool,
         route: Option<RouteId>,
         deadline: Instant,
     ) -> Result<Permit, Reject> {
+        // No client with a usable token: wait (queued, within `max_wait` and the deadline)
+        // while one whose token the upstream refused re-mints.
+        let token_wait_until = (Instant::now() + self.max_wait).min(deadline);
+        let mut token_waited = Duration::ZERO;
         // A client whose token dies while the request waits gives its slot back, and the
         // request is admitted again among the others.
-        for _ in 0..3 {
-            let (client, reservation) = self.reserve(pool, route, deadline).await?;
+        let mut lost = 0;
+        while lost < 3 {
+            let (client, reservation) = match self.reserve(pool, route, deadline).await {
+                Err(Reject::NoHealthyClient) => {
+                    let _pending = Pending::enter(self);
+                    let since = Instant::now();
+                    let look_again = pool.wait_for_token(token_wait_until).await;
+                    token_waited += since.elapsed();
+                    if look_again {
+                        continue;
+                    }
+                    return Err(Reject::NoHealthyClient);
+                }
+                reserved => reserved?,
+            };
             let waited = reservation.wait;
             let mut guard = ReleaseOnDrop {
                 store: &*self.store,
@@ -346,6 +365,7 @@ impl Admission {
             if let Some(lease) = pool.lease(client, Instant::now())
                 && let Some(reservation) = guard.reservation.take()
             {
+                let waited = waited + token_waited;
                 self.metrics.queue_wait.observe(waited.as_secs_f64());
                 return Ok(Permit {
                     client,
@@ -354,6 +374,7 @@ impl Admission {
                     reservation,
                 });
             }
+            lost += 1;
         }
         Err(Reject::NoHealthyClient)
     }

@@ -76,6 +76,10 @@ pub struct GenesysConfig {
     pub api_base: Uri,
     /// `https://login.{region}` unless overridden; no trailing slash, no path.
     pub login_base: Uri,
+    /// Shortest time between two token grants of one client, however many upstream 401s
+    /// arrive (`genesys.token_remint_interval`, default 1s, at most 1m). A token younger
+    /// than this that gets 401 is a real rejection: the client sits out the rest of it.
+    pub token_remint_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

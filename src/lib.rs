@@ -13,8 +13,9 @@
 //!         5. admission.admit()          soonest healthy client; token + route + org budgets
 //!                                       reserved together; wait, or a local 429
 //!         6. rewrite::upstream_request  hop-by-hop + caller credentials out, Bearer + Host in
-//!         7. upstream.send()            429 → cool down + retry elsewhere; 401 → token refresh,
-//!                                       retry once; 502/503/504 → backoff, idempotent only
+//!         7. upstream.send()            429 → cool down + retry elsewhere; 401 → drop the token
+//!                                       (re-minted ≤ once per interval) + retry; 502/503/504 →
+//!                                       backoff, idempotent only
 //!         8. answer: x-gcpool-client, x-gcpool-wait-ms; body streamed back
 //!         9. Exchange::finish           metrics recorded once
 //! ```

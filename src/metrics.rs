@@ -31,6 +31,7 @@ pub struct Metrics {
     pub client_budget_limit: IntGaugeVec,
     pub client_healthy: IntGaugeVec,
     pub token_refresh: IntCounterVec,
+    pub token_refused: IntCounterVec,
     pub token_expires_in: IntGaugeVec,
     pub shared_state_up: IntGauge,
     pub tls_handshake_failures: IntCounter,
@@ -136,6 +137,12 @@ impl Metrics {
                 "gcpool_token_refresh_total",
                 "Token grants attempted, by client and result (ok, error).",
                 &["client", "result"],
+            )?,
+            token_refused: counter(
+                "gcpool_token_refused_total",
+                "Tokens the upstream refused (401), each counted once, by client and age: stale \
+                 (older than the re-mint interval: re-minted) or fresh (younger: the client sits out).",
+                &["client", "age"],
             )?,
             token_expires_in: gauge_vec(
                 "gcpool_token_expires_in_seconds",
@@ -248,6 +255,10 @@ mod tests {
             .token_refresh
             .with_label_values(&["pool-01", "ok"])
             .inc();
+        metrics
+            .token_refused
+            .with_label_values(&["pool-01", "stale"])
+            .inc();
         let text = metrics.encode();
         for name in [
             "gcpool_requests_total",
@@ -262,6 +273,7 @@ mod tests {
             "gcpool_client_budget_limit",
             "gcpool_client_healthy",
             "gcpool_token_refresh_total",
+            "gcpool_token_refused_total",
             "gcpool_token_expires_in_seconds",
             "gcpool_shared_state_up",
             "gcpool_tls_handshake_failures_total",

@@ -8,8 +8,11 @@
 //! removed clients leave an empty slot and new ones take new indices, so an index held by
 //! a request admitted under the previous config still names the same client.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -101,6 +104,8 @@ impl PoolClient {
             TokenState::Starting => "starting",
             TokenState::Ready if cooling => "cooling_down",
             TokenState::Ready => "ready",
+            // Sitting out, or re-minting, after the upstream refused its token.
+            TokenState::Recovering => "cooling_down",
             TokenState::Failed => "failed",
         };
         ClientStatus {
@@ -178,6 +183,43 @@ impl Pool {
             .collect();
         healthy.sort_by_key(|&(load, _)| load);
         healthy.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Waits until some client holds a usable token, as long as one whose token the
+    /// upstream refused is expected to re-mint by `until`. Returns whether a client may
+    /// have a token now (`false`: none is coming in time, or `until` passed).
+    pub async fn wait_for_token(&self, until: Instant) -> bool {
+        let mut changes: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = self
+            .clients()
+            .map(|(_, c)| Box::pin(c.tokens.changed()))
+            .collect();
+        // Registered before the state is read, so no change can slip in between.
+        for change in &mut changes {
+            change.as_mut().enable();
+        }
+        let now = Instant::now();
+        if self.is_ready(now) {
+            return true;
+        }
+        let coming = self
+            .clients()
+            .any(|(_, c)| c.tokens.recovering_until(now).is_some_and(|at| at <= until));
+        if !coming {
+            return false;
+        }
+        let any_change = std::future::poll_fn(|cx| {
+            // Every future is polled, so each one registers its waker.
+            let mut ready = false;
+            for change in &mut changes {
+                ready |= change.as_mut().poll(cx).is_ready();
+            }
+            if ready {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout_at(until, any_change).await.is_ok()
     }
 
     /// Takes client `index` with its current token; `None` if it has no usable token (or

@@ -2,9 +2,9 @@
 //!
 //! inbound checks → authenticate → route match (allow-list) → read body (bounded) →
 //! admission (client + budgets, fair wait) → inject its token → forward → on 429 cool down
-//! and retry elsewhere, on 401 refresh the token and retry once, on 502/503/504 back off
-//! and retry idempotent methods → answer, with every fact recorded once in
-//! `Exchange::finish`.
+//! and retry elsewhere, on 401 drop that token (the client re-mints, at most once per
+//! interval) and retry, on 502/503/504 back off and retry idempotent methods → answer, with
+//! every fact recorded once in `Exchange::finish`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,8 @@ pub use rewrite::ApiTarget;
 
 /// Response header: the pool client that served the request.
 pub const CLIENT_HEADER: &str = "x-gcpool-client";
-/// Upstream attempts per request at most (429 elsewhere, 401 refresh, transient 5xx).
+/// Upstream attempts per request at most (429 elsewhere, 401 on a token minted after the
+/// request began, transient 5xx); a 401 on an older token costs none, once per client.
 const MAX_ATTEMPTS: u32 = 4;
 /// Largest upstream error body read to learn which limit fired.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -189,8 +190,14 @@ impl Proxy {
         drop(config);
 
         let mut waited = Duration::ZERO;
-        let mut refreshed = false;
-        for attempt in 1..=MAX_ATTEMPTS {
+        // Clients whose token, minted before this request began, the upstream refused
+        // (revoked, idle-expired). Each may do so once without spending an attempt, so
+        // every token dying at once costs a caller nothing; the loop stays finite (at most
+        // MAX_ATTEMPTS + one per client).
+        let mut stale_refused: Vec<usize> = Vec::new();
+        let mut attempt = 0;
+        while attempt < MAX_ATTEMPTS {
+            attempt += 1;
             let last = attempt == MAX_ATTEMPTS;
             let live = inner.live.current();
             let permit = live
@@ -252,6 +259,31 @@ impl Proxy {
                 .upstream_requests
                 .with_label_values(&[client, status.as_str()])
                 .inc();
+            if status == StatusCode::UNAUTHORIZED {
+                // Tokens can die before expires_in (revocation, HIPAA idle timeout). The
+                // slot drops the token and re-mints at most once per interval; a token
+                // younger than that makes the client sit out (see token::pacing).
+                let tokens = &lease.client.tokens;
+                let verdict = tokens.refused(&lease.token, Instant::now());
+                debug!(client = %client, ?verdict, "upstream answered 401");
+                // A token minted before this request began says nothing about whether the
+                // pool can serve it: retry without spending an attempt (once per client).
+                let free =
+                    lease.token.minted_at < started && !stale_refused.contains(&permit.client);
+                if free {
+                    stale_refused.push(permit.client);
+                    attempt -= 1;
+                }
+                // A token minted after it began counts as an attempt; the caller sees that
+                // 401 only when it was the last one the attempts and the deadline allow.
+                if free || (!last && Instant::now() < deadline) {
+                    drop((lease, response));
+                    continue;
+                }
+            } else if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+                // Answered past authentication: the token works (ends a refusal streak).
+                lease.client.tokens.accepted(lease.token.generation);
+            }
             match status {
                 StatusCode::TOO_MANY_REQUESTS => {
                     lease.client.record_upstream_429();
@@ -283,23 +315,6 @@ impl Proxy {
                     }
                     let response = Response::from_parts(head, Either::Right(Full::new(body)));
                     return Ok(finish_response(response, client, waited));
-                }
-                StatusCode::UNAUTHORIZED if !refreshed && !last => {
-                    // Tokens can die before expires_in (revocation, HIPAA idle timeout):
-                    // re-mint this client's token (single flight) and try once more.
-                    refreshed = true;
-                    let generation = lease.token.generation;
-                    lease.client.tokens.invalidate(generation);
-                    let slot = lease.client.tokens.clone();
-                    drop((lease, response));
-                    match tokio::time::timeout_at(deadline, slot.refresh(Some(generation))).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            warn!(client = %slot.name(), error = %e, "token refresh after upstream 401 failed");
-                        }
-                        Err(_) => return Err(Reject::UpstreamTimeout),
-                    }
-                    continue;
                 }
                 StatusCode::BAD_GATEWAY
                 | StatusCode::SERVICE_UNAVAILABLE

@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
 use crate::routes::RouteId;
 use crate::shutdown::{Hangup, Shutdown, watch_reloads};
-use crate::token::{TokenSlot, refresher};
+use crate::token::{TokenMetrics, TokenSlot, refresher};
 use crate::upstream::Upstream;
 
 /// How often the config file and its secret files are checked for changes.
@@ -389,6 +389,8 @@ impl PoolBuilder {
             let existing = previous.and_then(|p| p.client(index));
             let client = match existing {
                 Some(old) if old.tokens.has_credentials(&c.client_id, &c.client_secret) => {
+                    old.tokens
+                        .set_remint_interval(config.genesys.token_remint_interval);
                     old.clone()
                 }
                 Some(old) => {
@@ -396,6 +398,7 @@ impl PoolBuilder {
                         old.tokens
                             .rotated(c.client_id.clone(), c.client_secret.clone()),
                     );
+                    slot.set_remint_interval(config.genesys.token_remint_interval);
                     self.spawn_refresher(refreshers, &slot, true);
                     summary.rotated.push(c.name.clone());
                     Arc::new(old.with_tokens(slot))
@@ -407,7 +410,11 @@ impl PoolBuilder {
                         c.client_secret.clone(),
                         config.genesys.login_base.clone(),
                         self.upstream.clone(),
-                        self.metrics.token_refresh.clone(),
+                        TokenMetrics {
+                            grants: self.metrics.token_refresh.clone(),
+                            refused: self.metrics.token_refused.clone(),
+                        },
+                        config.genesys.token_remint_interval,
                     ));
                     self.spawn_refresher(refreshers, &slot, false);
                     if previous.is_some() {

@@ -324,6 +324,12 @@ impl Simulator {
         self.state.set_credentials_rejected(client_id, rejected);
     }
 
+    /// While `refused`, every `/api/v2` request with a token of `client_id` answers 401,
+    /// fresh tokens included, while grants still succeed (a 401 storm).
+    pub fn set_tokens_refused(&self, client_id: &str, refused: bool) {
+        self.state.set_tokens_refused(client_id, refused);
+    }
+
     /// Stops accepting, lets in-flight requests finish (at most 10 s), and waits for it.
     pub async fn shutdown(mut self) {
         drop(self.stop.take());

@@ -51,6 +51,7 @@ pub(super) struct Genesys {
     pub(super) region: Option<String>,
     pub(super) api_base: Option<String>,
     pub(super) login_base: Option<String>,
+    pub(super) token_remint_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +153,7 @@ pub(super) struct ResolvedGenesys {
     pub(super) region: String,
     pub(super) api_base: String,
     pub(super) login_base: String,
+    pub(super) token_remint_interval: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -36,6 +36,10 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_REGION: &str = "mypurecloud.com";
+const DEFAULT_TOKEN_REMINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `genesys.token_remint_interval`: a client sits out at most this long after a
+/// fresh token is refused (tokens revoked just after a grant).
+const MAX_TOKEN_REMINT_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_CLIENTS: usize = 50;
 const MAX_CLIENT_NAME: usize = 64;
 const DEFAULT_TOKEN_PER_MINUTE: NonZeroU32 = NonZeroU32::new(300).expect("300 is not zero");
@@ -141,6 +145,7 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
             region: c.genesys.region.clone(),
             api_base: base_url(&c.genesys.api_base),
             login_base: base_url(&c.genesys.login_base),
+            token_remint_interval: format_duration(c.genesys.token_remint_interval),
         },
         clients: c
             .clients
@@ -375,10 +380,26 @@ impl Validator<'_> {
         let region = or_default(region, DEFAULT_REGION.to_owned());
         let api_base = self.base("genesys.api_base", g.api_base, "api", &region);
         let login_base = self.base("genesys.login_base", g.login_base, "login", &region);
+        let key = "genesys.token_remint_interval";
+        let mut token_remint_interval =
+            self.positive_duration(key, g.token_remint_interval, DEFAULT_TOKEN_REMINT_INTERVAL);
+        if token_remint_interval > MAX_TOKEN_REMINT_INTERVAL {
+            self.error(
+                key,
+                format!(
+                    "{} is longer than the maximum of {} (a client whose fresh token is \
+                     refused sits out this long)",
+                    format_duration(token_remint_interval),
+                    format_duration(MAX_TOKEN_REMINT_INTERVAL)
+                ),
+            );
+            token_remint_interval = DEFAULT_TOKEN_REMINT_INTERVAL;
+        }
         GenesysConfig {
             region,
             api_base,
             login_base,
+            token_remint_interval,
         }
     }
 
@@ -1543,6 +1564,31 @@ inbound:
         let errs = errors(&format!("{CLIENT}{ANON}server:\n  tls: {{}}\n"));
         assert!(error_at(&errs, "server.tls.cert_file").contains("is required"));
         assert!(error_at(&errs, "server.tls.key_file").contains("is required"));
+    }
+
+    #[test]
+    fn token_remint_interval_rules() {
+        let c = ok(&format!("{CLIENT}{ANON}"));
+        assert_eq!(c.genesys.token_remint_interval, Duration::from_secs(1));
+        let c = ok(&format!(
+            "{CLIENT}{ANON}genesys:\n  token_remint_interval: 250ms\n"
+        ));
+        assert_eq!(c.genesys.token_remint_interval, Duration::from_millis(250));
+        assert!(redacted_yaml(&c).contains("token_remint_interval: 250ms"));
+        for (value, message) in [
+            ("0s", "must be greater than 0"),
+            ("2m", "2m is longer than the maximum of 1m"),
+            ("soon", "soon"),
+        ] {
+            let errs = errors(&format!(
+                "{CLIENT}{ANON}genesys:\n  token_remint_interval: {value}\n"
+            ));
+            assert!(
+                error_at(&errs, "genesys.token_remint_interval").contains(message),
+                "{value}: {errs:#?}"
+            );
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+        }
     }
 
     #[test]

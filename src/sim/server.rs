@@ -2,7 +2,8 @@
 //!
 //! Endpoints: `POST /oauth/token`, `/api/v2/**` (echo; `x-sim-*` request headers steer the
 //! answer: status, delay, headers, a body that stalls midway), `GET /sim/stats`,
-//! `POST /sim/revoke-tokens`, `POST /sim/reset-stats`; anything else is a 404.
+//! `POST /sim/revoke-tokens`, `POST /sim/refuse-tokens?client_id=ID&refused=true|false`,
+//! `POST /sim/reset-stats`; anything else is a 404.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -92,6 +93,16 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/oauth/token") => return token(state, req).await,
         (&Method::GET, "/sim/stats") => Some(SimRoute::Stats),
         (&Method::POST, "/sim/revoke-tokens") => Some(SimRoute::Revoke),
+        (&Method::POST, "/sim/refuse-tokens") => match refuse_query(req.uri().query()) {
+            Some((client_id, refused)) => Some(SimRoute::Refuse { client_id, refused }),
+            None => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad.request",
+                    "expected ?client_id=ID&refused=true|false",
+                );
+            }
+        },
         (&Method::POST, "/sim/reset-stats") => Some(SimRoute::Reset),
         _ => None,
     };
@@ -116,6 +127,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             info!("simulator revoked every issued token");
             no_content()
         }
+        Some(SimRoute::Refuse { client_id, refused }) => {
+            state.set_tokens_refused(&client_id, refused);
+            info!(
+                client_id,
+                refused, "simulator refuses this client's tokens: {refused}"
+            );
+            no_content()
+        }
         Some(SimRoute::Reset) => {
             state.reset_stats();
             no_content()
@@ -127,7 +146,21 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
 enum SimRoute {
     Stats,
     Revoke,
+    Refuse { client_id: String, refused: bool },
     Reset,
+}
+
+/// `client_id=ID&refused=true|false` of `POST /sim/refuse-tokens`.
+fn refuse_query(query: Option<&str>) -> Option<(String, bool)> {
+    let (mut client_id, mut refused) = (None, None);
+    for (key, value) in query?.split('&').filter_map(|pair| pair.split_once('=')) {
+        match key {
+            "client_id" if !value.is_empty() => client_id = Some(value.to_owned()),
+            "refused" => refused = value.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((client_id?, refused?))
 }
 
 /// `POST /oauth/token`: client-credentials grant.
@@ -597,6 +630,27 @@ mod tests {
         assert_eq!(d.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(d.set_headers.len(), 1);
         assert_eq!(d.delay, Some(Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn refuse_tokens_query() {
+        assert_eq!(
+            refuse_query(Some("client_id=sim-client-02&refused=true")),
+            Some(("sim-client-02".into(), true))
+        );
+        assert_eq!(
+            refuse_query(Some("refused=false&client_id=a")),
+            Some(("a".into(), false))
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("client_id=a"),
+            Some("client_id=&refused=true"),
+            Some("client_id=a&refused=yes"),
+        ] {
+            assert_eq!(refuse_query(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -91,6 +91,9 @@ struct Counters {
 struct ClientEntry {
     secret: String,
     rejected: bool,
+    /// Every `/api/v2` request with one of this client's tokens answers 401.
+    tokens_refused: bool,
+    token_grants: u64,
     token_limit: u32,
     accepted: u64,
     rejected_429: u64,
@@ -162,6 +165,8 @@ impl State {
             let entry = ClientEntry {
                 secret: c.secret.clone(),
                 rejected: false,
+                tokens_refused: false,
+                token_grants: 0,
                 token_limit,
                 accepted: 0,
                 rejected_429: 0,
@@ -254,6 +259,9 @@ impl State {
             },
         );
         counters.token_grants += 1;
+        if let Some(client) = clients.get_mut(id) {
+            client.token_grants += 1;
+        }
         Grant::Granted {
             access_token,
             expires_in: self.token_lifetime.as_secs(),
@@ -298,10 +306,10 @@ impl State {
             counters.rejected_401 += 1;
             return Admission::BadCredentials;
         };
-        if token.revoked || now >= token.expires_at {
+        if token.revoked || client.tokens_refused || now >= token.expires_at {
             counters.rejected_401 += 1;
             client.rejected_401 += 1;
-            return if token.revoked {
+            return if token.revoked || client.tokens_refused {
                 Admission::BadCredentials
             } else {
                 Admission::Expired
@@ -401,6 +409,16 @@ impl State {
         }
     }
 
+    /// While `refused`, every `/api/v2` request carrying a token of `client_id` answers
+    /// 401 `bad.credentials`, fresh tokens included (grants still succeed): a 401 storm.
+    pub(crate) fn set_tokens_refused(&self, client_id: &str, refused: bool) {
+        let mut inner = self.lock();
+        match inner.clients.get_mut(client_id) {
+            Some(c) => c.tokens_refused = refused,
+            None => tracing::warn!(client_id, "set_tokens_refused: unknown client id"),
+        }
+    }
+
     /// Zeroes counters and forgets arrivals; admissions (the limits' state) are kept.
     pub(crate) fn reset_stats(&self) {
         let mut inner = self.lock();
@@ -409,6 +427,7 @@ impl State {
             c.accepted = 0;
             c.rejected_429 = 0;
             c.rejected_401 = 0;
+            c.token_grants = 0;
             c.arrivals.reset();
         }
         for r in &mut inner.routes {
@@ -436,6 +455,7 @@ impl State {
                         accepted: c.accepted,
                         rejected_429: c.rejected_429,
                         rejected_401: c.rejected_401,
+                        token_grants: c.token_grants,
                         max_in_window: c.arrivals.max_in_window(),
                         limit: c.token_limit,
                     };
@@ -716,5 +736,29 @@ mod tests {
         let stats = state.stats();
         assert_eq!(stats.token_grant_failures, 3);
         assert_eq!(stats.client("sim-client-01").rejected_401, 1);
+        assert_eq!(stats.client("sim-client-01").token_grants, 1);
+        assert_eq!(stats.client("sim-client-02").token_grants, 0);
+    }
+
+    #[test]
+    fn refused_tokens_answer_401_until_the_storm_ends() {
+        let state = State::new(&SimOptions::with_clients(2)).unwrap();
+        let grant = |id: &str, secret: &str| match state.grant(Some((id, secret)), true) {
+            Grant::Granted { access_token, .. } => access_token,
+            other => panic!("grant must succeed: {other:?}"),
+        };
+        let get = |token: &str| state.admit(Some(token), &Method::GET, "/api/v2/users");
+        let one = grant("sim-client-01", "sim-secret-01");
+        let two = grant("sim-client-02", "sim-secret-02");
+        state.set_tokens_refused("sim-client-02", true);
+        let fresh = grant("sim-client-02", "sim-secret-02");
+        assert!(matches!(get(&one), Admission::Admitted { .. }));
+        assert_eq!(get(&two), Admission::BadCredentials);
+        assert_eq!(get(&fresh), Admission::BadCredentials, "fresh ones too");
+        state.set_tokens_refused("sim-client-02", false);
+        assert!(matches!(get(&fresh), Admission::Admitted { .. }));
+        let stats = state.stats();
+        assert_eq!(stats.client("sim-client-02").rejected_401, 2);
+        assert_eq!(stats.client("sim-client-02").token_grants, 2);
     }
 }

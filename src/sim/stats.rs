@@ -36,8 +36,11 @@ pub struct SimStats {
 pub struct ClientStats {
     pub accepted: u64,
     pub rejected_429: u64,
-    /// 401s for this client's expired or revoked tokens.
+    /// 401s for this client's expired, revoked or refused tokens.
     pub rejected_401: u64,
+    /// Successful client-credentials grants of this client.
+    #[serde(default)]
+    pub token_grants: u64,
     /// Most arrivals on this client's tokens inside one window.
     pub max_in_window: u64,
     /// Per-token limit that applies to this client's tokens.

@@ -1,5 +1,7 @@
-//! Background refresh of one client's token: at 70–80 % of its lifetime, with backoff and
-//! jitter after failures. One task per client, owned by [`crate::shutdown::Shutdown`].
+//! Background refresh of one client's token: at 70–80 % of its lifetime, at once when the
+//! upstream refused it, with backoff and jitter after failed grants, and never sooner than
+//! the client's re-mint rule allows ([`super::pacing`]). One task per client, owned by
+//! [`crate::shutdown::Shutdown`]; it makes every grant of its client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,30 +25,32 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// with `grant_now` even when the slot already holds a token (rotated credentials).
 pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken, mut grant_now: bool) {
     let mut failures: u32 = 0;
-    let mut next = Instant::now();
-    let mut force = grant_now;
+    // After a failed grant: when to try again (a refused token does not cut this short).
+    let mut retry_at: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = sleep_until(next) => {}
-            // The request path dropped a token the upstream refused: replace it now (a
-            // failure streak keeps its backoff).
-            _ = slot.woken(), if failures == 0 => {}
-            _ = stop.cancelled() => return,
-        }
-        // A 401 on the request path may have refreshed it meanwhile: check before granting.
-        if !std::mem::take(&mut force)
-            && let Some(token) = slot.current()
-            && failures == 0
-            && token.refresh_at > Instant::now()
-        {
-            next = token.refresh_at;
+        let now = Instant::now();
+        let due = match (retry_at, slot.usable(now)) {
+            (Some(at), _) => at,
+            (None, _) if grant_now => now,
+            (None, Some(token)) => token.refresh_at,
+            // None yet, or the request path dropped the one the upstream refused.
+            (None, None) => now,
+        };
+        // The re-mint interval, a sit-out or a failed client's backoff may push it back.
+        let at = slot
+            .earliest_grant()
+            .map_or(due, |earliest| earliest.max(due));
+        if at > now {
+            tokio::select! {
+                _ = sleep_until(at) => {}
+                // A token refused upstream: work out again when to grant.
+                _ = slot.woken() => {}
+                _ = stop.cancelled() => return,
+            }
             continue;
         }
-        // "Unless a newer token than the last one this task knows of exists": a 401 on the
-        // request path may be minting one right now (single flight), so no second grant.
-        let stale = Some(slot.current().map_or(slot.generation(), |t| t.generation));
         let result = tokio::select! {
-            r = slot.refresh(stale) => r,
+            r = slot.grant() => r,
             _ = stop.cancelled() => return,
         };
         match result {
@@ -61,7 +65,7 @@ pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken, mut grant_now: b
                 }
                 grant_now = false;
                 failures = 0;
-                next = token.refresh_at;
+                retry_at = None;
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -72,7 +76,7 @@ pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken, mut grant_now: b
                     source = ?std::error::Error::source(&error).map(ToString::to_string),
                     "token grant failed; retrying in {delay:?}"
                 );
-                next = Instant::now() + delay;
+                retry_at = Some(Instant::now() + delay);
             }
         }
     }
