@@ -13,6 +13,8 @@ DURATION seconds runs, side by side:
   bad        encoded traversal and unknown methods (400 / 405, never forwarded)
   upstall    answers whose upstream body stalls midway (cut after request_timeout)
   revoke     every issued token revoked upstream every 7 s (re-mints, no caller 401)
+  storm      every token of pool-02 refused upstream for 5 s every 30 s (a 401 storm: pool-02
+             re-mints at most once per interval, sits out, fails; callers go to the others)
   redis      Redis paused (SIGSTOP) 3 s every 40 s and flushed every 55 s (with shared_state)
 
 and prints, at the start and at the end (after the hostile load stopped and idle connections
@@ -317,6 +319,16 @@ class Soak:
         await asyncio.to_thread(urllib.request.urlopen, req, None, 5)
         self.counts["token revocations"] += 1
 
+    async def storm(self):
+        def post(refused):
+            url = (f"http://127.0.0.1:{self.sim_port}/sim/refuse-tokens"
+                   f"?client_id=sim-client-02&refused={'true' if refused else 'false'}")
+            urllib.request.urlopen(urllib.request.Request(url, method="POST"), None, 5)
+        await asyncio.to_thread(post, True)
+        await asyncio.sleep(5)
+        await asyncio.to_thread(post, False)
+        self.counts["401 storms on pool-02 (5 s)"] += 1
+
     async def redis_pause(self):
         os.kill(self.redis.pid, signal.SIGSTOP)
         await asyncio.sleep(3)
@@ -339,8 +351,8 @@ class Soak:
               f"{figures['threads']} threads", flush=True)
         for name, value in sorted(m.items()):
             if value and name.startswith(("gcpool_rejections_total", "gcpool_response_aborted_total",
-                                          "gcpool_token_refresh_total", "gcpool_shared_state_up",
-                                          "gcpool_upstream_429_total")):
+                                          "gcpool_token_refresh_total", "gcpool_token_refused_total",
+                                          "gcpool_shared_state_up", "gcpool_upstream_429_total")):
                 print(f"   {name} {value:g}")
         return figures
 
@@ -358,6 +370,7 @@ class Soak:
             asyncio.create_task(self.every(1, self.bad)),
             asyncio.create_task(self.every(1, self.upstall)),
             asyncio.create_task(self.every(7, self.revoke)),
+            asyncio.create_task(self.every(25, self.storm)),
         ]
         # several of each hostile kind at once
         tasks += [asyncio.create_task(self.every(0.5, self.h2idle)) for _ in range(20)]
