@@ -97,8 +97,9 @@ async fn run(port: u16, label: &str, clients: usize, org_limit: u32, expect_admi
         redis_url: Secret::new(format!("redis://127.0.0.1:{port}/")),
         key_prefix: format!("bench-{label}"),
         replicas_hint: NonZeroU32::MIN,
+        timeout: Duration::from_secs(1),
     };
-    let store = RedisStore::connect(&config, &defs, &names, Duration::from_secs(1))
+    let store = RedisStore::connect(&config, &defs, &names)
         .await
         .expect("the bench's redis-server answers");
     let request = AdmitRequest {

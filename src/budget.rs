@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub mod fallback;
+pub mod journal;
 pub mod memory;
 pub mod redis;
 pub mod window;
@@ -102,8 +103,11 @@ pub(crate) struct Slot {
     /// The reserved instant on the store's clock (µs).
     pub(crate) at: window::Micros,
     pub(crate) budgets: Vec<BudgetId>,
-    /// The Redis store's member name of the reservation (`None` in memory).
+    /// The reservation's member name: the Redis store's, or the one the fallback gives a
+    /// local admission so it can be written back (`None` for a plain memory store).
     pub(crate) member: Option<String>,
+    /// Reserved in the shared store (give it back there), not in a local one.
+    pub(crate) shared: bool,
 }
 
 /// Why no slot was reserved.

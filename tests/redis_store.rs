@@ -28,6 +28,7 @@ fn shared_state(url: &str, prefix: &str) -> SharedStateConfig {
         redis_url: Secret::new(url),
         key_prefix: prefix.into(),
         replicas_hint: NonZeroU32::MIN,
+        timeout: TIMEOUT,
     }
 }
 
@@ -67,7 +68,7 @@ async fn connect(
     defs: &[BudgetDef],
     clients: &[String],
 ) -> RedisStore {
-    RedisStore::connect(&shared_state(&server.url(), prefix), defs, clients, TIMEOUT)
+    RedisStore::connect(&shared_state(&server.url(), prefix), defs, clients)
         .await
         .expect("a running redis-server must accept the store")
 }
@@ -632,7 +633,7 @@ async fn errors_never_show_the_url_or_its_password() {
     let (defs, clients, _) = two_clients();
     for scheme in ["redis", "rediss"] {
         let url = format!("{scheme}://gcpool:hunter2@127.0.0.1:{free}/0");
-        let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients, TIMEOUT)
+        let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients)
             .await
             .expect_err("nothing listens");
         let text = format!("{err} {err:?}");
@@ -649,7 +650,6 @@ async fn errors_never_show_the_url_or_its_password() {
         &shared_state("http://:hunter2@redis/", "x"),
         &defs,
         &clients,
-        TIMEOUT,
     )
     .await
     .expect_err("not a redis URL");
@@ -659,7 +659,6 @@ async fn errors_never_show_the_url_or_its_password() {
         &shared_state("rediss://u:hunter2@redis.example:6380/", "x"),
         &defs,
         &clients,
-        TIMEOUT,
     )
     .expect("a rediss:// URL parses without connecting");
     assert!(!lazy.is_up(), "not up before a call succeeded");
@@ -671,7 +670,7 @@ async fn rediss_against_a_plain_server_fails_the_handshake_cleanly() {
     let server = RedisServer::start();
     let (defs, clients, _) = two_clients();
     let url = format!("rediss://:hunter2@127.0.0.1:{}/", server.port());
-    let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients, TIMEOUT)
+    let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients)
         .await
         .expect_err("a plain server cannot complete a TLS handshake");
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
