@@ -56,8 +56,7 @@ fn budget_store(
         return Ok(Arc::new(MemoryStore::new(table.defs(), clients.len())));
     };
     // Fail at start on a URL that can never work; a Redis that is down is fine.
-    let redis =
-        RedisStore::lazy(shared, table.defs(), clients).map_err(StartError::SharedState)?;
+    let redis = RedisStore::lazy(shared, table.defs(), clients).map_err(StartError::SharedState)?;
     let store = Arc::new(FallbackStore::new(
         table.defs(),
         clients.len(),

@@ -231,7 +231,10 @@ async fn fleet_through(loss: Loss) {
     for r in &replicas {
         wait_shared_up(r.admin, 1.0, Duration::from_secs(5)).await;
         let logs = r.stderr();
-        assert!(logs.contains(noticed), "{noticed:?} in every replica:\n{logs}");
+        assert!(
+            logs.contains(noticed),
+            "{noticed:?} in every replica:\n{logs}"
+        );
     }
 }
 

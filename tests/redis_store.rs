@@ -1,7 +1,8 @@
 //! `RedisStore` against a real `redis-server`: the budget property suite run through the
 //! `BudgetStore` trait on Redis and on memory (same scenarios, same assertions), and the
 //! Redis-only facts: NOSCRIPT recovery, cool-downs and learned limits shared by replicas,
-//! release, key expiry, URL handling and errors that never show a secret.
+//! release, key expiry, URL handling and errors that never show a secret, and the epoch,
+//! settle pause and write-back the fallback builds on.
 
 mod support;
 
@@ -9,6 +10,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gcpool::budget::fallback::{SharedAdmit, SharedStore, SyncRequest, SyncStatus};
+use gcpool::budget::journal::Admission;
 use gcpool::budget::window::Micros;
 use gcpool::budget::{
     AdmitRequest, Binding, BudgetDef, BudgetError, BudgetKind, BudgetStore, Candidate, CoolDown,
@@ -713,4 +716,138 @@ async fn goes_down_with_redis_and_comes_back_by_itself() {
     assert!(back, "the connection manager reconnects by itself");
     assert!(store.is_up());
     admitted(admit(store.as_ref(), &c, Duration::ZERO).await);
+}
+
+// === epoch, settle pause and write-back (what `FallbackStore` builds on) ===
+
+fn sync_request(adopt: bool, epoch: Option<&str>, admissions: Vec<Admission>) -> SyncRequest {
+    static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SyncRequest {
+        adopt,
+        epoch: epoch.map(str::to_owned),
+        new_epoch: format!("epoch-{n}"),
+        settle: Duration::from_millis(300),
+        set_settle: false,
+        admissions,
+        usage: vec![0, 2],
+    }
+}
+
+/// The scripts' contract: a fresh state is created with a settle pause that makes
+/// admissions wait, not fail; an admission into another state is refused as stale; a
+/// flushed state is refilled by a write-back, which is idempotent; and out of memory, the
+/// probe fails as admissions do while PING still answers.
+#[tokio::test]
+async fn shared_store_epoch_settle_and_write_back() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let store = connect(&server, "sync", &defs, &clients).await;
+    let request = AdmitRequest {
+        candidates: &c,
+        route: None,
+        max_wait: Duration::from_secs(1),
+    };
+
+    let created = store
+        .sync(sync_request(true, None, Vec::new()))
+        .await
+        .expect("redis is up");
+    assert_eq!(created.status, SyncStatus::Created);
+    let epoch = created.epoch.clone();
+    let Ok(SharedAdmit::Settling { wait }) = store.admit_shared(request, &epoch).await else {
+        panic!("a state just created pauses admissions");
+    };
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(300),
+        "{wait:?}"
+    );
+    tokio::time::sleep(wait).await;
+    let Ok(SharedAdmit::Decided {
+        decision: Decision::Admitted(first),
+        usage,
+        ..
+    }) = store.admit_shared(request, &epoch).await
+    else {
+        panic!("admitted once the pause is over");
+    };
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| (u.budget, u.count))
+            .collect::<Vec<_>>(),
+        [(2, 1), (0, 1)],
+        "fleet-wide counts of the chosen candidate's budgets (org, token:a)"
+    );
+    assert_eq!(
+        store.admit_shared(request, "another").await.ok(),
+        Some(SharedAdmit::Stale {
+            epoch: Some(epoch.clone())
+        })
+    );
+
+    let mut con = raw(&server).await;
+    let () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    assert_eq!(
+        store.admit_shared(request, &epoch).await.ok(),
+        Some(SharedAdmit::Stale { epoch: None }),
+        "a flushed state is noticed, nothing admitted"
+    );
+    let journal = vec![
+        Admission {
+            member: "from-redis".into(),
+            at: first.at_micros(),
+            budgets: vec![2, 0],
+        },
+        Admission {
+            member: "local-1".into(),
+            at: first.at_micros() + 1,
+            budgets: vec![2, 1],
+        },
+    ];
+    let restored = store
+        .sync(sync_request(true, Some(&epoch), journal.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        restored.status,
+        SyncStatus::Created,
+        "a new state, new epoch"
+    );
+    assert_ne!(restored.epoch, epoch);
+    assert_eq!(restored.written, 4, "two admissions in two budgets each");
+    assert_eq!(
+        restored
+            .usage
+            .iter()
+            .map(|u| (u.budget, u.count))
+            .collect::<Vec<_>>(),
+        [(0, 1), (2, 2)]
+    );
+    let again = store
+        .sync(sync_request(false, Some(&restored.epoch), journal))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.written),
+        (SyncStatus::InSync, 0),
+        "idempotent"
+    );
+
+    server.out_of_memory();
+    let probe = store
+        .sync(sync_request(false, Some(&restored.epoch), Vec::new()))
+        .await;
+    assert!(
+        probe.is_err(),
+        "the probe writes, so it fails out of memory: {probe:?}"
+    );
+    assert!(store.ping().await.is_ok(), "while PING answers");
+    server.enough_memory();
+    assert!(
+        store
+            .sync(sync_request(false, Some(&restored.epoch), Vec::new()))
+            .await
+            .is_ok()
+    );
 }

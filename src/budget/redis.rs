@@ -410,8 +410,14 @@ impl RedisStore {
         for chunk in chunks {
             let reply = match &total {
                 None => {
-                    self.sync_call(&request, request.adopt, request.epoch.as_deref(), chunk, &request.usage)
-                        .await?
+                    self.sync_call(
+                        &request,
+                        request.adopt,
+                        request.epoch.as_deref(),
+                        chunk,
+                        &request.usage,
+                    )
+                    .await?
                 }
                 Some(first) => {
                     self.sync_call(&request, false, Some(&first.epoch), chunk, &[])
@@ -716,7 +722,17 @@ impl AdmitReply {
         let Value::Array(items) = value else {
             return Err(bad_reply(value));
         };
-        let [status, candidate, wait, kind, pos, member, at, now, rest @ ..] = items.as_slice()
+        let [
+            status,
+            candidate,
+            wait,
+            kind,
+            pos,
+            member,
+            at,
+            now,
+            rest @ ..,
+        ] = items.as_slice()
         else {
             return Err(bad_reply(value));
         };
@@ -736,7 +752,10 @@ impl AdmitReply {
                     .and_then(as_string)
                     .ok_or_else(|| bad_reply(value))?,
             ),
-            0 | 1 => (usage_pairs(rest).ok_or_else(|| bad_reply(value))?, String::new()),
+            0 | 1 => (
+                usage_pairs(rest).ok_or_else(|| bad_reply(value))?,
+                String::new(),
+            ),
             _ => (Vec::new(), String::new()),
         };
         Ok(Self {
@@ -834,9 +853,7 @@ impl AdmitReply {
 
 /// `sync.lua`'s answer; `usage` names the budgets its trailing pairs belong to.
 fn parse_sync(value: &Value, usage: &[(BudgetId, usize)]) -> Result<SyncReply, BudgetError> {
-    let bad = || {
-        BudgetError::Protocol(format!("write-back script answered {}", describe(value)))
-    };
+    let bad = || BudgetError::Protocol(format!("write-back script answered {}", describe(value)));
     let Value::Array(items) = value else {
         return Err(bad());
     };
@@ -850,7 +867,9 @@ fn parse_sync(value: &Value, usage: &[(BudgetId, usize)]) -> Result<SyncReply, B
         _ => return Err(bad()),
     };
     let epoch = as_string(epoch).ok_or_else(bad)?;
-    let now = as_int(now).and_then(|n| u64::try_from(n).ok()).ok_or_else(bad)?;
+    let now = as_int(now)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(bad)?;
     let written = as_int(written)
         .and_then(|n| u64::try_from(n).ok())
         .ok_or_else(bad)?;
@@ -859,7 +878,13 @@ fn parse_sync(value: &Value, usage: &[(BudgetId, usize)]) -> Result<SyncReply, B
     } else {
         usage_pairs(rest).ok_or_else(bad)?
     };
-    if pairs.len() != if status == SyncStatus::Stale { 0 } else { usage.len() } {
+    if pairs.len()
+        != if status == SyncStatus::Stale {
+            0
+        } else {
+            usage.len()
+        }
+    {
         return Err(bad());
     }
     Ok(SyncReply {

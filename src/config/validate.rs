@@ -1646,7 +1646,11 @@ inbound:
         assert_eq!(s.redis_url.expose(), "redis://:pw@redis:6379/0");
         assert_eq!(s.key_prefix, "gcpool");
         assert_eq!(s.replicas_hint.get(), 1);
-        assert_eq!(s.timeout, Duration::from_millis(50), "default store deadline");
+        assert_eq!(
+            s.timeout,
+            Duration::from_millis(50),
+            "default store deadline"
+        );
         let c = ok(&format!(
             "{CLIENT}{ANON}shared_state:\n  redis_url: redis://redis/0\n  timeout: 20ms\n"
         ));

@@ -129,7 +129,8 @@ impl RedisServer {
         self.config_set("maxmemory-policy", "noeviction");
         self.config_set("maxmemory", "1mb");
         assert!(
-            self.command(&["SET", "test-probe", "x"]).starts_with("-OOM"),
+            self.command(&["SET", "test-probe", "x"])
+                .starts_with("-OOM"),
             "writes must now be refused"
         );
         assert_eq!(self.command(&["PING"]), "+PONG", "PING still answers");
