@@ -1,11 +1,14 @@
 //! A Redis that stops, loses its state, runs out of memory or hangs never takes a fleet
 //! over a budget, is seen as down once per real outage, and delays no caller past
 //! `shared_state.timeout` (issue 10, items 9 to 11). Real gcpool binaries, a real
-//! `redis-server`, the simulator as the upstream, everything on 127.0.0.1.
+//! `redis-server`, the simulator as the upstream, everything on 127.0.0.1; and `gcpool
+//! check` on the new key.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use gcpool::sim::{SimOptions, SimStats, Simulator};
@@ -442,5 +445,46 @@ async fn a_hung_redis_is_left_within_the_configured_deadline() {
     assert!(
         count(&answers, StatusCode::OK) >= 1,
         "the local share serves"
+    );
+}
+
+/// `shared_state.timeout`: `gcpool check` prints its default (50ms) and refuses 0 with an
+/// error naming the key and the accepted range.
+#[test]
+fn check_names_the_redis_timeout() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let valid = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &valid,
+        "clients:\n  - {name: pool-01, client_id: a, client_secret: s}\n\
+         inbound: {allow_anonymous: true}\n\
+         shared_state:\n  redis_url: redis://127.0.0.1:6379/0\n",
+    )
+    .expect("write a config");
+    let check = |path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_gcpool"))
+            .arg("check")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .expect("the gcpool binary must run")
+    };
+    let out = check(&valid);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("timeout: 50ms"),
+        "the default is shown:\n{stdout}"
+    );
+
+    let out = check(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/config/redis_timeout_zero.yaml"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("shared_state.timeout") && stderr.contains("between 1ms and 1s"),
+        "{stderr}"
     );
 }
