@@ -517,6 +517,11 @@ impl FallbackStore {
                 (request, Instant::now())
             };
             let reply = self.shared.sync(request).await?;
+            if reply.status == SyncStatus::Stale {
+                // The state changed between two chunks (flushed again): write it all again.
+                mark = 0;
+                continue;
+            }
             created |= reply.status == SyncStatus::Created;
             written += reply.written;
             let received = self.local.now_micros();
@@ -718,4 +723,127 @@ fn longest_window(defs: &[BudgetDef], budgets: &[BudgetId]) -> Micros {
 
 fn micros(d: Duration) -> Micros {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+    use crate::budget::{BudgetKind, Candidate, RedisStore};
+    use crate::config::SharedStateConfig;
+    use crate::secret::Secret;
+
+    const W: Duration = Duration::from_secs(2);
+
+    /// One token budget of `limit` per 2 s, `replicas_hint` 2, and a Redis store that is never
+    /// reached (nothing listens on port 1): every decision here is the local share's.
+    fn replica(limit: u32) -> FallbackStore {
+        let defs = vec![BudgetDef {
+            kind: BudgetKind::Token,
+            name: "token:a".into(),
+            limit,
+            window: W,
+        }];
+        let config = SharedStateConfig {
+            redis_url: Secret::new("redis://127.0.0.1:1/"),
+            key_prefix: "unit".into(),
+            replicas_hint: NonZeroU32::MIN,
+            timeout: Duration::from_millis(50),
+        };
+        let redis = RedisStore::lazy(&config, &defs, &["a".into()]).unwrap();
+        FallbackStore::new(&defs, 1, 2, Arc::new(redis), config.timeout)
+    }
+
+    /// As if an answer had just said: `count` admissions in budget 0, the latest `ahead`
+    /// from now; then the replica goes local.
+    fn seen(store: &FallbackStore, count: u32, ahead: Duration) {
+        let now = store.local.now_micros();
+        let mut ledger = store.lock();
+        ledger.clock = Clock::new(now, now);
+        let usage = Usage {
+            budget: 0,
+            count,
+            last: now + micros(ahead),
+        };
+        let seq = ledger.journal.last_seq();
+        ledger.see(&[usage], now, now, seq);
+        store.reseed(&ledger);
+    }
+
+    /// Local admissions with no wait, until one is refused; and the refusal's wait.
+    async fn admit_all(store: &FallbackStore) -> (u32, Option<Duration>) {
+        let candidates = [Candidate {
+            client: 0,
+            budgets: vec![0],
+        }];
+        let request = AdmitRequest {
+            candidates: &candidates,
+            route: None,
+            max_wait: Duration::ZERO,
+        };
+        let mut admitted = 0;
+        loop {
+            match store.admit(request).await.unwrap() {
+                Decision::Admitted(_) => admitted += 1,
+                Decision::Refused(r) => return (admitted, r.wait),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleet_count_comes_off_the_share() {
+        let store = replica(10);
+        seen(&store, 6, Duration::ZERO);
+        let (admitted, wait) = admit_all(&store).await;
+        assert_eq!(admitted, 2, "share 5, minus ceil(6 / 2) = 3 phantoms");
+        assert_eq!(wait, Some(W), "the phantoms leave a window after the count");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uneven_use_adds_up_to_the_budget() {
+        // A sent 4 of 5 and last saw 4; B sent the 5th and saw 5. Each share is 2.
+        let (a, b) = (replica(5), replica(5));
+        seen(&a, 4, Duration::ZERO);
+        seen(&b, 5, Duration::ZERO);
+        assert_eq!(admit_all(&a).await.0 + admit_all(&b).await.0, 0);
+        tokio::time::advance(W).await;
+        assert_eq!(
+            admit_all(&a).await.0 + admit_all(&b).await.0,
+            4,
+            "2 + 2 ≤ 5"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_reservations_cover_every_window_back_to_now() {
+        // 4 admissions, the latest 3 s ahead (queued): groups of 2 at +3 s, +1 s and -1 s,
+        // so every window that can hold a local admission holds one group.
+        let store = replica(4);
+        seen(&store, 4, Duration::from_secs(3));
+        let (admitted, wait) = admit_all(&store).await;
+        assert_eq!(admitted, 0);
+        assert_eq!(
+            wait,
+            Some(Duration::from_secs(5)),
+            "after the +3 s group leaves"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn own_admissions_newer_than_the_count_still_count() {
+        let store = replica(10);
+        seen(&store, 0, Duration::ZERO);
+        {
+            let mut ledger = store.lock();
+            let now = ledger.clock.to_redis(store.local.now_micros());
+            for i in 0..3 {
+                ledger
+                    .journal
+                    .insert(format!("own-{i}"), now, vec![0], now + micros(W));
+            }
+            store.reseed(&ledger);
+        }
+        assert_eq!(admit_all(&store).await.0, 2, "share 5 minus 3 of its own");
+    }
 }
