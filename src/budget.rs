@@ -8,7 +8,9 @@
 //! in all its budgets at once, or refuses when it lies past the request's `max_wait`.
 //!
 //! The store is a trait so a Redis implementation can replace the in-memory one without
-//! touching the request path. Knows nothing of HTTP.
+//! touching the request path. Knows nothing of HTTP. [`window`]: the rule; [`memory`] and
+//! [`redis`]: the stores; [`fallback`]: Redis with a local share while it fails, and the
+//! write-back after an outage, flush or restart, from this replica's [`journal`].
 
 use std::fmt;
 use std::future::Future;
