@@ -129,8 +129,6 @@ async fn run(
         while !store.is_up() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // A state the store just created pauses admissions for the settle time.
-        tokio::time::sleep(store.settle()).await;
         store
     } else {
         Arc::new(redis)

@@ -289,8 +289,6 @@ async fn local_shares_stay_exact_after_uneven_use() {
     let replicas = start_fleet(&yaml, 2).await;
     let (a, b) = (replicas[0].api, replicas[1].api);
     let client = HttpClient::new();
-    // Past a fresh state's settle pause, so the uneven use is quick and in one window.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     sim.reset_stats();
     info!("4 admissions through replica A, then 1 through replica B");
     for api in [a, a, a, a, b] {

@@ -734,7 +734,7 @@ fn sync_request(adopt: bool, epoch: Option<&str>, admissions: Vec<Admission>) ->
     }
 }
 
-/// The scripts' contract: a fresh state is created with a settle pause that makes
+/// The scripts' contract: a fresh state admits at once; a write-back's settle pause makes
 /// admissions wait, not fail; an admission into another state is refused as stale; a
 /// flushed state is refilled by a write-back, which is idempotent; and out of memory, the
 /// probe fails as admissions do while PING still answers.
@@ -755,8 +755,19 @@ async fn shared_store_epoch_settle_and_write_back() {
         .expect("redis is up");
     assert_eq!(created.status, SyncStatus::Created);
     let epoch = created.epoch.clone();
+    let Ok(SharedAdmit::Decided {
+        decision: Decision::Admitted(cold),
+        ..
+    }) = store.admit_shared(request, &epoch).await
+    else {
+        panic!("a cold start does not pause");
+    };
+    store.release(cold).await;
+    let mut paused = sync_request(false, Some(&epoch), Vec::new());
+    paused.set_settle = true;
+    store.sync(paused).await.expect("redis is up");
     let Ok(SharedAdmit::Settling { wait }) = store.admit_shared(request, &epoch).await else {
-        panic!("a state just created pauses admissions");
+        panic!("a write-back pauses admissions");
     };
     assert!(
         wait > Duration::ZERO && wait <= Duration::from_millis(300),

@@ -25,9 +25,12 @@
 //! replica notices within [`TICK`]: the health loop probes every tick with the same script.
 //!
 //! **Write-back before anyone admits again.** Whoever writes back after an outage or into an
-//! emptied state (or writes anything at all) sets `{P}:sync.settle = max(settle, now +
-//! settle)`; the admission script makes every replica *wait* (status -3: sleep, then ask
-//! again within the request's `max_wait`), not fail, until then. The settle pause
+//! emptied state (it knew an epoch), or has anything to write, sets `{P}:sync.settle =
+//! max(settle, now + settle)`; the admission script makes every replica *wait* (status -3:
+//! sleep, then ask again within the request's `max_wait`), not fail, until then. A fresh
+//! replica with an empty journal sets none: a fleet's cold start does not pause. (So a
+//! replica that starts in the ~300 ms between a flush and the others noticing it can admit
+//! into the emptied state before they write back; the pause starts when they do.) The settle pause
 //! ([`FallbackStore::settle`], `3 × TICK + 4 × timeout`: 950 ms at the default 50 ms) is
 //! longer than the slowest other replica takes to write back: a down replica re-probes at
 //! most every `TICK` (its backoff is capped there; probing a dead Redis is cheap), and an up
@@ -124,8 +127,7 @@ pub struct SyncRequest {
     pub adopt: bool,
     pub epoch: Option<String>,
     pub new_epoch: String,
-    /// The pause after a write-back, and whether to set it (it is always set when this call
-    /// creates the epoch).
+    /// The pause after a write-back, and whether to set it.
     pub settle: Duration,
     pub set_settle: bool,
     pub admissions: Vec<Admission>,
@@ -498,8 +500,10 @@ impl FallbackStore {
                     return Ok(());
                 }
                 mark = ledger.journal.last_seq();
-                // After an outage (or with anything to write) everyone must write back before
-                // anyone admits; a fresh replica joining a live state need not pause it.
+                // After an outage or a loss (this replica knew a state), or with anything to
+                // write, everyone must write back before anyone admits. A fresh replica with
+                // nothing to write, joining a live state or starting an empty one (a cold start),
+                // need not pause the fleet.
                 let set_settle = ledger.epoch.is_some() || !admissions.is_empty();
                 let request = SyncRequest {
                     adopt: true,

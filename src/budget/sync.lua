@@ -8,8 +8,7 @@
 -- ARGV[1] mode: 'probe' (write only if the state is the known one) or 'sync' (adopt the
 --         state, or create it when Redis has none)
 -- ARGV[2] the epoch the replica knows ('' when none)   ARGV[3] a new epoch, if needed
--- ARGV[4] settle µs   ARGV[5] '1': no admission before now + settle (never shortened);
---         '0': only if this call creates the state
+-- ARGV[4] settle µs   ARGV[5] '1': no admission before now + settle (never shortened)
 -- ARGV[6] K, then K windows µs (guard included)
 -- then V and V budget positions (1..K) whose usage to return
 -- then the admissions: member, instant µs, B, then B budget positions (1..K)
@@ -43,7 +42,7 @@ if not current then
 end
 local settle = tonumber(redis.call('HGET', KEYS[1], 'settle') or '0') or 0
 local pause = tonumber(ARGV[4])
-if (ARGV[5] == '1' or status == 2) and now + pause > settle then
+if ARGV[5] == '1' and now + pause > settle then
   settle = now + pause
   redis.call('HSET', KEYS[1], 'settle', fmt(settle))
 end
