@@ -17,8 +17,10 @@
 //! | `{P}:sync` | hash | `epoch` (id of this state), `settle` (no admission before, µs), `seen` (last probe) |
 //!
 //! Budget keys live as long as one of their instants can share a window with the future
-//! (plus a margin); the cool-down hash as long as its longest cool-down; learned limits a
-//! week after the last lowering. Nothing grows without bound.
+//! (plus a margin); the cool-down hash as long as its longest cool-down; learned limits an
+//! hour after the last lowering; the sync hash (three fields) never expires, since its
+//! disappearance is how a flush or a restart without persistence is noticed. Nothing grows
+//! without bound.
 //!
 //! The connection is redis-rs's [`ConnectionManager`]: one multiplexed connection (every
 //! request pipelined on it, no pool to size) that reconnects by itself, with backoff, after
