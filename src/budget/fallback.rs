@@ -27,15 +27,15 @@
 //! **Write-back before anyone admits again.** Whoever writes back after an outage or into an
 //! emptied state (it knew an epoch), or has anything to write, sets `{P}:sync.settle =
 //! max(settle, now + settle)`; the admission script makes every replica *wait* (status -3:
-//! sleep, then ask again within the request's `max_wait`), not fail, until then. A fresh
-//! replica with an empty journal sets none: a fleet's cold start does not pause. (So a
-//! replica that starts in the ~300 ms between a flush and the others noticing it can admit
-//! into the emptied state before they write back; the pause starts when they do.) The settle pause
+//! sleep, then ask again within the request's `max_wait`), not fail, until then. The pause
 //! ([`FallbackStore::settle`], `3 × TICK + 4 × timeout`: 950 ms at the default 50 ms) is
 //! longer than the slowest other replica takes to write back: a down replica re-probes at
 //! most every `TICK` (its backoff is capped there; probing a dead Redis is cheap), and an up
 //! one probes every `TICK`, each call bounded by the timeout. Admissions whose answer was in
-//! flight during a write-back are written once more at the next tick (no pause then).
+//! flight during a write-back are written once more at the next tick (no pause then). A
+//! fresh replica with an empty journal sets no pause: a fleet's cold start does not wait. (So
+//! a replica that starts in the ~300 ms between a flush and the others noticing it can admit
+//! into the emptied state before they write back; the pause starts when they do.)
 //!
 //! **An exact local share.** Each admission's answer carries, per budget of the chosen
 //! client, the fleet-wide count from now − window on (queued reservations included) and the
@@ -325,9 +325,10 @@ impl FallbackStore {
         ledger.see(usage, now, received, seq);
     }
 
-    /// Leaves the shared store for the local share (once per transition).
-    fn leave(&self, to: u8, error: Option<&BudgetError>) {
-        let mut ledger = self.lock();
+    /// Leaves the shared store for the local share; `None` if it had already left (only
+    /// the first failure of an outage reseeds and logs).
+    fn leave(&self, to: u8) -> Option<MutexGuard<'_, Ledger>> {
+        let ledger = self.lock();
         if self
             .mode
             .compare_exchange(UP, to, Ordering::AcqRel, Ordering::Acquire)
@@ -336,32 +337,39 @@ impl FallbackStore {
             if to == DOWN && self.mode() == STALE {
                 self.mode.store(DOWN, Ordering::Release);
             }
-            return;
+            return None;
         }
         self.reseed(&ledger);
-        let share = format!("1/{}", self.replicas);
-        if to == DOWN {
-            ledger.announced = true;
-            match error {
-                Some(error) => warn!(
-                    %error,
-                    share,
-                    "shared state unreachable; serving on a local share of every budget until it is back"
-                ),
-                None => warn!(
-                    share,
-                    "shared state unreachable; serving on a local share of every budget until it is back"
-                ),
-            }
-        } else {
-            warn!(
-                journal = ledger.journal.len(),
-                "shared state was emptied (Redis flushed, or restarted without persistence); \
-                 writing this replica's admissions back before admitting through it again"
-            );
-        }
-        drop(ledger);
         self.wake.notify_one();
+        Some(ledger)
+    }
+
+    /// An admission or probe failed: serve locally until a write-back succeeds.
+    fn go_down(&self, error: &BudgetError) {
+        let Some(mut ledger) = self.leave(DOWN) else {
+            return;
+        };
+        ledger.announced = true;
+        drop(ledger);
+        warn!(
+            %error,
+            share = format!("1/{}", self.replicas),
+            "shared state unreachable; serving on a local share of every budget until it is back"
+        );
+    }
+
+    /// Redis no longer holds our epoch: serve locally until the journal is written back.
+    fn go_stale(&self) {
+        let Some(ledger) = self.leave(STALE) else {
+            return;
+        };
+        let journal = ledger.journal.len();
+        drop(ledger);
+        warn!(
+            journal,
+            "shared state was emptied (Redis flushed, or restarted without persistence); \
+             writing this replica's admissions back before admitting through it again"
+        );
     }
 
     /// Starts every local window from what the fleet had admitted (see the module doc).
@@ -471,14 +479,14 @@ impl FallbackStore {
         };
         let sent = Instant::now();
         match self.shared.sync(request).await {
-            Ok(reply) if reply.status == SyncStatus::Stale => self.leave(STALE, None),
+            Ok(reply) if reply.status == SyncStatus::Stale => self.go_stale(),
             Ok(reply) => {
                 let received = self.local.now_micros();
                 let mut ledger = self.lock();
                 ledger.clock = Clock::new(reply.now, self.local.micros_at(sent));
                 ledger.see(&reply.usage, reply.now, received, seq);
             }
-            Err(error) => self.leave(DOWN, Some(&error)),
+            Err(error) => self.go_down(&error),
         }
     }
 
@@ -591,7 +599,7 @@ impl BudgetStore for FallbackStore {
                         self.learn(sent, now, &usage, &decision);
                         return Ok(decision);
                     }
-                    Ok(SharedAdmit::Stale { .. }) => self.leave(STALE, None),
+                    Ok(SharedAdmit::Stale { .. }) => self.go_stale(),
                     Ok(SharedAdmit::Settling { wait }) => {
                         if wait > request.max_wait {
                             return Ok(Decision::Refused(Refusal {
@@ -602,7 +610,7 @@ impl BudgetStore for FallbackStore {
                         tokio::time::sleep(wait).await;
                         request.max_wait = request.max_wait.saturating_sub(sent.elapsed());
                     }
-                    Err(error) => self.leave(DOWN, Some(&error)),
+                    Err(error) => self.go_down(&error),
                 }
             }
         })
