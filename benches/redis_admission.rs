@@ -1,7 +1,10 @@
-//! Latency of one admission through `RedisStore` on loopback (one `EVALSHA` round trip),
-//! with 1 and 50 candidate clients, and with a full org window the script must read.
-//! Starts its own `redis-server` on a free port. Prints p50 / p90 / p99 / max, which
-//! criterion does not report, so this is a plain `harness = false` main.
+//! Latency of one admission through Redis on loopback (one `EVALSHA` round trip), with 1
+//! and 50 candidate clients, and with a full org window the script must read; each through
+//! `RedisStore` alone and through `FallbackStore` as gcpool runs it (epoch check, fleet-wide
+//! counts in the answer, the journal). Starts its own `redis-server` on a free port. Prints
+//! p50 / p90 / p99 / max, which criterion does not report, so this is a plain
+//! `harness = false` main. The p99 is what `shared_state.timeout` (default 50 ms) must stay
+//! far above.
 //!
 //! `cargo bench --bench redis_admission`
 
@@ -10,8 +13,11 @@ use std::num::NonZeroU32;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use gcpool::budget::{
-    AdmitRequest, BudgetDef, BudgetKind, BudgetStore, Candidate, Decision, RedisStore,
+    AdmitRequest, BudgetDef, BudgetKind, BudgetStore, Candidate, Decision, FallbackStore,
+    RedisStore,
 };
 use gcpool::config::SharedStateConfig;
 use gcpool::secret::Secret;
@@ -91,16 +97,50 @@ fn setup(clients: usize, org_limit: u32) -> (Vec<BudgetDef>, Vec<String>, Vec<Ca
     (defs, names, candidates)
 }
 
-async fn run(port: u16, label: &str, clients: usize, org_limit: u32, expect_admit: bool) {
+async fn run(
+    port: u16,
+    label: &str,
+    clients: usize,
+    org_limit: u32,
+    expect_admit: bool,
+    fallback: bool,
+) {
     let (defs, names, candidates) = setup(clients, org_limit);
+    let timeout = Duration::from_secs(1);
     let config = SharedStateConfig {
         redis_url: Secret::new(format!("redis://127.0.0.1:{port}/")),
-        key_prefix: format!("bench-{label}"),
+        key_prefix: format!("bench-{label}-{fallback}"),
         replicas_hint: NonZeroU32::MIN,
+        timeout,
     };
-    let store = RedisStore::connect(&config, &defs, &names, Duration::from_secs(1))
+    let redis = RedisStore::connect(&config, &defs, &names)
         .await
         .expect("the bench's redis-server answers");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let store: Arc<dyn BudgetStore> = if fallback {
+        let store = Arc::new(FallbackStore::new(
+            &defs,
+            names.len(),
+            1,
+            Arc::new(redis),
+            timeout,
+        ));
+        tokio::spawn(store.clone().run_recovery(stop.clone()));
+        while !store.is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store
+    } else {
+        Arc::new(redis)
+    };
+    let label = format!(
+        "{label}, {}",
+        if fallback {
+            "FallbackStore"
+        } else {
+            "RedisStore"
+        }
+    );
     let request = AdmitRequest {
         candidates: &candidates,
         route: None,
@@ -127,6 +167,7 @@ async fn run(port: u16, label: &str, clients: usize, org_limit: u32, expect_admi
         .await
         .expect("CONFIG RESETSTAT");
     let mut samples = Vec::with_capacity(SAMPLES);
+    let up_before = store.is_up();
     for _ in 0..SAMPLES {
         let start = Instant::now();
         let decision = store.admit(request).await.expect("redis answers");
@@ -144,10 +185,15 @@ async fn run(port: u16, label: &str, clients: usize, org_limit: u32, expect_admi
         .and_then(|l| l.split(',').find(|f| f.starts_with("usec_per_call=")))
         .and_then(|f| f.trim_start_matches("usec_per_call=").parse::<f64>().ok())
         .unwrap_or(f64::NAN);
+    assert!(
+        up_before && store.is_up(),
+        "{label}: measured on the shared store"
+    );
+    stop.cancel();
     samples.sort_unstable();
     let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
-        "{label:<38} p50 {:>5.0} µs  p90 {:>5.0} µs  p99 {:>5.0} µs  max {:>6.0} µs  (script in Redis {in_redis:.0} µs)",
+        "{label:<52} p50 {:>5.0} µs  p90 {:>5.0} µs  p99 {:>5.0} µs  max {:>6.0} µs  (script in Redis {in_redis:.0} µs)",
         micros(q(0.50)),
         micros(q(0.90)),
         micros(q(0.99)),
@@ -181,15 +227,34 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         println!("{SAMPLES} sequential admissions each, one EVALSHA round trip on loopback");
-        run(server.port, "1 client, admitted", 1, 1_000_000_000, true).await;
-        run(server.port, "50 clients, admitted", 50, 1_000_000_000, true).await;
-        run(
-            server.port,
-            "50 clients, org window full (1,000)",
-            50,
-            1_000,
-            false,
-        )
-        .await;
+        for fallback in [false, true] {
+            run(
+                server.port,
+                "1 client, admitted",
+                1,
+                1_000_000_000,
+                true,
+                fallback,
+            )
+            .await;
+            run(
+                server.port,
+                "50 clients, admitted",
+                50,
+                1_000_000_000,
+                true,
+                fallback,
+            )
+            .await;
+            run(
+                server.port,
+                "50 clients, org window full (1,000)",
+                50,
+                1_000,
+                false,
+                fallback,
+            )
+            .await;
+        }
     });
 }

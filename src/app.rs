@@ -43,12 +43,9 @@ pub enum StartError {
     Worker(#[source] std::io::Error),
 }
 
-/// How long one Redis call may take before this replica serves locally: well under any
-/// request deadline, well over a loopback or same-zone round trip.
-const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// The in-memory store, or with `shared_state` the Redis store behind a local fallback
-/// (whose reconnect task is owned by `shutdown`).
+/// (whose health and write-back task is owned by `shutdown`). Every Redis call is bounded by
+/// `shared_state.timeout`.
 fn budget_store(
     config: &Config,
     table: &BudgetTable,
@@ -59,13 +56,13 @@ fn budget_store(
         return Ok(Arc::new(MemoryStore::new(table.defs(), clients.len())));
     };
     // Fail at start on a URL that can never work; a Redis that is down is fine.
-    let redis = RedisStore::lazy(shared, table.defs(), clients, REDIS_TIMEOUT)
-        .map_err(StartError::SharedState)?;
+    let redis = RedisStore::lazy(shared, table.defs(), clients).map_err(StartError::SharedState)?;
     let store = Arc::new(FallbackStore::new(
         table.defs(),
         clients.len(),
         shared.replicas_hint.get(),
         Arc::new(redis),
+        shared.timeout,
     ));
     shutdown.spawn(
         store

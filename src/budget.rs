@@ -8,7 +8,9 @@
 //! in all its budgets at once, or refuses when it lies past the request's `max_wait`.
 //!
 //! The store is a trait so a Redis implementation can replace the in-memory one without
-//! touching the request path. Knows nothing of HTTP.
+//! touching the request path. Knows nothing of HTTP. [`window`]: the rule; [`memory`] and
+//! [`redis`]: the stores; [`fallback`]: Redis with a local share while it fails, and the
+//! write-back after an outage, flush or restart, from this replica's [`journal`].
 
 use std::fmt;
 use std::future::Future;
@@ -16,6 +18,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub mod fallback;
+pub mod journal;
 pub mod memory;
 pub mod redis;
 pub mod window;
@@ -102,8 +105,11 @@ pub(crate) struct Slot {
     /// The reserved instant on the store's clock (µs).
     pub(crate) at: window::Micros,
     pub(crate) budgets: Vec<BudgetId>,
-    /// The Redis store's member name of the reservation (`None` in memory).
+    /// The reservation's member name: the Redis store's, or the one the fallback gives a
+    /// local admission so it can be written back (`None` for a plain memory store).
     pub(crate) member: Option<String>,
+    /// Reserved in the shared store (give it back there), not in a local one.
+    pub(crate) shared: bool,
 }
 
 /// Why no slot was reserved.

@@ -157,6 +157,9 @@ pub struct SharedStateConfig {
     pub redis_url: Secret,
     pub key_prefix: String,
     pub replicas_hint: NonZeroU32,
+    /// How long one Redis call may take before this replica decides on its local share
+    /// (`shared_state.timeout`).
+    pub timeout: Duration,
 }
 
 /// Every error found while loading a config; each names its key path.

@@ -488,6 +488,7 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
                 s.redis_url.expose().to_owned(),
                 s.key_prefix.clone(),
                 s.replicas_hint,
+                s.timeout,
             )
         })
     };

@@ -1,7 +1,8 @@
 //! `RedisStore` against a real `redis-server`: the budget property suite run through the
 //! `BudgetStore` trait on Redis and on memory (same scenarios, same assertions), and the
 //! Redis-only facts: NOSCRIPT recovery, cool-downs and learned limits shared by replicas,
-//! release, key expiry, URL handling and errors that never show a secret.
+//! release, key expiry, URL handling and errors that never show a secret, and the epoch,
+//! settle pause and write-back the fallback builds on.
 
 mod support;
 
@@ -9,6 +10,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gcpool::budget::fallback::{SharedAdmit, SharedStore, SyncRequest, SyncStatus};
+use gcpool::budget::journal::Admission;
 use gcpool::budget::window::Micros;
 use gcpool::budget::{
     AdmitRequest, Binding, BudgetDef, BudgetError, BudgetKind, BudgetStore, Candidate, CoolDown,
@@ -28,6 +31,7 @@ fn shared_state(url: &str, prefix: &str) -> SharedStateConfig {
         redis_url: Secret::new(url),
         key_prefix: prefix.into(),
         replicas_hint: NonZeroU32::MIN,
+        timeout: TIMEOUT,
     }
 }
 
@@ -67,7 +71,7 @@ async fn connect(
     defs: &[BudgetDef],
     clients: &[String],
 ) -> RedisStore {
-    RedisStore::connect(&shared_state(&server.url(), prefix), defs, clients, TIMEOUT)
+    RedisStore::connect(&shared_state(&server.url(), prefix), defs, clients)
         .await
         .expect("a running redis-server must accept the store")
 }
@@ -632,7 +636,7 @@ async fn errors_never_show_the_url_or_its_password() {
     let (defs, clients, _) = two_clients();
     for scheme in ["redis", "rediss"] {
         let url = format!("{scheme}://gcpool:hunter2@127.0.0.1:{free}/0");
-        let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients, TIMEOUT)
+        let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients)
             .await
             .expect_err("nothing listens");
         let text = format!("{err} {err:?}");
@@ -649,7 +653,6 @@ async fn errors_never_show_the_url_or_its_password() {
         &shared_state("http://:hunter2@redis/", "x"),
         &defs,
         &clients,
-        TIMEOUT,
     )
     .await
     .expect_err("not a redis URL");
@@ -659,7 +662,6 @@ async fn errors_never_show_the_url_or_its_password() {
         &shared_state("rediss://u:hunter2@redis.example:6380/", "x"),
         &defs,
         &clients,
-        TIMEOUT,
     )
     .expect("a rediss:// URL parses without connecting");
     assert!(!lazy.is_up(), "not up before a call succeeded");
@@ -671,7 +673,7 @@ async fn rediss_against_a_plain_server_fails_the_handshake_cleanly() {
     let server = RedisServer::start();
     let (defs, clients, _) = two_clients();
     let url = format!("rediss://:hunter2@127.0.0.1:{}/", server.port());
-    let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients, TIMEOUT)
+    let err = RedisStore::connect(&shared_state(&url, "x"), &defs, &clients)
         .await
         .expect_err("a plain server cannot complete a TLS handshake");
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
@@ -714,4 +716,149 @@ async fn goes_down_with_redis_and_comes_back_by_itself() {
     assert!(back, "the connection manager reconnects by itself");
     assert!(store.is_up());
     admitted(admit(store.as_ref(), &c, Duration::ZERO).await);
+}
+
+// === epoch, settle pause and write-back (what `FallbackStore` builds on) ===
+
+fn sync_request(adopt: bool, epoch: Option<&str>, admissions: Vec<Admission>) -> SyncRequest {
+    static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SyncRequest {
+        adopt,
+        epoch: epoch.map(str::to_owned),
+        new_epoch: format!("epoch-{n}"),
+        settle: Duration::from_millis(300),
+        set_settle: false,
+        admissions,
+        usage: vec![0, 2],
+    }
+}
+
+/// The scripts' contract: a fresh state admits at once; a write-back's settle pause makes
+/// admissions wait, not fail; an admission into another state is refused as stale; a
+/// flushed state is refilled by a write-back, which is idempotent; and out of memory, the
+/// probe fails as admissions do while PING still answers.
+#[tokio::test]
+async fn shared_store_epoch_settle_and_write_back() {
+    let server = RedisServer::start();
+    let (defs, clients, c) = two_clients();
+    let store = connect(&server, "sync", &defs, &clients).await;
+    let request = AdmitRequest {
+        candidates: &c,
+        route: None,
+        max_wait: Duration::from_secs(1),
+    };
+
+    let created = store
+        .sync(sync_request(true, None, Vec::new()))
+        .await
+        .expect("redis is up");
+    assert_eq!(created.status, SyncStatus::Created);
+    let epoch = created.epoch.clone();
+    let Ok(SharedAdmit::Decided {
+        decision: Decision::Admitted(cold),
+        ..
+    }) = store.admit_shared(request, &epoch).await
+    else {
+        panic!("a cold start does not pause");
+    };
+    store.release(cold).await;
+    let mut paused = sync_request(false, Some(&epoch), Vec::new());
+    paused.set_settle = true;
+    store.sync(paused).await.expect("redis is up");
+    let Ok(SharedAdmit::Settling { wait }) = store.admit_shared(request, &epoch).await else {
+        panic!("a write-back pauses admissions");
+    };
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(300),
+        "{wait:?}"
+    );
+    tokio::time::sleep(wait).await;
+    let Ok(SharedAdmit::Decided {
+        decision: Decision::Admitted(first),
+        usage,
+        ..
+    }) = store.admit_shared(request, &epoch).await
+    else {
+        panic!("admitted once the pause is over");
+    };
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| (u.budget, u.count))
+            .collect::<Vec<_>>(),
+        [(2, 1), (0, 1)],
+        "fleet-wide counts of the chosen candidate's budgets (org, token:a)"
+    );
+    assert_eq!(
+        store.admit_shared(request, "another").await.ok(),
+        Some(SharedAdmit::Stale {
+            epoch: Some(epoch.clone())
+        })
+    );
+
+    let mut con = raw(&server).await;
+    let () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    assert_eq!(
+        store.admit_shared(request, &epoch).await.ok(),
+        Some(SharedAdmit::Stale { epoch: None }),
+        "a flushed state is noticed, nothing admitted"
+    );
+    let journal = vec![
+        Admission {
+            member: "from-redis".into(),
+            at: first.at_micros(),
+            budgets: vec![2, 0],
+        },
+        Admission {
+            member: "local-1".into(),
+            at: first.at_micros() + 1,
+            budgets: vec![2, 1],
+        },
+    ];
+    let restored = store
+        .sync(sync_request(true, Some(&epoch), journal.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        restored.status,
+        SyncStatus::Created,
+        "a new state, new epoch"
+    );
+    assert_ne!(restored.epoch, epoch);
+    assert_eq!(restored.written, 4, "two admissions in two budgets each");
+    assert_eq!(
+        restored
+            .usage
+            .iter()
+            .map(|u| (u.budget, u.count))
+            .collect::<Vec<_>>(),
+        [(0, 1), (2, 2)]
+    );
+    let again = store
+        .sync(sync_request(false, Some(&restored.epoch), journal))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.written),
+        (SyncStatus::InSync, 0),
+        "idempotent"
+    );
+
+    server.out_of_memory();
+    let probe = store
+        .sync(sync_request(false, Some(&restored.epoch), Vec::new()))
+        .await;
+    assert!(
+        probe.is_err(),
+        "the probe writes, so it fails out of memory: {probe:?}"
+    );
+    assert!(store.ping().await.is_ok(), "while PING answers");
+    server.enough_memory();
+    assert!(
+        store
+            .sync(sync_request(false, Some(&restored.epoch), Vec::new()))
+            .await
+            .is_ok()
+    );
 }

@@ -3,16 +3,25 @@
 -- KEYS[1]   {prefix}:cool    hash  client:<name> | route:<index> | pool  -> "not before" (µs)
 -- KEYS[2]   {prefix}:limits  hash  budget name -> learned lower limit
 -- KEYS[3]   {prefix}:seq     counter, makes reservation members unique
--- KEYS[3+i] {prefix}:b:<budget name>  sorted set of reserved instants (score = µs), i = 1..K
+-- KEYS[4]   {prefix}:sync    hash  epoch -> id of this state, settle -> "not before" (µs)
+-- KEYS[4+i] {prefix}:b:<budget name>  sorted set of reserved instants (score = µs), i = 1..K
 --
--- ARGV[1] max_wait µs   ARGV[2] route cool-down field or ""   ARGV[3] K
+-- ARGV[1] the epoch the replica wrote back into ('*': no check)   ARGV[2] max_wait µs
+-- ARGV[3] route cool-down field or ""   ARGV[4] K
 -- then K triples: budget name, configured limit, window µs (guard included)
 -- then M, and per candidate: client cool-down field or "", B, then B budget positions (1..K)
 --
 -- Returns {status, candidate (0-based), wait µs, binding kind, binding position (0-based),
--- member, instant µs}: status 1 admitted, 0 refused (waits too long), -1 never (no candidate
--- can be admitted). Binding kind: 0 none, 1 budget (position in the candidate's list),
--- 2 client cool-down, 3 route cool-down, 4 pool cool-down.
+-- member, instant µs, now µs, ...}: status 1 admitted, 0 refused (waits too long), -1 never
+-- (no candidate can be admitted); for 1 and 0, then per budget of the chosen candidate (in
+-- its order): admissions from now - window on (reservations included) and the latest
+-- instant, so that a replica can size its local share should Redis go away.
+-- Status -2: the state is not the one the replica knows (emptied by a flush or a restart, or
+-- already written back into under a new epoch); nothing is admitted until the replica has
+-- written its admissions back (sync.lua); then the current epoch ('' when none). Status -3:
+-- replicas are writing back after an outage; wait µs until then, and ask again.
+-- Binding kind: 0 none, 1 budget (position in the candidate's list), 2 client cool-down,
+-- 3 route cool-down, 4 pool cool-down.
 
 local MARGIN_MS = 10000
 local SEQ_TTL_MS = 86400000
@@ -23,12 +32,26 @@ end
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local max_wait = tonumber(ARGV[1])
-local route_field = ARGV[2]
-local k = tonumber(ARGV[3])
+
+-- One HMGET: the epoch, and the end of a write-back pause. '*' (a store used on its own,
+-- with no fallback and nothing to write back) skips both.
+if ARGV[1] ~= '*' then
+  local sync = redis.call('HMGET', KEYS[4], 'epoch', 'settle')
+  if sync[1] ~= ARGV[1] then
+    return { -2, 0, 0, 0, 0, '', '0', fmt(now), sync[1] or '' }
+  end
+  local settle = tonumber(sync[2] or '0') or 0
+  if settle > now then
+    return { -3, 0, settle - now, 0, 0, '', '0', fmt(now) }
+  end
+end
+
+local max_wait = tonumber(ARGV[2])
+local route_field = ARGV[3]
+local k = tonumber(ARGV[4])
 
 local names, limits, lens = {}, {}, {}
-local p = 4
+local p = 5
 for i = 1, k do
   names[i] = ARGV[p]
   limits[i] = tonumber(ARGV[p + 1])
@@ -91,7 +114,7 @@ local function budget(i, n)
   if s then
     return s
   end
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   local card = redis.call('ZCARD', key)
   if card >= n then
     card = card - redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - lens[i]))
@@ -105,7 +128,7 @@ end
 local function instant(i, s, r)
   local v = s.ts[r]
   if v == nil then
-    local raw = redis.call('ZRANGE', KEYS[3 + i], r - 1, r - 2 + CHUNK, 'WITHSCORES')
+    local raw = redis.call('ZRANGE', KEYS[4 + i], r - 1, r - 2 + CHUNK, 'WITHSCORES')
     for j = 2, #raw, 2 do
       s.ts[r + j / 2 - 1] = tonumber(raw[j])
     end
@@ -130,7 +153,7 @@ local function earliest(i, from)
   end
   local w = lens[i]
   -- First group whose forbidden interval can reach past `from`: instant + w > from.
-  local first = redis.call('ZCOUNT', KEYS[3 + i], '-inf', fmt(from - w)) + 1
+  local first = redis.call('ZCOUNT', KEYS[4 + i], '-inf', fmt(from - w)) + 1
   local t = from
   for g = first, s.card - n + 1 do
     local a = instant(i, s, g)
@@ -202,12 +225,23 @@ for c = 1, m do
   end
 end
 
+-- Admissions of each budget of the chosen candidate from now - window on, and the latest.
+local function usage(out)
+  for _, i in ipairs(cands[best_c].budgets) do
+    local key = KEYS[4 + i]
+    out[#out + 1] = redis.call('ZCOUNT', key, '(' .. fmt(now - lens[i]), '+inf')
+    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    out[#out + 1] = last[2] or '0'
+  end
+  return out
+end
+
 if best_at == nil then
-  return { -1, 0, 0, 0, 0, '', 0 }
+  return { -1, 0, 0, 0, 0, '', '0', fmt(now) }
 end
 local wait = best_at - now
 if wait > max_wait then
-  return { 0, best_c - 1, wait, best_kind, best_pos, '', fmt(best_at) }
+  return usage({ 0, best_c - 1, wait, best_kind, best_pos, '', fmt(best_at), fmt(now) })
 end
 
 -- Reserve in every budget of the chosen candidate, and keep each key alive while any of
@@ -218,7 +252,7 @@ local seq = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], SEQ_TTL_MS)
 local member = fmt(best_at) .. '-' .. seq
 for _, i in ipairs(cands[best_c].budgets) do
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   redis.call('ZADD', key, fmt(best_at), member)
   -- Extend (never shorten) to cover the new instant's window, with MARGIN_MS to spare so
   -- that most admissions need no PEXPIRE.
@@ -227,4 +261,4 @@ for _, i in ipairs(cands[best_c].budgets) do
     redis.call('PEXPIRE', key, ttl + MARGIN_MS)
   end
 end
-return { 1, best_c - 1, wait, best_kind, best_pos, member, fmt(best_at) }
+return usage({ 1, best_c - 1, wait, best_kind, best_pos, member, fmt(best_at), fmt(now) })

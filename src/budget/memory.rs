@@ -57,6 +57,16 @@ impl MemoryStore {
         micros(self.epoch.elapsed())
     }
 
+    /// Now on this store's clock (µs since it was created).
+    pub fn now_micros(&self) -> Micros {
+        self.now()
+    }
+
+    /// `instant` on this store's clock (0 for instants before it was created).
+    pub fn micros_at(&self, instant: Instant) -> Micros {
+        micros(instant.saturating_duration_since(self.epoch))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave windows half-updated in a way that
         // breaks the rule (each step keeps them sorted), so keep serving.
@@ -134,6 +144,7 @@ impl MemoryStore {
                 at,
                 budgets,
                 member: None,
+                shared: false,
             },
         })
     }
@@ -161,6 +172,32 @@ impl MemoryStore {
             if let Some(w) = state.windows.get_mut(b) {
                 w.prune(now);
                 w.reserve(at);
+            }
+        }
+    }
+
+    /// Records an admission decided elsewhere at `at` (this store's clock) in `budgets`,
+    /// without checking.
+    pub fn record_at(&self, budgets: &[BudgetId], at: Micros) {
+        let now = self.now();
+        let mut state = self.lock();
+        for &b in budgets {
+            if let Some(w) = state.windows.get_mut(b) {
+                w.prune(now);
+                w.reserve(at);
+            }
+        }
+    }
+
+    /// Replaces every window's admissions with `seeds[budget]` (instants on this store's
+    /// clock, any order); budgets past the end of `seeds` are left empty. Limits,
+    /// cool-downs and learned limits stay.
+    pub fn reseed(&self, seeds: &[Vec<Micros>]) {
+        let mut state = self.lock();
+        for (b, window) in state.windows.iter_mut().enumerate() {
+            window.clear();
+            for &at in seeds.get(b).map_or(&[][..], Vec::as_slice) {
+                window.reserve(at);
             }
         }
     }

@@ -14,17 +14,21 @@
 //! | `{P}:cool` | hash | `client:<name>`, `route:<index>`, `pool` → "not before" (µs) |
 //! | `{P}:limits` | hash | budget name → learned lower limit |
 //! | `{P}:seq` | counter | makes members unique |
+//! | `{P}:sync` | hash | `epoch` (id of this state), `settle` (no admission before, µs), `seen` (last probe) |
 //!
 //! Budget keys live as long as one of their instants can share a window with the future
-//! (plus a margin); the cool-down hash as long as its longest cool-down; learned limits a
-//! week after the last lowering. Nothing grows without bound.
+//! (plus a margin); the cool-down hash as long as its longest cool-down; learned limits an
+//! hour after the last lowering; the sync hash (three fields) never expires, since its
+//! disappearance is how a flush or a restart without persistence is noticed. Nothing grows
+//! without bound.
 //!
 //! The connection is redis-rs's [`ConnectionManager`]: one multiplexed connection (every
 //! request pipelined on it, no pool to size) that reconnects by itself, with backoff, after
 //! an I/O error. The store therefore has no reconnect loop of its own; each call is bounded
-//! by a timeout and [`RedisStore::is_up`](BudgetStore::is_up) tells whether the last one
-//! succeeded, which is what `budget::fallback` watches. Not owned here: the in-memory
-//! fallback while Redis is down.
+//! by `shared_state.timeout` and [`RedisStore::is_up`](BudgetStore::is_up) tells whether the
+//! last one succeeded. Through [`SharedStore`] the admission also checks the state's epoch
+//! and returns fleet-wide counts, and `sync.lua` writes admissions back and probes. Not owned
+//! here: when to use Redis, the local share and the journal (`budget::fallback`).
 
 use std::fmt;
 use std::future::Future;
@@ -37,6 +41,8 @@ use ::redis::{Client, RedisError, Script, Value};
 use arc_swap::ArcSwap;
 use tracing::debug;
 
+use super::fallback::{SharedAdmit, SharedStore, SyncReply, SyncRequest, SyncStatus, Usage};
+use super::journal::Admission;
 use super::window::Micros;
 use super::{
     AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, CoolDown,
@@ -47,6 +53,12 @@ use crate::secret::Secret;
 
 /// How long a learned lower limit is kept after it was last lowered.
 const LIMITS_TTL_MS: u64 = 3600 * 1000;
+
+/// Admissions written back per `sync.lua` call: one call stays well under a millisecond.
+const WRITE_BACK_CHUNK: usize = 256;
+
+/// The epoch a store used on its own passes: no epoch check, no settle pause.
+const NO_EPOCH: &str = "*";
 
 const COOL_DOWN_LUA: &str = r"
 local clock = redis.call('TIME')
@@ -132,7 +144,9 @@ struct Shared {
     cool_key: String,
     limits_key: String,
     seq_key: String,
+    sync_key: String,
     admit: Script,
+    sync: Script,
     cool_down: Script,
     lower_limit: Script,
     snapshot: Script,
@@ -166,6 +180,12 @@ struct AdmitReply {
     binding_pos: usize,
     member: String,
     at: Micros,
+    /// Redis' clock when it decided.
+    now: Micros,
+    /// Status 1 and 0: (count, latest instant) per budget of the chosen candidate. Status
+    /// -2: the state's epoch (empty when none).
+    usage: Vec<(u32, Micros)>,
+    epoch: String,
 }
 
 // === impl Layout ===
@@ -193,7 +213,7 @@ impl RedisStore {
     /// A store for `defs` (indexed by [`BudgetId`]) and `clients` (client names, indexed by
     /// client), connected to `config.redis_url` and checked with a `PING`.
     ///
-    /// Every call is bounded by `timeout`.
+    /// Every call is bounded by `config.timeout`.
     ///
     /// # Errors
     /// [`BudgetError::InvalidUrl`] when the URL is not a `redis://` or `rediss://` URL;
@@ -203,9 +223,8 @@ impl RedisStore {
         config: &SharedStateConfig,
         defs: &[BudgetDef],
         clients: &[String],
-        timeout: Duration,
     ) -> Result<RedisStore, BudgetError> {
-        let store = Self::lazy(config, defs, clients, timeout)?;
+        let store = Self::lazy(config, defs, clients)?;
         store.ping().await?;
         Ok(store)
     }
@@ -220,8 +239,8 @@ impl RedisStore {
         config: &SharedStateConfig,
         defs: &[BudgetDef],
         clients: &[String],
-        timeout: Duration,
     ) -> Result<RedisStore, BudgetError> {
+        let timeout = config.timeout;
         let url = config.redis_url.expose();
         let scheme = url.split_once("://").map(|(s, _)| s);
         if !matches!(scheme, Some("redis" | "rediss")) {
@@ -237,12 +256,15 @@ impl RedisStore {
             .redis_settings()
             .password()
             .map(|p| Secret::new(p.to_owned()));
+        // One connection attempt per reconnection: the fallback's health loop is the retry
+        // loop (every `fallback::TICK` at most), so a Redis that comes back is used at once
+        // rather than after the manager's own backoff.
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(2);
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_number_of_retries(0);
         let con = ConnectionManager::new_lazy_with_config(client, manager)
             .map_err(|e| BudgetError::Unavailable(scrub(&e, password.as_ref())))?;
         let prefix = &config.key_prefix;
@@ -256,7 +278,9 @@ impl RedisStore {
                 cool_key: format!("{{{prefix}}}:cool"),
                 limits_key: format!("{{{prefix}}}:limits"),
                 seq_key: format!("{{{prefix}}}:seq"),
+                sync_key: format!("{{{prefix}}}:sync"),
                 admit: Script::new(include_str!("admit.lua")),
+                sync: Script::new(include_str!("sync.lua")),
                 cool_down: Script::new(COOL_DOWN_LUA),
                 lower_limit: Script::new(LOWER_LIMIT_LUA),
                 snapshot: Script::new(SNAPSHOT_LUA),
@@ -301,7 +325,17 @@ impl RedisStore {
         [&s.cool_key, &s.limits_key, &s.seq_key]
     }
 
-    async fn admit_inner(&self, request: AdmitRequest<'_>) -> Result<Decision, BudgetError> {
+    /// The key of the epoch and settle pause (`{P}:sync`), written only by a store behind a
+    /// fallback; it never expires (its loss is how a flush or a restart is noticed).
+    pub fn sync_key(&self) -> &str {
+        &self.shared.sync_key
+    }
+
+    async fn admit_inner(
+        &self,
+        request: AdmitRequest<'_>,
+        epoch: &str,
+    ) -> Result<SharedAdmit, BudgetError> {
         let s = &self.shared;
         let layout = s.layout.load_full();
         // Budgets touched, each once, in first-seen order; `pos[b]` is its 1-based position.
@@ -319,11 +353,13 @@ impl RedisStore {
         invocation
             .key(&s.cool_key)
             .key(&s.limits_key)
-            .key(&s.seq_key);
+            .key(&s.seq_key)
+            .key(&s.sync_key);
         for &b in &touched {
             invocation.key(&layout.budgets[b].key);
         }
         invocation
+            .arg(epoch)
             .arg(micros(request.max_wait))
             .arg(
                 request
@@ -361,7 +397,117 @@ impl RedisStore {
             Ok(reply) => reply,
             Err(e) => return s.fail(e),
         };
-        reply.decision(request, layout.budgets.len())
+        reply.answer(request, layout.budgets.len())
+    }
+
+    /// Writes `request.admissions` back in chunks; the first call adopts (or creates) the
+    /// state, the later ones write only into the state it found.
+    async fn sync_inner(&self, request: SyncRequest) -> Result<SyncReply, BudgetError> {
+        let chunks: Vec<&[Admission]> = if request.admissions.is_empty() {
+            vec![&[]]
+        } else {
+            request.admissions.chunks(WRITE_BACK_CHUNK).collect()
+        };
+        let mut total: Option<SyncReply> = None;
+        for chunk in chunks {
+            let reply = match &total {
+                None => {
+                    self.sync_call(
+                        &request,
+                        request.adopt,
+                        request.epoch.as_deref(),
+                        chunk,
+                        &request.usage,
+                    )
+                    .await?
+                }
+                Some(first) => {
+                    self.sync_call(&request, false, Some(&first.epoch), chunk, &[])
+                        .await?
+                }
+            };
+            if reply.status == SyncStatus::Stale {
+                // Another state (or none) than expected: nothing written; the caller starts
+                // over from this answer.
+                return Ok(reply);
+            }
+            match &mut total {
+                None => total = Some(reply),
+                Some(t) => {
+                    t.written += reply.written;
+                    t.now = reply.now;
+                }
+            }
+        }
+        total.ok_or_else(|| BudgetError::Protocol("a write-back made no call".into()))
+    }
+
+    /// One `sync.lua` call: `adopt` or probe `epoch`, write `admissions`, read `usage`.
+    async fn sync_call(
+        &self,
+        request: &SyncRequest,
+        adopt: bool,
+        epoch: Option<&str>,
+        admissions: &[Admission],
+        usage: &[BudgetId],
+    ) -> Result<SyncReply, BudgetError> {
+        let s = &self.shared;
+        let layout = s.layout.load_full();
+        // Budgets named, each once; `pos[b]` is its 1-based position among the keys.
+        let mut pos = vec![0usize; layout.budgets.len()];
+        let mut keys: Vec<BudgetId> = Vec::new();
+        let mut touch = |b: BudgetId| -> Option<usize> {
+            let p = pos.get_mut(b)?;
+            if *p == 0 {
+                keys.push(b);
+                *p = keys.len();
+            }
+            Some(*p)
+        };
+        let usage_pos: Vec<(BudgetId, usize)> = usage
+            .iter()
+            .filter_map(|&b| touch(b).map(|p| (b, p)))
+            .collect();
+        let entries: Vec<(&Admission, Vec<usize>)> = admissions
+            .iter()
+            .map(|a| (a, a.budgets.iter().filter_map(|&b| touch(b)).collect()))
+            .collect();
+        let mut invocation = s.sync.prepare_invoke();
+        invocation.key(&s.sync_key);
+        for &b in &keys {
+            invocation.key(&layout.budgets[b].key);
+        }
+        invocation
+            .arg(if adopt { "sync" } else { "probe" })
+            .arg(epoch.unwrap_or(""))
+            .arg(&request.new_epoch)
+            .arg(micros(request.settle))
+            .arg(if request.set_settle { "1" } else { "0" })
+            .arg(keys.len());
+        for &b in &keys {
+            invocation.arg(layout.budgets[b].window);
+        }
+        invocation.arg(usage_pos.len());
+        for &(_, p) in &usage_pos {
+            invocation.arg(p);
+        }
+        for (admission, positions) in &entries {
+            invocation
+                .arg(&admission.member)
+                .arg(admission.at)
+                .arg(positions.len());
+            for p in positions {
+                invocation.arg(*p);
+            }
+        }
+        let mut con = s.con.clone();
+        let value: Value = s
+            .call(async { invocation.invoke_async(&mut con).await })
+            .await?;
+        match parse_sync(&value, &usage_pos) {
+            Ok(reply) => Ok(reply),
+            Err(e) => s.fail(e),
+        }
     }
 }
 
@@ -379,11 +525,19 @@ impl fmt::Debug for RedisStore {
 }
 
 impl BudgetStore for RedisStore {
+    /// Used on its own (no fallback), the store checks no epoch and never pauses.
     fn admit<'a>(
         &'a self,
         request: AdmitRequest<'a>,
     ) -> BoxFuture<'a, Result<Decision, BudgetError>> {
-        Box::pin(self.admit_inner(request))
+        Box::pin(async move {
+            match self.admit_inner(request, NO_EPOCH).await? {
+                SharedAdmit::Decided { decision, .. } => Ok(decision),
+                other => self.shared.fail(BudgetError::Protocol(format!(
+                    "admission without an epoch answered {other:?}"
+                ))),
+            }
+        })
     }
 
     fn release(&self, reservation: Reservation) -> BoxFuture<'static, ()> {
@@ -550,6 +704,8 @@ impl Shared {
                 self.up.store(true, Ordering::Relaxed);
                 Ok(value)
             }
+            // The connection's own response timeout is the same deadline.
+            Ok(Err(e)) if e.is_timeout() => self.fail(BudgetError::Timeout(self.timeout)),
             Ok(Err(e)) => self.fail(BudgetError::Unavailable(scrub(&e, self.password.as_ref()))),
             Err(_) => self.fail(BudgetError::Timeout(self.timeout)),
         }
@@ -568,7 +724,18 @@ impl AdmitReply {
         let Value::Array(items) = value else {
             return Err(bad_reply(value));
         };
-        let [status, candidate, wait, kind, pos, member, at] = items.as_slice() else {
+        let [
+            status,
+            candidate,
+            wait,
+            kind,
+            pos,
+            member,
+            at,
+            now,
+            rest @ ..,
+        ] = items.as_slice()
+        else {
             return Err(bad_reply(value));
         };
         let int = |v: &Value| as_int(v).ok_or_else(|| bad_reply(value));
@@ -579,6 +746,20 @@ impl AdmitReply {
         let binding_pos = usize::try_from(int(pos)?).map_err(|_| bad_reply(value))?;
         let member = as_string(member).ok_or_else(|| bad_reply(value))?;
         let at = u64::try_from(int(at)?).map_err(|_| bad_reply(value))?;
+        let now = u64::try_from(int(now)?).map_err(|_| bad_reply(value))?;
+        let (usage, epoch) = match status {
+            -2 => (
+                Vec::new(),
+                rest.first()
+                    .and_then(as_string)
+                    .ok_or_else(|| bad_reply(value))?,
+            ),
+            0 | 1 => (
+                usage_pairs(rest).ok_or_else(|| bad_reply(value))?,
+                String::new(),
+            ),
+            _ => (Vec::new(), String::new()),
+        };
         Ok(Self {
             status,
             candidate,
@@ -587,55 +768,157 @@ impl AdmitReply {
             binding_pos,
             member,
             at,
+            now,
+            usage,
+            epoch,
         })
     }
 
-    /// The decision in the request's terms (`budgets`: how many the store knows); a reply
+    /// The answer in the request's terms (`budgets`: how many the store knows); a reply
     /// that names no candidate of the request is a protocol error.
-    fn decision(self, request: AdmitRequest<'_>, budgets: usize) -> Result<Decision, BudgetError> {
-        if self.status < 0 {
-            return Ok(Decision::Refused(Refusal {
-                wait: None,
-                binding: None,
-            }));
-        }
-        let Some(candidate) = request.candidates.get(self.candidate) else {
+    fn answer(self, request: AdmitRequest<'_>, budgets: usize) -> Result<SharedAdmit, BudgetError> {
+        let now = self.now;
+        let decision = match self.status {
+            -3 => {
+                return Ok(SharedAdmit::Settling {
+                    wait: Duration::from_micros(self.wait),
+                });
+            }
+            -2 => {
+                return Ok(SharedAdmit::Stale {
+                    epoch: (!self.epoch.is_empty()).then_some(self.epoch),
+                });
+            }
+            status if status < 0 => {
+                return Ok(SharedAdmit::Decided {
+                    decision: Decision::Refused(Refusal {
+                        wait: None,
+                        binding: None,
+                    }),
+                    now,
+                    usage: Vec::new(),
+                });
+            }
+            _ => self,
+        };
+        let Some(candidate) = request.candidates.get(decision.candidate) else {
             return Err(BudgetError::Protocol(format!(
                 "admission named candidate {} of {}",
-                self.candidate,
+                decision.candidate,
                 request.candidates.len()
             )));
         };
-        let binding = match self.binding_kind {
-            1 => candidate
-                .budgets
-                .iter()
-                .filter(|&&b| b < budgets)
-                .nth(self.binding_pos)
-                .map(|&b| Binding::Budget(b)),
+        // The script's list for a candidate is its budgets the store knows, in order.
+        let known = candidate.budgets.iter().copied().filter(|&b| b < budgets);
+        let usage = known
+            .clone()
+            .zip(&decision.usage)
+            .map(|(budget, &(count, last))| Usage {
+                budget,
+                count,
+                last,
+            })
+            .collect();
+        let binding = match decision.binding_kind {
+            1 => known.clone().nth(decision.binding_pos).map(Binding::Budget),
             2 => Some(Binding::ClientCoolDown),
             3 => Some(Binding::RouteCoolDown),
             4 => Some(Binding::PoolCoolDown),
             _ => None,
         };
-        let wait = Duration::from_micros(self.wait);
-        if self.status == 0 {
-            return Ok(Decision::Refused(Refusal {
+        let wait = Duration::from_micros(decision.wait);
+        let decision = if decision.status == 0 {
+            Decision::Refused(Refusal {
                 wait: Some(wait),
                 binding,
-            }));
-        }
-        Ok(Decision::Admitted(Reservation {
-            candidate: self.candidate,
-            wait,
-            binding: if self.wait > 0 { binding } else { None },
-            slot: Slot {
-                at: self.at,
-                budgets: candidate.budgets.clone(),
-                member: Some(self.member),
-            },
-        }))
+            })
+        } else {
+            Decision::Admitted(Reservation {
+                candidate: decision.candidate,
+                wait,
+                binding: if decision.wait > 0 { binding } else { None },
+                slot: Slot {
+                    at: decision.at,
+                    budgets: candidate.budgets.clone(),
+                    member: Some(decision.member),
+                    shared: true,
+                },
+            })
+        };
+        Ok(SharedAdmit::Decided {
+            decision,
+            now,
+            usage,
+        })
     }
+}
+
+/// `sync.lua`'s answer; `usage` names the budgets its trailing pairs belong to.
+fn parse_sync(value: &Value, usage: &[(BudgetId, usize)]) -> Result<SyncReply, BudgetError> {
+    let bad = || BudgetError::Protocol(format!("write-back script answered {}", describe(value)));
+    let Value::Array(items) = value else {
+        return Err(bad());
+    };
+    let [status, epoch, now, written, _settle, rest @ ..] = items.as_slice() else {
+        return Err(bad());
+    };
+    let status = match as_int(status) {
+        Some(0) => SyncStatus::Stale,
+        Some(1) => SyncStatus::InSync,
+        Some(2) => SyncStatus::Created,
+        _ => return Err(bad()),
+    };
+    let epoch = as_string(epoch).ok_or_else(bad)?;
+    let now = as_int(now)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(bad)?;
+    let written = as_int(written)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(bad)?;
+    let pairs = if status == SyncStatus::Stale {
+        Vec::new()
+    } else {
+        usage_pairs(rest).ok_or_else(bad)?
+    };
+    if pairs.len()
+        != if status == SyncStatus::Stale {
+            0
+        } else {
+            usage.len()
+        }
+    {
+        return Err(bad());
+    }
+    Ok(SyncReply {
+        status,
+        epoch,
+        now,
+        written,
+        usage: usage
+            .iter()
+            .zip(pairs)
+            .map(|(&(budget, _), (count, last))| Usage {
+                budget,
+                count,
+                last,
+            })
+            .collect(),
+    })
+}
+
+/// `(count, latest instant)` pairs.
+fn usage_pairs(values: &[Value]) -> Option<Vec<(u32, Micros)>> {
+    if !values.len().is_multiple_of(2) {
+        return None;
+    }
+    values
+        .chunks(2)
+        .map(|pair| {
+            let count = to_u32(as_int(&pair[0])?);
+            let last = as_score(&pair[1])?;
+            Some((count, last))
+        })
+        .collect()
 }
 
 // === helpers ===
@@ -660,6 +943,17 @@ fn as_int(value: &Value) -> Option<i64> {
         Value::SimpleString(s) => s.parse().ok(),
         _ => None,
     }
+}
+
+/// A sorted-set score as Redis prints it (`1700000000000000`, or `1.7e+15` for some
+/// builds), as whole µs.
+fn as_score(value: &Value) -> Option<Micros> {
+    if let Some(i) = as_int(value) {
+        return u64::try_from(i).ok();
+    }
+    let text = as_string(value)?;
+    let f: f64 = text.parse().ok()?;
+    (f.is_finite() && f >= 0.0).then(|| f.round() as Micros)
 }
 
 fn as_string(value: &Value) -> Option<String> {
@@ -714,10 +1008,18 @@ fn fallback_snapshot(layout: &Layout, budgets: &[BudgetId], clients: usize) -> S
     }
 }
 
-impl super::SharedStore for RedisStore {
-    fn ping(&self) -> BoxFuture<'static, Result<(), BudgetError>> {
+impl SharedStore for RedisStore {
+    fn admit_shared<'a>(
+        &'a self,
+        request: AdmitRequest<'a>,
+        epoch: &'a str,
+    ) -> BoxFuture<'a, Result<SharedAdmit, BudgetError>> {
+        Box::pin(self.admit_inner(request, epoch))
+    }
+
+    fn sync(&self, request: SyncRequest) -> BoxFuture<'static, Result<SyncReply, BudgetError>> {
         let store = self.clone();
-        Box::pin(async move { RedisStore::ping(&store).await })
+        Box::pin(async move { store.sync_inner(request).await })
     }
 }
 
@@ -746,10 +1048,20 @@ mod tests {
             Value::Int(0),
             bulk("1700000000000000-7"),
             bulk("1700000000000000"),
+            bulk("1699999999999750"),
+            Value::Int(3),
+            bulk("1700000000000000"),
+            Value::Int(1),
+            bulk("1.7e+15"),
         ]);
         let reply = AdmitReply::parse(&ok).unwrap();
         assert_eq!(reply.wait, 250);
         assert_eq!(reply.at, 1_700_000_000_000_000);
+        assert_eq!(reply.now, 1_699_999_999_999_750);
+        assert_eq!(
+            reply.usage,
+            [(3, 1_700_000_000_000_000), (1, 1_700_000_000_000_000)]
+        );
         assert!(AdmitReply::parse(&Value::Nil).is_err());
         assert!(AdmitReply::parse(&Value::Array(vec![Value::Int(1)])).is_err());
         let negative_wait = Value::Array(vec![
@@ -760,7 +1072,59 @@ mod tests {
             Value::Int(0),
             bulk("m"),
             bulk("1"),
+            bulk("1"),
         ]);
         assert!(AdmitReply::parse(&negative_wait).is_err());
+        let odd_usage = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(5),
+            Value::Int(0),
+            Value::Int(0),
+            bulk(""),
+            bulk("1"),
+            bulk("1"),
+            Value::Int(3),
+        ]);
+        assert!(AdmitReply::parse(&odd_usage).is_err());
+        let stale = Value::Array(vec![
+            Value::Int(-2),
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(0),
+            bulk(""),
+            bulk("0"),
+            bulk("5"),
+            bulk(""),
+        ]);
+        assert_eq!(AdmitReply::parse(&stale).unwrap().epoch, "");
+    }
+
+    #[test]
+    fn sync_replies_name_their_budgets() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            Value::Int(2),
+            bulk("00ff"),
+            bulk("1700000000000000"),
+            Value::Int(4),
+            bulk("1700000000950000"),
+            Value::Int(2),
+            bulk("1700000000000000"),
+        ]);
+        let parsed = parse_sync(&reply, &[(7, 1)]).unwrap();
+        assert_eq!(parsed.status, SyncStatus::Created);
+        assert_eq!(parsed.epoch, "00ff");
+        assert_eq!(parsed.written, 4);
+        assert_eq!(
+            parsed.usage,
+            [Usage {
+                budget: 7,
+                count: 2,
+                last: 1_700_000_000_000_000
+            }]
+        );
+        assert!(parse_sync(&reply, &[]).is_err(), "usage must match the ask");
     }
 }

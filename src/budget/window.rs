@@ -90,6 +90,11 @@ impl Window {
         Some(t)
     }
 
+    /// Forgets every admission (the limit stays).
+    pub fn clear(&mut self) {
+        self.times.clear();
+    }
+
     /// Records an admission at `at` (which [`Window::earliest`] allowed).
     pub fn reserve(&mut self, at: Micros) {
         let i = self.times.partition_point(|&t| t <= at);

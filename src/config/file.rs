@@ -114,6 +114,7 @@ pub(super) struct SharedState {
     pub(super) redis_url_file: Option<String>,
     pub(super) key_prefix: Option<String>,
     pub(super) replicas_hint: Option<String>,
+    pub(super) timeout: Option<String>,
 }
 
 // === output mirror (what `gcpool check` prints; secrets already redacted) ===
@@ -205,6 +206,7 @@ pub(super) struct ResolvedSharedState {
     pub(super) redis_url: String,
     pub(super) key_prefix: String,
     pub(super) replicas_hint: u32,
+    pub(super) timeout: String,
 }
 
 // === parse / print ===

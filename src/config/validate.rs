@@ -51,6 +51,12 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_PENDING: usize = 10_000;
 const DEFAULT_KEY_PREFIX: &str = "gcpool";
 const DEFAULT_REPLICAS_HINT: NonZeroU32 = NonZeroU32::MIN;
+/// A loopback or same-zone round trip is well under a millisecond (p99 of one admission
+/// through Redis: `benches/redis_admission.rs`); 50 ms is SPEC §9's longest decision while
+/// Redis hangs.
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// A deadline past this is no longer "before the local fallback" for any caller.
+const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const ROUTE_METHODS: [Method; 6] = [
     Method::GET,
     Method::POST,
@@ -202,6 +208,7 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
             redis_url: redact_redis_url(s.redis_url.expose()),
             key_prefix: s.key_prefix.clone(),
             replicas_hint: s.replicas_hint.get(),
+            timeout: format_duration(s.timeout),
         }),
     };
     file::print(&resolved)
@@ -746,10 +753,12 @@ impl Validator<'_> {
             s.replicas_hint,
             parse_positive_u32,
         );
+        let timeout = self.parse("shared_state.timeout", s.timeout, parse_redis_timeout);
         SharedStateConfig {
             redis_url: url.unwrap_or_else(|| Secret::new("")),
             key_prefix: or_default(prefix, DEFAULT_KEY_PREFIX.to_owned()),
             replicas_hint: or_default(replicas, DEFAULT_REPLICAS_HINT),
+            timeout: or_default(timeout, DEFAULT_REDIS_TIMEOUT),
         }
     }
 
@@ -870,6 +879,19 @@ fn parse_positive_u64(s: &str) -> Result<u64, String> {
         0 => Err("must be greater than 0".into()),
         n => Ok(n),
     }
+}
+
+/// `shared_state.timeout`: between 1 ms and [`MAX_REDIS_TIMEOUT`].
+fn parse_redis_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) || d > MAX_REDIS_TIMEOUT {
+        return Err(format!(
+            "must be between 1ms and {} (got {s}): it is how long a request waits for Redis \
+             before this replica decides on its local share",
+            format_duration(MAX_REDIS_TIMEOUT)
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_positive_u32(s: &str) -> Result<NonZeroU32, String> {
@@ -1692,6 +1714,25 @@ inbound:
         assert_eq!(s.redis_url.expose(), "redis://:pw@redis:6379/0");
         assert_eq!(s.key_prefix, "gcpool");
         assert_eq!(s.replicas_hint.get(), 1);
+        assert_eq!(
+            s.timeout,
+            Duration::from_millis(50),
+            "default store deadline"
+        );
+        let c = ok(&format!(
+            "{CLIENT}{ANON}shared_state:\n  redis_url: redis://redis/0\n  timeout: 20ms\n"
+        ));
+        assert_eq!(c.shared_state.unwrap().timeout, Duration::from_millis(20));
+        for bad in ["0", "0ms", "2s", "1h", "fast"] {
+            let errs = errors(&format!(
+                "{CLIENT}{ANON}shared_state:\n  redis_url: redis://redis/0\n  timeout: {bad}\n"
+            ));
+            let msg = error_at(&errs, "shared_state.timeout");
+            assert!(
+                msg.contains("between 1ms and 1s") || msg.contains("duration"),
+                "{bad}: {msg}"
+            );
+        }
 
         let errs = errors(&format!(
             "{CLIENT}{ANON}shared_state:\n  redis_url: http://:topsecret@redis\n  key_prefix: ''\n  replicas_hint: 0\n"
@@ -1740,7 +1781,9 @@ inbound:
             "{out}"
         );
         assert!(
-            out.contains("replicas_hint: 3") && out.contains("client_id: id-a"),
+            out.contains("replicas_hint: 3")
+                && out.contains("timeout: 50ms")
+                && out.contains("client_id: id-a"),
             "{out}"
         );
         file::parse(&out).expect("the printed config uses only known keys");

@@ -1,5 +1,6 @@
 //! A real `redis-server` for tests: free loopback port, no persistence, own temp dir,
-//! killed on Drop. `kill` and `restart` (same port) drive the failure tests.
+//! killed on Drop. `kill` and `restart` (same port), `pause` and `resume` (SIGSTOP and
+//! SIGCONT to its PID), `flushall` and `out_of_memory` drive the failure tests.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,6 +53,93 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT); it answers what queued up meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server must be running to be signalled")
+            .id();
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("kill must run");
+        assert!(status.success(), "kill {signal} {pid} must succeed");
+    }
+
+    /// Sends one command; returns the first line of the reply (`+OK`, `:1`, `-ERR …`).
+    pub fn command(&self, args: &[&str]) -> String {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .expect("the test's redis-server must accept a connection");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream
+            .write_all(request.as_bytes())
+            .expect("the test's redis-server must take a command");
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while stream.read_exact(&mut byte).is_ok() && byte[0] != b'\n' {
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
+    /// `FLUSHALL`: every key gone, as after a restart without persistence.
+    pub fn flushall(&self) {
+        assert_eq!(self.command(&["FLUSHALL"]), "+OK");
+    }
+
+    /// `CONFIG SET parameter value`.
+    pub fn config_set(&self, parameter: &str, value: &str) {
+        assert_eq!(
+            self.command(&["CONFIG", "SET", parameter, value]),
+            "+OK",
+            "CONFIG SET {parameter} {value}"
+        );
+    }
+
+    /// Out of memory as a full Redis is: a 2 MB value, then `maxmemory 1mb` with
+    /// `noeviction`. Writes fail with `-OOM`; `PING` and reads still work.
+    pub fn out_of_memory(&self) {
+        let filled = self.command(&[
+            "EVAL",
+            "redis.call('SET', KEYS[1], string.rep('x', 2000000)) return 1",
+            "1",
+            "test-ballast",
+        ]);
+        assert_eq!(filled, ":1");
+        self.config_set("maxmemory-policy", "noeviction");
+        self.config_set("maxmemory", "1mb");
+        assert!(
+            self.command(&["SET", "test-probe", "x"])
+                .starts_with("-OOM"),
+            "writes must now be refused"
+        );
+        assert_eq!(self.command(&["PING"]), "+PONG", "PING still answers");
+    }
+
+    /// Ends [`RedisServer::out_of_memory`]: no memory limit, ballast gone.
+    pub fn enough_memory(&self) {
+        self.config_set("maxmemory", "0");
+        self.command(&["DEL", "test-ballast"]);
     }
 
     fn spawn(&mut self) {
