@@ -11,7 +11,7 @@ use gcpool::sim::{SimOptions, Simulator};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{HttpClient, THREE_CLIENTS, config, config_yaml};
+use support::HttpClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -21,16 +21,7 @@ const GET: &[u8] = b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n\r\n";
 /// gcpool in front of `sim` with `server_keys` added under `server:` and `inbound_keys`
 /// under `inbound:`.
 async fn start(sim: &Simulator, server_keys: &str, inbound_keys: &str) -> gcpool::app::Gcpool {
-    let yaml = config_yaml(
-        &sim.base_url(),
-        "127.0.0.1:0",
-        "127.0.0.1:1",
-        &THREE_CLIENTS,
-        "",
-    )
-    .replace("server:\n", &format!("server:\n{server_keys}"))
-    .replace("inbound:\n", &format!("inbound:\n{inbound_keys}"));
-    support::start_config(config(&yaml)).await
+    support::start_with_keys(&sim.base_url(), server_keys, inbound_keys).await
 }
 
 async fn metrics(gcpool: &gcpool::app::Gcpool) -> String {
@@ -235,38 +226,6 @@ async fn idle_h2_connections_live_until_idle_timeout_and_count_nothing() {
     }
 }
 
-/// HTTP/2 frame types, as read off the wire by [`read_h2_frames`].
-const H2_SETTINGS: u8 = 0x4;
-const H2_GOAWAY: u8 = 0x7;
-
-/// Reads HTTP/2 frames until `limit` passes or the peer closes; returns the frame types in
-/// order and whether the connection was closed.
-async fn read_h2_frames(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let (bytes, closed) = {
-        let deadline = Instant::now() + limit;
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 16 * 1024];
-        let closed = loop {
-            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-                Err(_) => break false,
-                Ok(Ok(0) | Err(_)) => break true,
-                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-            }
-        };
-        (seen, closed)
-    };
-    let mut types = Vec::new();
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let len = (usize::from(bytes[at]) << 16)
-            | (usize::from(bytes[at + 1]) << 8)
-            | usize::from(bytes[at + 2]);
-        types.push(bytes[at + 3]);
-        at += 9 + len;
-    }
-    (types, closed)
-}
-
 /// Item 3, on the wire: a client that sends the preface, SETTINGS and a SETTINGS ack (a
 /// frame the server does not answer), then nothing, is an idle h2 connection: kept past
 /// `header_read_timeout`, closed at `idle_timeout` with a GOAWAY frame, and not counted as
@@ -278,30 +237,30 @@ async fn raw_h2_client_frames_do_not_arm_the_head_timer() {
     let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
     let started = Instant::now();
     stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .write_all(support::H2_PREFACE_AND_SETTINGS)
         .await
         .unwrap();
-    let (frames, closed) = read_h2_frames(&mut stream, Duration::from_millis(300)).await;
+    let (frames, closed) = support::read_h2_frames(&mut stream, Duration::from_millis(300)).await;
     assert!(
-        !closed && frames.contains(&H2_SETTINGS),
+        !closed && frames.contains(&support::H2_SETTINGS),
         "server SETTINGS: {frames:?}"
     );
     // SETTINGS ack: a client-only frame the server writes nothing for.
-    stream.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap();
-    let (frames, closed) = read_h2_frames(&mut stream, Duration::from_millis(2500)).await;
+    stream.write_all(support::H2_SETTINGS_ACK).await.unwrap();
+    let (frames, closed) = support::read_h2_frames(&mut stream, Duration::from_millis(2500)).await;
     assert!(
         !closed,
         "an idle h2 connection must outlive header_read_timeout; cut after {:?} (frames {frames:?})",
         started.elapsed()
     );
-    let (frames, closed) = read_h2_frames(&mut stream, Duration::from_secs(4)).await;
+    let (frames, closed) = support::read_h2_frames(&mut stream, Duration::from_secs(4)).await;
     assert!(
         closed,
         "closed by idle_timeout, {:?} after connect",
         started.elapsed()
     );
     assert!(
-        frames.contains(&H2_GOAWAY),
+        frames.contains(&support::H2_GOAWAY),
         "closed with GOAWAY: {frames:?}"
     );
     assert!(

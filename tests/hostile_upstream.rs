@@ -12,7 +12,7 @@ use gcpool::sim::{SimOptions, Simulator};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{HttpClient, THREE_CLIENTS, config, config_yaml};
+use support::HttpClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -20,15 +20,7 @@ use tokio::time::Instant;
 #[tokio::test]
 async fn a_stalled_response_body_is_cut_and_the_caller_sees_an_abort() {
     let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
-    let yaml = config_yaml(
-        &sim.base_url(),
-        "127.0.0.1:0",
-        "127.0.0.1:1",
-        &THREE_CLIENTS,
-        "",
-    )
-    .replace("server:\n", "server:\n  request_timeout: 2s\n");
-    let gcpool = support::start_config(config(&yaml)).await;
+    let gcpool = support::start_with_keys(&sim.base_url(), "  request_timeout: 2s\n", "").await;
     let addr = gcpool.api_addr();
 
     // HTTP/1.1: the head and the first 40 bytes come, then the upstream stops.

@@ -543,7 +543,7 @@ async fn unusable_certificate_or_key_is_a_start_error_naming_the_file() {
 /// at `idle_timeout` with a GOAWAY frame, counting no bad request.
 #[tokio::test]
 async fn idle_h2_over_tls_lives_until_idle_timeout_with_goaway() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("h2-idle");
@@ -570,49 +570,28 @@ async fn idle_h2_over_tls_lives_until_idle_timeout_with_goaway() {
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let started = tokio::time::Instant::now();
 
-    /// Frame types read within `limit`, and whether the peer closed.
-    async fn frames(stream: &mut TlsStream<TcpStream>, limit: Duration) -> (Vec<u8>, bool) {
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut bytes = Vec::new();
-        let mut buf = vec![0u8; 16 * 1024];
-        let closed = loop {
-            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-                Err(_) => break false,
-                Ok(Ok(0) | Err(_)) => break true,
-                Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
-            }
-        };
-        let mut types = Vec::new();
-        let mut at = 0;
-        while at + 9 <= bytes.len() {
-            let len = (usize::from(bytes[at]) << 16)
-                | (usize::from(bytes[at + 1]) << 8)
-                | usize::from(bytes[at + 2]);
-            types.push(bytes[at + 3]);
-            at += 9 + len;
-        }
-        (types, closed)
-    }
-
     stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .write_all(support::H2_PREFACE_AND_SETTINGS)
         .await
         .unwrap();
-    let (types, closed) = frames(&mut stream, Duration::from_millis(300)).await;
+    let (types, closed) = support::read_h2_frames(&mut stream, Duration::from_millis(300)).await;
     assert!(
-        !closed && types.contains(&0x4),
+        !closed && types.contains(&support::H2_SETTINGS),
         "server SETTINGS: {types:?}"
     );
-    stream.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap();
-    let (_, closed) = frames(&mut stream, Duration::from_millis(2500)).await;
+    stream.write_all(support::H2_SETTINGS_ACK).await.unwrap();
+    let (_, closed) = support::read_h2_frames(&mut stream, Duration::from_millis(2500)).await;
     assert!(
         !closed,
         "an idle h2-over-TLS connection outlives header_read_timeout; cut after {:?}",
         started.elapsed()
     );
-    let (types, closed) = frames(&mut stream, Duration::from_secs(4)).await;
+    let (types, closed) = support::read_h2_frames(&mut stream, Duration::from_secs(4)).await;
     assert!(closed, "closed by idle_timeout");
-    assert!(types.contains(&0x7), "with GOAWAY: {types:?}");
+    assert!(
+        types.contains(&support::H2_GOAWAY),
+        "with GOAWAY: {types:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(3800));
     let metrics = HttpClient::new()
         .get(&format!("http://{}/metrics", gcpool.admin_addr()))

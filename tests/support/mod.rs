@@ -82,6 +82,53 @@ pub async fn start_gcpool(sim_url: &str, clients: &[TestClient<'_>], extra: &str
     .await
 }
 
+/// Starts gcpool in front of the simulator at `sim_url` with its three clients, anonymous
+/// callers, and `server_keys` / `inbound_keys` (YAML lines indented by two spaces) added
+/// under `server:` and `inbound:`.
+pub async fn start_with_keys(sim_url: &str, server_keys: &str, inbound_keys: &str) -> Gcpool {
+    let yaml = config_yaml(sim_url, "127.0.0.1:0", "127.0.0.1:1", &THREE_CLIENTS, "")
+        .replace("server:\n", &format!("server:\n{server_keys}"))
+        .replace("inbound:\n", &format!("inbound:\n{inbound_keys}"));
+    start_config(config(&yaml)).await
+}
+
+/// The HTTP/2 client preface followed by an empty SETTINGS frame.
+pub const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+/// A SETTINGS frame with the ACK flag: a client-only frame the server writes nothing for.
+pub const H2_SETTINGS_ACK: &[u8] = b"\0\0\0\x04\x01\0\0\0\0";
+/// HTTP/2 frame types, as [`read_h2_frames`] returns them.
+pub const H2_SETTINGS: u8 = 0x4;
+pub const H2_GOAWAY: u8 = 0x7;
+
+/// Reads raw HTTP/2 frames from `stream` until `limit` passes or the peer closes; returns
+/// the frame types in order and whether the connection was closed.
+pub async fn read_h2_frames<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    };
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = (usize::from(bytes[at]) << 16)
+            | (usize::from(bytes[at + 1]) << 8)
+            | usize::from(bytes[at + 2]);
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    (types, closed)
+}
+
 /// Starts gcpool in-process with `config` on free loopback ports; waits until ready.
 pub async fn start_config(config: Config) -> Gcpool {
     let api = TcpListener::bind("127.0.0.1:0")
