@@ -526,3 +526,80 @@ async fn methods_no_operation_has_get_405_before_admission() {
         "{text}"
     );
 }
+
+/// A head timer must not be switched off by a pipelined request: after two requests sent in
+/// one write, a third head dripped a byte at a time is still cut at `header_read_timeout`.
+#[tokio::test]
+async fn pipelined_requests_do_not_disarm_the_next_head_timer() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  header_read_timeout: 1s\n  idle_timeout: 30s\n", "").await;
+    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    stream.write_all(&[GET, GET].concat()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while seen.windows(12).filter(|w| w == b"HTTP/1.1 200").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+            .await
+            .expect("both pipelined requests are answered")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in GET.iter().cycle().take(60) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        // A closed connection shows as EOF on read before a write fails.
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "a dripped head after pipelined requests must be cut; still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A body sent after `Expect: 100-continue` is a body, not a head: it may take longer than
+/// `header_read_timeout` (within `request_timeout`) and is forwarded.
+#[tokio::test]
+async fn a_slow_body_after_100_continue_is_not_cut_by_the_head_timer() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(
+        &sim,
+        "  header_read_timeout: 1s\n  request_timeout: 10s\n",
+        "",
+    )
+    .await;
+    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/v2/analytics/conversations/details/query HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let interim = read_answer(&mut stream, Duration::from_secs(3)).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    for byte in b"{\"a\":\"bb\"}" {
+        stream.write_all(&[*byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "a 2.5 s body after 100-continue is forwarded: {answer:?}"
+    );
+}

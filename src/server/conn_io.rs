@@ -6,8 +6,10 @@
 //! hyper's own `header_read_timeout` cannot do this: hyper-util's auto builder first reads
 //! the protocol preface with no deadline, and hyper's timer also runs while a keep-alive
 //! connection sits idle. So hyper's is off and this wrapper times the heads: armed at the
-//! start and whenever bytes of a new HTTP/1 head arrive, disarmed when hyper hands the
-//! service the parsed request ([`HeadTimer::head_done`]). An HTTP/2 connection (its
+//! start, and whenever bytes arrive while no request of the connection is in flight (they
+//! can only be a new HTTP/1 head; bytes that arrive while one is in flight are its body, a
+//! body after `100 Continue`, or pipelined heads hyper parses from its buffer), disarmed
+//! when hyper hands the service the parsed request ([`HeadTimer::head_done`]). An HTTP/2 connection (its
 //! preface seen) has no head timer: once the preface is in, its frames, whatever they are,
 //! never arm one, and its lifetime is the idle timeout's business
 //! ([`Activity`](super::activity::Activity)). Reads of an HTTP/1 connection count as
@@ -55,12 +57,11 @@ impl HeadTimer {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Between HTTP/1 requests: nothing read since the last response.
-    Idle,
     /// Reading a head (or, at the start, waiting for one): the timer runs.
     Head,
-    /// Head parsed: reading its body or writing the response.
-    Request { responded: bool },
+    /// An HTTP/1 head was parsed (or answered by hyper); no timer until bytes arrive while
+    /// no request is in flight.
+    Busy,
     /// An HTTP/2 connection: no head timer.
     H2,
 }
@@ -105,26 +106,25 @@ impl<T> ConnIo<T> {
     /// answering an error itself (the service never saw the request): count it once.
     fn before_write(&mut self, first_bytes: &[u8]) {
         self.settle();
-        match &mut self.phase {
-            Phase::Request { responded } => *responded = true,
-            Phase::Head => {
-                if let Some(refusals) = &self.refusals {
-                    if first_bytes.starts_with(b"HTTP/1.1 431") {
-                        refusals.too_large.inc();
-                    } else {
-                        refusals.malformed.inc();
-                    }
+        if self.phase == Phase::Head {
+            if let Some(refusals) = &self.refusals {
+                if first_bytes.starts_with(b"HTTP/1.1 431") {
+                    refusals.too_large.inc();
+                } else {
+                    refusals.malformed.inc();
                 }
-                // Answered: whatever comes next is a new head.
-                self.phase = Phase::Request { responded: true };
             }
-            Phase::Idle | Phase::H2 => {}
+            // Answered: whatever comes next is a new head.
+            self.phase = Phase::Busy;
         }
     }
 
+    /// Takes the service's word that a head arrived. The flag is consumed in every phase
+    /// (a pipelined head raises it while the connection is busy), so it never switches off
+    /// the timer of a later head.
     fn settle(&mut self) {
-        if self.phase == Phase::Head && self.timer.head_done.swap(false, Ordering::Relaxed) {
-            self.phase = Phase::Request { responded: false };
+        if self.timer.head_done.swap(false, Ordering::Relaxed) && self.phase == Phase::Head {
+            self.phase = Phase::Busy;
         }
     }
 
@@ -160,15 +160,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
         let read = &buf.filled()[before..];
         if !read.is_empty() {
             this.detect_protocol(read);
-            match this.phase {
-                Phase::H2 => {}
-                Phase::Idle | Phase::Request { responded: true } => {
-                    this.activity.touch();
-                    this.phase = Phase::Head;
-                    let deadline = Instant::now() + this.limit;
-                    this.deadline.as_mut().reset(deadline);
-                }
-                Phase::Head | Phase::Request { responded: false } => this.activity.touch(),
+            if this.phase != Phase::H2 {
+                this.activity.touch();
+            }
+            if this.phase == Phase::Busy && this.activity.in_flight() == 0 {
+                this.phase = Phase::Head;
+                let deadline = Instant::now() + this.limit;
+                this.deadline.as_mut().reset(deadline);
             }
         }
         if this.phase == Phase::Head
@@ -178,7 +176,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
             if let Some(refusals) = &this.refusals {
                 refusals.timeout.inc();
             }
-            this.phase = Phase::Idle;
+            this.phase = Phase::Busy;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request head not received within header_read_timeout",
