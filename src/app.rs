@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::reload::{ReloadError, ReloadSummary, Reloader};
-use crate::server::{self, ConnectionLimit, HeadRefusals, ServeOptions};
+use crate::server::{self, ConnCounters, ConnectionLimit, ServeOptions};
 use crate::shutdown::Shutdown;
 use crate::tls::{TlsAcceptor, TlsError};
 use crate::upstream::Upstream;
@@ -84,7 +84,7 @@ fn spawn_workers(
     options: ServeOptions,
     tls: Option<&TlsAcceptor>,
     limit: &Arc<ConnectionLimit>,
-    refusals: &HeadRefusals,
+    refusals: &ConnCounters,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
     let workers = std::env::var("GCPOOL_WORKERS")
         .ok()
@@ -243,10 +243,13 @@ impl Gcpool {
             metrics.rejections.with_label_values(&["connection_limit"]),
         );
         let reason = |r: &str| metrics.rejections.with_label_values(&[r]);
-        let refusals = HeadRefusals {
+        let refusals = ConnCounters {
             timeout: reason("header_timeout"),
             too_large: reason("header_too_large"),
             malformed: reason("bad_request"),
+            caller_stalled: metrics
+                .response_aborted
+                .with_label_values(&["caller_stalled"]),
         };
         let api = spawn_workers(
             api_listener,

@@ -96,9 +96,10 @@ impl Metrics {
             )?,
             response_aborted: counter(
                 "gcpool_response_aborted_total",
-                "Answers cut after their head was sent, by reason (upstream_stalled: the \
-                 upstream body sent nothing for server.request_timeout; upstream_error: the \
-                 upstream connection failed mid-body).",
+                "Answers cut before their end, by reason (upstream_stalled: the upstream \
+                 body sent nothing for server.request_timeout; upstream_error: the upstream \
+                 connection failed mid-body; caller_stalled: the caller read nothing for \
+                 server.idle_timeout).",
                 &["reason"],
             )?,
             queue_wait: reg(
@@ -190,7 +191,7 @@ impl Metrics {
         for result in ["applied", "rejected"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
-        for reason in ["upstream_stalled", "upstream_error"] {
+        for reason in ["upstream_stalled", "upstream_error", "caller_stalled"] {
             metrics.response_aborted.with_label_values(&[reason]);
         }
         Ok(metrics)

@@ -28,7 +28,7 @@ mod conn_io;
 
 use activity::Activity;
 pub use activity::TrackedBody;
-pub use conn_io::HeadRefusals;
+pub use conn_io::ConnCounters;
 use conn_io::{ConnIo, HeadTimer};
 
 use crate::proxy::ProxyBody;
@@ -119,7 +119,7 @@ pub async fn serve<H, F>(
     options: ServeOptions,
     tls: Option<TlsAcceptor>,
     limit: Option<Arc<ConnectionLimit>>,
-    refusals: Option<HeadRefusals>,
+    refusals: Option<ConnCounters>,
 ) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -211,7 +211,7 @@ struct Connection {
     peer: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
     options: ServeOptions,
-    refusals: Option<HeadRefusals>,
+    refusals: Option<ConnCounters>,
     stop: CancellationToken,
 }
 
@@ -251,6 +251,7 @@ impl Connection {
             head_timer,
             activity.clone(),
             options.header_read_timeout,
+            options.idle_timeout,
             refusals,
         );
         let connection = builder.serve_connection(TokioIo::new(io), service);

@@ -603,3 +603,48 @@ async fn a_slow_body_after_100_continue_is_not_cut_by_the_head_timer() {
         "a 2.5 s body after 100-continue is forwarded: {answer:?}"
     );
 }
+
+/// A caller that does not read its answer cannot hold a connection (and the upstream
+/// connection behind it) for ever: once gcpool's writes to it have made no progress for
+/// `idle_timeout`, the connection is closed and counted.
+#[tokio::test]
+async fn a_caller_that_never_reads_its_answer_is_cut_after_idle_timeout() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  idle_timeout: 2s\n  request_timeout: 30s\n", "").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gcpool.api_addr()).await.unwrap();
+    let size: usize = 40 * 1024 * 1024;
+    stream
+        .write_all(
+            format!("GET /api/v2/users HTTP/1.1\r\nHost: x\r\nx-sim-body-bytes: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Read nothing for a while: gcpool's writes block.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1024 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => received += n,
+        }
+    };
+    assert!(closed, "the stalled caller's connection must be closed");
+    assert!(
+        received < size,
+        "cut midway, not served in full ({received} of {size} bytes)"
+    );
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"gcpool_response_aborted_total{reason="caller_stalled"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+}

@@ -14,6 +14,11 @@
 //! never arm one, and its lifetime is the idle timeout's business
 //! ([`Activity`](super::activity::Activity)). Reads of an HTTP/1 connection count as
 //! activity for that idle timeout.
+//!
+//! Writes have a deadline too: a caller that stops reading its answer (HTTP/1 or HTTP/2)
+//! blocks gcpool's writes; once they have made no progress for `server.idle_timeout`, the
+//! connection is closed (and counted), so slow readers cannot hold connections, and the
+//! upstream connections behind them, for ever.
 
 use std::io;
 use std::pin::Pin;
@@ -37,15 +42,17 @@ pub(crate) struct HeadTimer {
     head_done: AtomicBool,
 }
 
-/// Counters of requests refused before they reached the service (a listener's).
+/// Counters of what a listener's connections did wrong (a listener's).
 #[derive(Debug, Clone)]
-pub struct HeadRefusals {
+pub struct ConnCounters {
     /// No complete head within the timeout (a silent connection, or a begun head).
     pub timeout: IntCounter,
     /// hyper answered 431 (too many or too large headers).
     pub too_large: IntCounter,
     /// hyper answered another error itself (a malformed request).
     pub malformed: IntCounter,
+    /// The caller read nothing of an answer for the write limit.
+    pub caller_stalled: IntCounter,
 }
 
 impl HeadTimer {
@@ -75,20 +82,26 @@ pub(crate) struct ConnIo<T> {
     limit: Duration,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
+    /// How long a write may wait for the caller to read.
+    write_limit: Duration,
+    /// Armed while a write waits; reset by any progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
     /// How many leading bytes of the connection matched the HTTP/2 preface; `None` once
     /// the protocol is known.
     preface_matched: Option<usize>,
-    refusals: Option<HeadRefusals>,
+    refusals: Option<ConnCounters>,
 }
 
 impl<T> ConnIo<T> {
-    /// Wraps a connection that starts now: its first head is due within `limit`.
+    /// Wraps a connection that starts now: its first head is due within `limit`, and a
+    /// write may wait at most `write_limit` for the caller to read.
     pub(crate) fn new(
         io: T,
         timer: Arc<HeadTimer>,
         activity: Arc<Activity>,
         limit: Duration,
-        refusals: Option<HeadRefusals>,
+        write_limit: Duration,
+        refusals: Option<ConnCounters>,
     ) -> Self {
         Self {
             io,
@@ -97,9 +110,39 @@ impl<T> ConnIo<T> {
             limit,
             phase: Phase::Head,
             deadline: Box::pin(tokio::time::sleep(limit)),
+            write_limit,
+            write_stall: None,
             preface_matched: Some(0),
             refusals,
         }
+    }
+
+    /// Passes a write's (or flush's) poll through, failing it with `TimedOut` once writes
+    /// have waited `write_limit` for the caller to read.
+    fn bounded_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.write_stall = None;
+            return polled;
+        }
+        let limit = self.write_limit;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.write_stall = None;
+        if let Some(counters) = &self.refusals {
+            counters.caller_stalled.inc();
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the caller read nothing of its answer within idle_timeout",
+        )))
     }
 
     /// Called before a write: a write while a head is still being read can only be hyper
@@ -194,7 +237,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         this.before_write(buf);
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.bounded_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -208,7 +252,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &b[..]);
         this.before_write(first);
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.bounded_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -216,7 +261,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.bounded_write(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -233,6 +280,7 @@ mod tests {
             tokio::io::empty(),
             Arc::default(),
             Activity::new(),
+            Duration::from_secs(1),
             Duration::from_secs(1),
             None,
         )

@@ -1,7 +1,7 @@
 //! HTTP face of the simulator: accept loop, routing, and Genesys-shaped answers.
 //!
 //! Endpoints: `POST /oauth/token`, `/api/v2/**` (echo; `x-sim-*` request headers steer the
-//! answer: status, delay, headers, a body that stalls midway), `GET /sim/stats`,
+//! answer: status, delay, headers, its size, a body that stalls midway), `GET /sim/stats`,
 //! `POST /sim/revoke-tokens`, `POST /sim/refuse-tokens?client_id=ID&refused=true|false`,
 //! `POST /sim/reset-stats`; anything else is a 404.
 
@@ -283,7 +283,7 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<Body> {
         .iter()
         .map(|(name, value)| json!([name.as_str(), String::from_utf8_lossy(value.as_bytes())]))
         .collect();
-    let echo = json!({
+    let mut echo = json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
@@ -292,6 +292,10 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<Body> {
         "body_len": body.len(),
         "client": client,
     });
+    if let Some(size) = directives.body_bytes {
+        // Padded so the whole answer is about `size` bytes (a large page of results).
+        echo["padding"] = Value::String(" ".repeat(size.saturating_sub(echo.to_string().len())));
+    }
     let status = directives.status;
     let empty = parts.method == Method::HEAD || matches!(status.as_u16(), 204 | 205 | 304);
     let bytes = if empty {
@@ -327,6 +331,8 @@ struct Directives {
     delay: Option<Duration>,
     /// `x-sim-stall-body-after: N`: send the first N bytes of the body, then nothing.
     stall_after: Option<usize>,
+    /// `x-sim-body-bytes: N`: pad the echo to about N bytes (at most 64 MiB).
+    body_bytes: Option<usize>,
 }
 
 /// A response whose body stalls: carried as an extension from `api` to the service, which
@@ -425,6 +431,19 @@ impl Directives {
                     })?,
             ),
         };
+        let body_bytes = match headers.get("x-sim-body-bytes") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .filter(|&n| n <= 64 * 1024 * 1024)
+                    .ok_or_else(|| {
+                        "x-sim-body-bytes must be a whole number of bytes, at most 67108864"
+                            .to_owned()
+                    })?,
+            ),
+        };
         let mut set_headers = Vec::new();
         for v in headers.get_all("x-sim-set-header") {
             let parsed = v
@@ -446,6 +465,7 @@ impl Directives {
             set_headers,
             delay,
             stall_after,
+            body_bytes,
         })
     }
 }
