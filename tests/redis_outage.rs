@@ -261,6 +261,61 @@ async fn fleet_stays_within_budgets_through_a_restart_without_persistence() {
     fleet_through(Loss::Restart).await;
 }
 
+/// Item 9, a replica that starts while Redis is stopped knows nothing of what the fleet
+/// admitted: it must not take a fresh share of every budget (two replicas that had used
+/// the org budget up plus a new one's share went over it), so it admits nothing locally
+/// until a window has passed or Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_during_an_outage_takes_no_unknown_share() {
+    let _one_fleet = FLEET.lock().await;
+    let redis = RedisServer::start();
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(TOKEN_LIMIT)
+            .org_limit(ORG_LIMIT),
+    )
+    .await
+    .expect("simulator starts");
+    let yaml = replica_yaml(
+        &sim,
+        &redis,
+        &support::THREE_CLIENTS,
+        &binding_budgets(),
+        "  replicas_hint: 3\n",
+    );
+    let running = start_fleet(&yaml, 2).await;
+    sim.reset_stats();
+    let load = offer(
+        running.iter().map(|r| r.api).collect(),
+        16,
+        Duration::from_secs(2),
+    );
+    let _ = load.await.expect("load task");
+    info!("the org window is used up; Redis stops and a third replica starts");
+    redis.pause();
+    let late = GcpoolProcess::spawn(&yaml, &[]);
+    wait_ready(late.admin).await;
+    let mut apis: Vec<SocketAddr> = running.iter().map(|r| r.api).collect();
+    apis.push(late.api);
+    let load = offer(apis, 18, Duration::from_secs(2));
+    let answers = load.await.expect("load task");
+    redis.resume();
+    let stats = sim.stats();
+    eprintln!(
+        "late replica: callers got {} × 200 during the stop; org max in a window {}, upstream 429 {}",
+        count(&answers, StatusCode::OK),
+        stats.org.max_in_window,
+        stats.rejected_429
+    );
+    assert_within_budgets(&stats, TOKEN_LIMIT, Some(ORG_LIMIT));
+    assert!(
+        late.stderr().contains("shared state unreachable at start"),
+        "{}",
+        late.stderr()
+    );
+}
+
 /// Item 9, the local share: replica A used 4 of a client's 5, replica B 1, then Redis
 /// stops. A fixed half each (2) counted against each replica's own use lets B send one
 /// more (6 in the window); seeded with the fleet-wide count, neither sends more until the

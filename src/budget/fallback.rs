@@ -28,7 +28,7 @@
 //! emptied state (it knew an epoch), or has anything to write, sets `{P}:sync.settle =
 //! max(settle, now + settle)`; the admission script makes every replica *wait* (status -3:
 //! sleep, then ask again within the request's `max_wait`), not fail, until then. The pause
-//! ([`FallbackStore::settle`], `3 × TICK + 4 × timeout`: 950 ms at the default 50 ms) is
+//! ([`FallbackStore::settle`], `3 × TICK + 4 × timeout`: 500 ms at the default 50 ms) is
 //! longer than the slowest other replica takes to write back: a down replica re-probes at
 //! most every `TICK` (its backoff is capped there; probing a dead Redis is cheap), and an up
 //! one probes every `TICK`, each call bounded by the timeout. Admissions whose answer was in
@@ -49,12 +49,20 @@
 //! a budget (nor probed it) since another replica last admitted on it sees a lower count, and
 //! the fleet can then exceed that budget by at most what the others admitted in that gap.
 //!
+//! **A replica that starts while the shared store is unreachable** knows no count at all:
+//! the others may have used every budget up. With `replicas_hint` above 1 it therefore
+//! starts each local window full (its whole share spent "now") and admits nothing locally
+//! until a window has passed or the shared store answers; admissions that arrive before
+//! its first attempt to reach the store has ended wait for it (at most [`FIRST_TRY`]).
+//! A lone replica (`replicas_hint: 1`) serves its budgets from empty windows, as the
+//! in-memory store does after a restart.
+//!
 //! **Not exact: partial partitions.** A replica cut off from Redis while the others reach it
 //! serves its share while the others use the whole budget; no fixed local share can be exact
 //! then (see the README).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,7 +81,10 @@ use super::{
 
 /// How often an up replica probes (and checks the epoch), and the longest pause between two
 /// attempts of a down one.
-pub const TICK: Duration = Duration::from_millis(250);
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Longest an admission waits, at start, for the first attempt to reach the shared store.
+pub const FIRST_TRY: Duration = Duration::from_millis(500);
 
 /// First pause between attempts to reach a down store (doubles up to [`TICK`]).
 const RETRY_MIN: Duration = Duration::from_millis(25);
@@ -170,6 +181,10 @@ pub struct FallbackStore {
     ledger: Mutex<Ledger>,
     /// Wakes the health loop when an admission found the state stale.
     wake: Notify,
+    /// Set once the first attempt to reach the shared store has ended (either way);
+    /// `tried_now` wakes the admissions that waited for it.
+    tried: AtomicBool,
+    tried_now: Notify,
     /// Random; names this replica's local admissions.
     replica: String,
 }
@@ -260,6 +275,8 @@ impl FallbackStore {
                 named: 0,
             }),
             wake: Notify::new(),
+            tried: AtomicBool::new(false),
+            tried_now: Notify::new(),
             replica: format!("{:08x}", rand::rng().random::<u32>()),
         }
     }
@@ -404,6 +421,31 @@ impl FallbackStore {
         self.local.reseed(&seeds);
     }
 
+    /// Starts every local window with this replica's whole share spent now: at start
+    /// with the shared store unreachable, the fleet's use is unknown (see the module doc).
+    fn seed_unknown(&self) {
+        let now = self.local.now_micros();
+        let ledger = self.lock();
+        let seeds: Vec<Vec<Micros>> = ledger
+            .defs
+            .iter()
+            .map(|def| vec![now; (def.limit / self.replicas) as usize])
+            .collect();
+        self.local.reseed(&seeds);
+    }
+
+    /// The first attempt to reach the shared store has ended: with no count known, a
+    /// replica of a fleet spends no share it cannot account for.
+    fn first_try_over(&self) {
+        if self.tried.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.mode() != UP && self.replicas > 1 {
+            self.seed_unknown();
+        }
+        self.tried_now.notify_waiters();
+    }
+
     /// Keeps the shared store healthy while up (probe, epoch check, second write-back) and
     /// writes back and returns to it while down, until `stop`.
     pub async fn run_recovery(self: Arc<Self>, stop: CancellationToken) {
@@ -416,10 +458,12 @@ impl FallbackStore {
             } else {
                 match self.recover().await {
                     Ok(()) => {
+                        self.first_try_over();
                         delay = RETRY_MIN;
                         TICK
                     }
                     Err(error) => {
+                        self.first_try_over();
                         self.still_down(&error);
                         let pause = delay.mul_f64(rand::rng().random_range(0.5..1.0));
                         delay = (delay * 2).min(TICK);
@@ -447,7 +491,11 @@ impl FallbackStore {
             if ledger.ever_up {
                 warn!(%error, share, "shared state unreachable; serving on a local share of every budget until it is back");
             } else {
-                warn!(%error, share, "shared state unreachable at start; serving on a local share of every budget");
+                if self.replicas > 1 {
+                    warn!(%error, share, "shared state unreachable at start; the fleet's use of each budget is unknown, so this replica admits nothing locally until a window has passed or the shared state answers");
+                } else {
+                    warn!(%error, share, "shared state unreachable at start; serving on a local share of every budget");
+                }
             }
         }
     }
@@ -582,6 +630,14 @@ impl BudgetStore for FallbackStore {
         Box::pin(async move {
             let mut request = request;
             loop {
+                if !self.tried.load(Ordering::Acquire) {
+                    // At start: the first attempt to reach the store decides whether this
+                    // replica knows anything of the fleet's use (see `first_try_over`).
+                    let tried = self.tried_now.notified();
+                    if !self.tried.load(Ordering::Acquire) {
+                        let _ = tokio::time::timeout(FIRST_TRY, tried).await;
+                    }
+                }
                 let epoch = {
                     let mut ledger = self.lock();
                     if self.mode() != UP {
@@ -764,7 +820,45 @@ mod tests {
             timeout: Duration::from_millis(50),
         };
         let redis = RedisStore::lazy(&config, &defs, &["a".into()]).unwrap();
-        FallbackStore::new(&defs, 1, 2, Arc::new(redis), config.timeout)
+        let store = FallbackStore::new(&defs, 1, 2, Arc::new(redis), config.timeout);
+        // Past start: what these tests seed stands for answers the store has given.
+        store.tried.store(true, Ordering::Release);
+        store
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_never_reached_the_store_spends_no_unknown_share() {
+        let defs = vec![BudgetDef {
+            kind: BudgetKind::Token,
+            name: "token:a".into(),
+            limit: 10,
+            window: W,
+        }];
+        let config = SharedStateConfig {
+            redis_url: Secret::new("redis://127.0.0.1:1/"),
+            key_prefix: "unit".into(),
+            replicas_hint: NonZeroU32::MIN,
+            timeout: Duration::from_millis(50),
+        };
+        let redis = RedisStore::lazy(&config, &defs, &["a".into()]).unwrap();
+        let fleet = FallbackStore::new(&defs, 1, 2, Arc::new(redis.clone()), config.timeout);
+        fleet.first_try_over();
+        let (admitted, wait) = admit_all(&fleet).await;
+        assert_eq!(
+            admitted, 0,
+            "a fleet replica knows no count: its share is spent"
+        );
+        assert_eq!(wait, Some(W));
+        tokio::time::advance(W).await;
+        assert_eq!(admit_all(&fleet).await.0, 5, "a window later, its share");
+
+        let alone = FallbackStore::new(&defs, 1, 1, Arc::new(redis), config.timeout);
+        alone.first_try_over();
+        assert_eq!(
+            admit_all(&alone).await.0,
+            10,
+            "a lone replica serves its budget"
+        );
     }
 
     /// As if an answer had just said: `count` admissions in budget 0, the latest `ahead`
