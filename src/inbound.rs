@@ -75,9 +75,7 @@ pub fn check_method(
         }
         allowed = RouteMethod::ALL.to_vec();
     } else if allowed.contains(&RouteMethod::Get) && !allowed.contains(&RouteMethod::Head) {
-        if method == Method::HEAD {
-            return Ok(());
-        }
+        // HEAD goes wherever GET does (`RouteTable::lookup` made it the GET operation).
         allowed.push(RouteMethod::Head);
     }
     Err(Reject::MethodNotAllowed {
@@ -97,12 +95,16 @@ fn default_port(uri: &Uri) -> Option<u16> {
 /// Whether the path, percent-decoded as a hop that decodes it would read it, has a `.` or
 /// `..` segment: `/`, a backslash, `%2F` and `%5C` (any case) separate segments and `%2E` is a
 /// dot. So `/api/v2/users/x%2F..%2F..%2Fauthorization` is caught, while a `%2F` inside an
-/// ordinary segment (`rows/key%2Fwith%2Fslashes`) is not a traversal.
+/// ordinary segment (`rows/key%2Fwith%2Fslashes`) is not a traversal. A dot segment with
+/// path parameters (`..;`, `..%3Bx`) counts too: servers that read `;` parameters
+/// (Tomcat, Jetty) treat it as `..`.
 fn has_dot_segment(path: &str) -> bool {
     #[derive(PartialEq)]
     enum Token {
         Separator,
         Dot,
+        /// `;` (or `%3B`): path parameters follow.
+        Params,
         Other,
     }
     let bytes = path.as_bytes();
@@ -112,11 +114,13 @@ fn has_dot_segment(path: &str) -> bool {
             None => (Token::Separator, 1),
             Some(b'/' | b'\\') => (Token::Separator, 1),
             Some(b'.') => (Token::Dot, 1),
+            Some(b';') => (Token::Params, 1),
             Some(b'%') => match (bytes.get(at + 1), bytes.get(at + 2)) {
                 (Some(b'2'), Some(b'f' | b'F')) | (Some(b'5'), Some(b'c' | b'C')) => {
                     (Token::Separator, 3)
                 }
                 (Some(b'2'), Some(b'e' | b'E')) => (Token::Dot, 3),
+                (Some(b'3'), Some(b'b' | b'B')) => (Token::Params, 3),
                 _ => (Token::Other, 1),
             },
             Some(_) => (Token::Other, 1),
@@ -132,6 +136,12 @@ fn has_dot_segment(path: &str) -> bool {
                 (dots, only_dots) = (0, true);
             }
             Token::Dot => dots += 1,
+            Token::Params => {
+                if only_dots && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                only_dots = false;
+            }
             Token::Other => only_dots = false,
         }
         at += width;
@@ -264,6 +274,10 @@ mod tests {
             "/api/v2/users/.%2E",
             "/api/v2/users/x%2f.",
             "/api/v2/users/%2e",
+            "/api/v2/users/..;/..;/authorization/roles",
+            "/api/v2/users/%2e%2e;x=1",
+            "/api/v2/users/..%3b",
+            "/api/v2/users/.;",
         ] {
             assert!(
                 matches!(ok(Method::GET, traversal), Err(Reject::BadPath)),
@@ -278,6 +292,8 @@ mod tests {
             "/api/v2/users/%2e%2e%2e",
             "/api/v2/users/%2",
             "/api/v2/users/x%",
+            "/api/v2/users/a;b",
+            "/api/v2/users/x..;",
         ] {
             assert!(ok(Method::GET, fine).is_ok(), "{fine}");
         }

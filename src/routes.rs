@@ -251,8 +251,9 @@ impl RouteTable {
     ///
     /// Literal segments win over parameters (`/api/v2/users/me` is not `{userId}`). A
     /// parameter matches one non-empty segment of any bytes but `/`; percent-encoding is not
-    /// decoded. An empty path, an empty segment (`//`) or a trailing slash is
-    /// [`Route::Other`], as is any method other than GET, POST, PUT, PATCH, DELETE, HEAD.
+    /// decoded. HEAD matches a HEAD operation, else the GET operation of the path. An empty
+    /// path, an empty segment (`//`) or a trailing slash is [`Route::Other`], as is any
+    /// method other than GET, POST, PUT, PATCH, DELETE, HEAD.
     /// Never panics, and allocates only when backtracking past a literal or matching more
     /// than three parameters (inside `matchit`).
     pub fn lookup(&self, method: &Method, path: &str) -> Route {
@@ -266,7 +267,15 @@ impl RouteTable {
         if path.is_empty() || path.ends_with('/') || path.contains("//") {
             return Route::Other;
         }
-        match self.routers[method as usize].at(path) {
+        let found = match self.routers[method as usize].at(path) {
+            // HEAD is GET without the body (RFC 9110 §9.3.2): where the table has no HEAD
+            // operation, it is the GET operation (its label, budgets and allow-list entry).
+            Err(_) if method == RouteMethod::Head => {
+                self.routers[RouteMethod::Get as usize].at(path)
+            }
+            found => found,
+        };
+        match found {
             Ok(found) => self
                 .operations
                 .get(found.value.index())

@@ -429,6 +429,7 @@ async fn encoded_traversal_is_refused_but_encoded_slashes_in_keys_pass() {
         "/api/v2/users/%2e%2e%2F%2e%2e%2Fauthorization%2Froles",
         "/api/v2/users/.%2e",
         "/api/v2/users/x%2F.%2Fy",
+        "/api/v2/users/..;/..;/authorization/roles",
     ] {
         let answer = client.get(&format!("{base}{path}")).await;
         assert_eq!(
@@ -452,9 +453,19 @@ async fn encoded_traversal_is_refused_but_encoded_slashes_in_keys_pass() {
     let text = metrics(&gcpool).await;
     assert_eq!(
         metric(&text, r#"gcpool_rejections_total{reason="bad_request"}"#),
-        6.0,
+        7.0,
         "{text}"
     );
+    // HEAD is allowed wherever GET is (it is the GET operation).
+    let head = client
+        .request(
+            http::Method::HEAD,
+            &format!("{base}/api/v2/users/u-1"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
 }
 
 /// Item 5: a method no Platform API operation has for the path gets 405 (with `Allow`)
