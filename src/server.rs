@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 mod activity;
 mod conn_io;
 
-use activity::Activity;
 pub use activity::TrackedBody;
+use activity::{Activity, Quiet};
 pub use conn_io::ConnCounters;
 use conn_io::{ConnIo, HeadTimer};
 
@@ -252,7 +252,7 @@ impl Connection {
             activity.clone(),
             options.header_read_timeout,
             options.idle_timeout,
-            refusals,
+            refusals.clone(),
         );
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
@@ -263,7 +263,19 @@ impl Connection {
                 }
                 return;
             }
-            () = activity.idle_for(options.idle_timeout) => true,
+            quiet = activity.quiet_for(options.idle_timeout) => match quiet {
+                Quiet::Idle => true,
+                Quiet::Stuck => {
+                    // The caller takes none of its answers (HTTP/2 flow control held shut,
+                    // or a full socket): drop the connection, and with it the upstream
+                    // exchanges behind its requests.
+                    debug!(%peer, "the caller took nothing of its answers for idle_timeout; dropping the connection");
+                    if let Some(counters) = &refusals {
+                        counters.caller_stalled.inc();
+                    }
+                    return;
+                }
+            },
             () = stop.cancelled() => false,
         };
         // HTTP/1: closes at once when idle, else after the response in progress;

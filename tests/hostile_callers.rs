@@ -659,3 +659,51 @@ async fn a_caller_that_never_reads_its_answer_is_cut_after_idle_timeout() {
         "{text}"
     );
 }
+
+/// An HTTP/2 caller that opens streams and never grants flow-control window takes none of
+/// its answers; it cannot hold them (and the upstream connections behind them) for ever:
+/// after `idle_timeout` without taking anything its connection is dropped and counted.
+#[tokio::test]
+async fn an_h2_caller_that_grants_no_window_is_dropped_after_idle_timeout() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  idle_timeout: 2s\n  request_timeout: 30s\n", "").await;
+    let addr = gcpool.api_addr();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        let request = Request::builder()
+            .uri(format!("http://{addr}/api/v2/users"))
+            .header("x-sim-body-bytes", "5000000")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        bodies.push(response.into_body());
+    }
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), connection)
+        .await
+        .expect("a caller that takes nothing must be dropped within about idle_timeout");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before idle_timeout: {:?}",
+        started.elapsed()
+    );
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"gcpool_response_aborted_total{reason="caller_stalled"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    drop(bodies);
+}
