@@ -98,8 +98,8 @@ impl Metrics {
                 "gcpool_response_aborted_total",
                 "Answers cut before their end, by reason (upstream_stalled: the upstream \
                  body sent nothing for server.request_timeout; upstream_error: the upstream \
-                 connection failed mid-body; caller_stalled: the caller read nothing for \
-                 server.idle_timeout).",
+                 connection failed mid-body; caller_stalled: the caller took nothing of it \
+                 for server.idle_timeout, and its connection was dropped).",
                 &["reason"],
             )?,
             queue_wait: reg(

@@ -271,7 +271,9 @@ impl Connection {
                     // exchanges behind its requests.
                     debug!(%peer, "the caller took nothing of its answers for idle_timeout; dropping the connection");
                     if let Some(counters) = &refusals {
-                        counters.caller_stalled.inc();
+                        counters
+                            .caller_stalled
+                            .inc_by(activity.answers_open().max(1) as u64);
                     }
                     return;
                 }

@@ -702,8 +702,50 @@ async fn an_h2_caller_that_grants_no_window_is_dropped_after_idle_timeout() {
             &text,
             r#"gcpool_response_aborted_total{reason="caller_stalled"}"#
         ),
-        1.0,
-        "{text}"
+        5.0,
+        "the five answers were cut: {text}"
     );
     drop(bodies);
+}
+
+/// One HTTP/2 answer the caller never takes (it reads nothing of that stream) while it keeps
+/// the connection busy with other requests: the untaken answer still ends, with its
+/// connection, after about `idle_timeout` (it would otherwise hold its upstream connection
+/// for as long as the caller keeps the connection busy).
+#[tokio::test]
+async fn one_untaken_h2_answer_is_cut_even_while_the_connection_is_busy() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  idle_timeout: 2s\n  request_timeout: 30s\n", "").await;
+    let addr = gcpool.api_addr();
+    let (mut sender, connection) = h2_connect(addr).await;
+    let request = Request::builder()
+        .uri(format!("http://{addr}/api/v2/users"))
+        .header("x-sim-body-bytes", "5000000")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let untaken = sender.send_request(request).await.unwrap();
+    assert_eq!(untaken.status(), StatusCode::OK);
+    let started = Instant::now();
+    // Small requests every 300 ms, read in full, on the same connection.
+    let mut served = 0;
+    while !connection.is_finished() && started.elapsed() < Duration::from_secs(8) {
+        if h2_get(&mut sender, addr).await.is_ok() {
+            served += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        connection.is_finished(),
+        "the untaken answer must end within about idle_timeout, busy connection or not"
+    );
+    assert!(
+        served >= 3,
+        "the other requests were served meanwhile: {served}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "not before idle_timeout: {:?}",
+        started.elapsed()
+    );
+    drop(untaken);
 }

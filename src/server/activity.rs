@@ -8,12 +8,19 @@
 //! [`Activity::quiet_for`] resolves once the connection has been idle for a duration; the
 //! connection task then closes it gracefully (HTTP/2 with GOAWAY).
 //!
-//! It also resolves when the caller has stopped taking its answers: a response body that
-//! has data for the caller (its last poll did not wait on the upstream) while no response
-//! body of the connection has been polled for that duration. hyper polls a body only when
-//! it can send what the body gives, so this is a caller that reads nothing (HTTP/2 flow
-//! control held at zero, or a full socket); it would otherwise hold the request's upstream
-//! connection for ever. The connection task then drops the connection.
+//! It also resolves when the caller has stopped taking an answer: a response body handed
+//! hyper data and has not been polled again for that duration. hyper polls a body only when
+//! it can send what the body gives, so this is a caller that takes nothing of that answer
+//! (an HTTP/2 stream whose flow-control window it never opens, or a full socket), however
+//! busy its other streams are; it would otherwise hold the request's upstream connection
+//! for ever. A body waiting on its upstream is not the caller's doing and never counts.
+//! The connection task then drops the connection.
+//!
+//! The check costs two atomic operations per frame: a body that hands over data and has
+//! more to come is counted in the bucket of the current *tick*; its next poll takes it out.
+//! While requests are in flight, the watcher ticks every half idle timeout; a bucket still
+//! holding bodies three ticks after it was filled holds an answer not taken for at least
+//! the idle timeout.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,11 +47,16 @@ pub(crate) struct Activity {
     ended: Notify,
     /// Response bodies handed to hyper and not yet ended or dropped.
     bodies: AtomicUsize,
-    /// Of those, the ones whose last poll waited on the upstream.
-    on_upstream: AtomicUsize,
-    /// The last poll of any response body, in µs since `epoch`.
-    pulled_us: AtomicU64,
+    /// The stuck check's clock: advanced by the watcher every half idle timeout.
+    tick: AtomicUsize,
+    /// Bodies that handed hyper data (with more to come) and were not polled since, by
+    /// `tick % BUCKETS` at that moment.
+    awaiting: [AtomicUsize; BUCKETS],
 }
+
+/// Buckets of the stuck check: a tick's bucket is checked three ticks later, before it is
+/// filled again.
+const BUCKETS: usize = 4;
 
 /// Why a connection has nothing more to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +77,8 @@ pub(crate) struct InFlight(Arc<Activity>);
 pub struct TrackedBody<B> {
     inner: B,
     in_flight: InFlight,
-    /// Its last poll waited on the upstream.
-    on_upstream: bool,
+    /// The bucket it is counted in while hyper holds data it gave and has not polled again.
+    awaiting: Option<usize>,
 }
 
 // === impl Activity ===
@@ -80,8 +92,8 @@ impl Activity {
             watching: AtomicBool::new(false),
             ended: Notify::new(),
             bodies: AtomicUsize::new(0),
-            on_upstream: AtomicUsize::new(0),
-            pulled_us: AtomicU64::new(0),
+            tick: AtomicUsize::new(0),
+            awaiting: Default::default(),
         })
     }
 
@@ -101,31 +113,30 @@ impl Activity {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Answers (response bodies) of this connection not yet ended.
+    pub(crate) fn answers_open(&self) -> usize {
+        self.bodies.load(Ordering::Relaxed)
+    }
+
     /// Resolves with [`Quiet::Idle`] once no request has been in flight and nothing has
-    /// arrived for `idle`, or with [`Quiet::Stuck`] once a response body has had data for
-    /// the caller while none was polled for `idle`.
+    /// arrived for `idle`, or with [`Quiet::Stuck`] once a response body has handed hyper
+    /// data and not been polled again for at least `idle` (at most 1.5 × `idle`).
     pub(crate) async fn quiet_for(&self, idle: Duration) -> Quiet {
         loop {
             let ended = self.ended.notified();
             self.watching.store(true, Ordering::SeqCst);
             if self.in_flight.load(Ordering::SeqCst) > 0 {
-                // Busy: look again when a caller that took nothing since the last pull would
-                // be stuck, or (no body waits for the caller) every half `idle`.
-                let waiting_on_caller =
-                    self.bodies.load(Ordering::Relaxed) > self.on_upstream.load(Ordering::Relaxed);
-                let check = if waiting_on_caller {
-                    let pulled = self.at(&self.pulled_us) + idle;
-                    if Instant::now() >= pulled {
-                        self.watching.store(false, Ordering::Relaxed);
-                        return Quiet::Stuck;
-                    }
-                    pulled
-                } else {
-                    Instant::now() + idle / 2
-                };
                 tokio::select! {
                     () = ended => {}
-                    () = tokio::time::sleep_until(check) => {}
+                    () = tokio::time::sleep(idle / 2) => {
+                        // The bucket filled three ticks ago: two whole ticks (`idle`) untaken.
+                        let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+                        let oldest = &self.awaiting[(tick + 1) % BUCKETS];
+                        if oldest.load(Ordering::Relaxed) > 0 {
+                            self.watching.store(false, Ordering::Relaxed);
+                            return Quiet::Stuck;
+                        }
+                    }
                 }
                 continue;
             }
@@ -140,6 +151,16 @@ impl Activity {
 
     fn at(&self, us: &AtomicU64) -> Instant {
         self.epoch + Duration::from_micros(us.load(Ordering::Relaxed))
+    }
+
+    fn await_caller(&self) -> usize {
+        let bucket = self.tick.load(Ordering::Relaxed) % BUCKETS;
+        self.awaiting[bucket].fetch_add(1, Ordering::Relaxed);
+        bucket
+    }
+
+    fn taken(&self, bucket: usize) {
+        self.awaiting[bucket].fetch_sub(1, Ordering::Relaxed);
     }
 
     fn now_us(&self) -> u64 {
@@ -163,15 +184,11 @@ impl Drop for InFlight {
 
 impl<B> TrackedBody<B> {
     pub(crate) fn new(inner: B, in_flight: InFlight) -> Self {
-        let activity = &in_flight.0;
-        activity.bodies.fetch_add(1, Ordering::Relaxed);
-        activity
-            .pulled_us
-            .store(activity.now_us(), Ordering::Relaxed);
+        in_flight.0.bodies.fetch_add(1, Ordering::Relaxed);
         Self {
             inner,
             in_flight,
-            on_upstream: false,
+            awaiting: None,
         }
     }
 }
@@ -179,8 +196,8 @@ impl<B> TrackedBody<B> {
 impl<B> Drop for TrackedBody<B> {
     fn drop(&mut self) {
         let activity = &self.in_flight.0;
-        if self.on_upstream {
-            activity.on_upstream.fetch_sub(1, Ordering::Relaxed);
+        if let Some(bucket) = self.awaiting {
+            activity.taken(bucket);
         }
         activity.bodies.fetch_sub(1, Ordering::Relaxed);
     }
@@ -196,18 +213,13 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let activity = &this.in_flight.0;
-        activity
-            .pulled_us
-            .store(activity.now_us(), Ordering::Relaxed);
+        if let Some(bucket) = this.awaiting.take() {
+            activity.taken(bucket);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let waits = polled.is_pending();
-        if waits != this.on_upstream {
-            this.on_upstream = waits;
-            if waits {
-                activity.on_upstream.fetch_add(1, Ordering::Relaxed);
-            } else {
-                activity.on_upstream.fetch_sub(1, Ordering::Relaxed);
-            }
+        // Data handed over with more to come: hyper polls again once the caller took it.
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) && !this.inner.is_end_stream() {
+            this.awaiting = Some(activity.await_caller());
         }
         polled
     }
@@ -255,30 +267,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_body_the_caller_does_not_take_is_stuck_one_waiting_on_the_upstream_is_not() {
+    async fn an_answer_the_caller_does_not_take_is_stuck_one_waiting_on_the_upstream_is_not() {
         let idle = Duration::from_secs(10);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+
+        // One answer hands over its first frame and is never polled again, while another
+        // keeps being polled (a busy h2 connection): stuck after `idle` to 1.5 × `idle`.
         let activity = Activity::new();
         let started = Instant::now();
-        // A body that always has data, polled once and then never again (the caller takes
-        // nothing): stuck `idle` after that poll.
-        let mut taken = TrackedBody::new(
-            http_body_util::Full::new(bytes::Bytes::from_static(b"x")),
-            activity.begin(),
-        );
-        let waker = std::task::Waker::noop();
-        let _ = Pin::new(&mut taken).poll_frame(&mut Context::from_waker(waker));
+        let mut untaken = TrackedBody::new(Frames(3), activity.begin());
+        let mut busy = TrackedBody::new(Waiting, activity.begin());
+        assert!(Pin::new(&mut untaken).poll_frame(&mut cx).is_ready());
         let watcher = tokio::spawn({
             let activity = activity.clone();
             async move { (activity.quiet_for(idle).await, Instant::now()) }
         });
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(Pin::new(&mut busy).poll_frame(&mut cx).is_pending());
+            if watcher.is_finished() {
+                break;
+            }
+        }
         let (quiet, at) = watcher.await.unwrap();
-        assert_eq!((quiet, at - started), (Quiet::Stuck, idle));
-        drop(taken);
+        assert_eq!(quiet, Quiet::Stuck);
+        assert!(
+            at - started >= idle && at - started <= idle * 3 / 2,
+            "{:?}",
+            at - started
+        );
+
+        // Taken steadily, however slowly within `idle`: never stuck.
+        let activity = Activity::new();
+        let mut slow = TrackedBody::new(Frames(100), activity.begin());
+        let watcher = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.quiet_for(idle).await }
+        });
+        for _ in 0..20 {
+            assert!(Pin::new(&mut slow).poll_frame(&mut cx).is_ready());
+            tokio::time::sleep(idle * 9 / 10).await;
+        }
+        assert!(
+            !watcher.is_finished(),
+            "a slow but steady caller is not stuck"
+        );
+        watcher.abort();
 
         // A body waiting on its upstream is never the caller's fault.
         let activity = Activity::new();
         let mut upstream = TrackedBody::new(Waiting, activity.begin());
-        let _ = Pin::new(&mut upstream).poll_frame(&mut Context::from_waker(waker));
+        assert!(Pin::new(&mut upstream).poll_frame(&mut cx).is_pending());
         let watcher = tokio::spawn({
             let activity = activity.clone();
             async move { activity.quiet_for(idle).await }
@@ -289,6 +329,29 @@ mod tests {
             "waiting on the upstream is not stuck"
         );
         watcher.abort();
+    }
+
+    /// A body of `n` one-byte data frames.
+    struct Frames(u32);
+
+    impl Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, std::convert::Infallible>>> {
+            if self.0 == 0 {
+                return Poll::Ready(None);
+            }
+            self.0 -= 1;
+            Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::from_static(b"x")))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0 == 0
+        }
     }
 
     /// A body whose upstream never sends.

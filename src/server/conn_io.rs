@@ -137,7 +137,8 @@ impl<T> ConnIo<T> {
         }
         self.write_stall = None;
         if let Some(counters) = &self.refusals {
-            counters.caller_stalled.inc();
+            let answers = self.activity.answers_open().max(1) as u64;
+            counters.caller_stalled.inc_by(answers);
         }
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
