@@ -82,6 +82,39 @@ def process_figures(pid):
     }
 
 
+def sockets_by_peer(pid, ports):
+    """gcpool's TCP sockets by what is at the other end: `ports` maps a port to a name."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    counts = collections.Counter()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[9] not in inodes:
+                continue
+            local = int(fields[1].rsplit(":", 1)[1], 16)
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote == 0:
+                counts["listening"] += 1
+            elif remote in ports:
+                counts[ports[remote]] += 1
+            elif local in ports:
+                counts[f"from callers to {ports[local]}"] += 1
+            else:
+                counts["other"] += 1
+    return dict(counts)
+
+
 class Soak:
     def __init__(self):
         self.tmp = tempfile.mkdtemp(prefix="gcpool-soak-")
@@ -347,8 +380,12 @@ class Soak:
     def report(self, label):
         figures = process_figures(self.gcpool.pid)
         m = metrics(self.admin_port)
+        ports = {self.sim_port: "upstream (simulator)", self.api_port: "api", self.admin_port: "admin"}
+        if self.redis:
+            ports[self.redis_port] = "redis"
         print(f"\n== {label}: RSS {figures['rss_mib']} MiB, {figures['fds']} open fds, "
-              f"{figures['threads']} threads", flush=True)
+              f"{figures['threads']} threads; sockets {sockets_by_peer(self.gcpool.pid, ports)}",
+              flush=True)
         for name, value in sorted(m.items()):
             if value and name.startswith(("gcpool_rejections_total", "gcpool_response_aborted_total",
                                           "gcpool_token_refresh_total", "gcpool_token_refused_total",
