@@ -153,11 +153,9 @@ enum Loss {
     Restart,
 }
 
-/// Two replicas under binding load (16 requests/s against 6/s of org budget, 2 s
-/// windows), Redis loses its state or stops answering at 3 s, load goes on to 10 s.
-async fn fleet_through(loss: Loss) {
-    let _one_fleet = FLEET.lock().await;
-    let mut redis = RedisServer::start();
+/// The simulator with the binding-load limits, and the config of a replica of a fleet on
+/// `redis` with `replicas_hint`.
+async fn binding_fleet(redis: &RedisServer, replicas_hint: u32) -> (Simulator, String) {
     let sim = Simulator::start(
         SimOptions::with_clients(3)
             .window(Duration::from_secs(2))
@@ -168,11 +166,20 @@ async fn fleet_through(loss: Loss) {
     .expect("simulator starts");
     let yaml = replica_yaml(
         &sim,
-        &redis,
+        redis,
         &support::THREE_CLIENTS,
         &binding_budgets(),
-        "  replicas_hint: 2\n",
+        &format!("  replicas_hint: {replicas_hint}\n"),
     );
+    (sim, yaml)
+}
+
+/// Two replicas under binding load (16 requests/s against 6/s of org budget, 2 s
+/// windows), Redis loses its state or stops answering at 3 s, load goes on to 10 s.
+async fn fleet_through(loss: Loss) {
+    let _one_fleet = FLEET.lock().await;
+    let mut redis = RedisServer::start();
+    let (sim, yaml) = binding_fleet(&redis, 2).await;
     let replicas = start_fleet(&yaml, 2).await;
     sim.reset_stats();
 
@@ -269,21 +276,7 @@ async fn fleet_stays_within_budgets_through_a_restart_without_persistence() {
 async fn a_replica_started_during_an_outage_takes_no_unknown_share() {
     let _one_fleet = FLEET.lock().await;
     let redis = RedisServer::start();
-    let sim = Simulator::start(
-        SimOptions::with_clients(3)
-            .window(Duration::from_secs(2))
-            .token_limit(TOKEN_LIMIT)
-            .org_limit(ORG_LIMIT),
-    )
-    .await
-    .expect("simulator starts");
-    let yaml = replica_yaml(
-        &sim,
-        &redis,
-        &support::THREE_CLIENTS,
-        &binding_budgets(),
-        "  replicas_hint: 3\n",
-    );
+    let (sim, yaml) = binding_fleet(&redis, 3).await;
     let running = start_fleet(&yaml, 2).await;
     sim.reset_stats();
     let load = offer(

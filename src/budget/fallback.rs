@@ -804,9 +804,10 @@ mod tests {
 
     const W: Duration = Duration::from_secs(2);
 
-    /// One token budget of `limit` per 2 s, `replicas_hint` 2, and a Redis store that is never
-    /// reached (nothing listens on port 1): every decision here is the local share's.
-    fn replica(limit: u32) -> FallbackStore {
+    /// One token budget of `limit` per 2 s, `replicas` as `replicas_hint`, and a Redis
+    /// store that is never reached (nothing listens on port 1): every decision here is the
+    /// local share's. Its first attempt to reach Redis is not over yet.
+    fn starting_replica(limit: u32, replicas: u32) -> FallbackStore {
         let defs = vec![BudgetDef {
             kind: BudgetKind::Token,
             name: "token:a".into(),
@@ -820,28 +821,20 @@ mod tests {
             timeout: Duration::from_millis(50),
         };
         let redis = RedisStore::lazy(&config, &defs, &["a".into()]).unwrap();
-        let store = FallbackStore::new(&defs, 1, 2, Arc::new(redis), config.timeout);
-        // Past start: what these tests seed stands for answers the store has given.
+        FallbackStore::new(&defs, 1, replicas, Arc::new(redis), config.timeout)
+    }
+
+    /// As [`starting_replica`] with `replicas_hint` 2, past start: what these tests seed
+    /// stands for answers the store has given.
+    fn replica(limit: u32) -> FallbackStore {
+        let store = starting_replica(limit, 2);
         store.tried.store(true, Ordering::Release);
         store
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_replica_that_never_reached_the_store_spends_no_unknown_share() {
-        let defs = vec![BudgetDef {
-            kind: BudgetKind::Token,
-            name: "token:a".into(),
-            limit: 10,
-            window: W,
-        }];
-        let config = SharedStateConfig {
-            redis_url: Secret::new("redis://127.0.0.1:1/"),
-            key_prefix: "unit".into(),
-            replicas_hint: NonZeroU32::MIN,
-            timeout: Duration::from_millis(50),
-        };
-        let redis = RedisStore::lazy(&config, &defs, &["a".into()]).unwrap();
-        let fleet = FallbackStore::new(&defs, 1, 2, Arc::new(redis.clone()), config.timeout);
+        let fleet = starting_replica(10, 2);
         fleet.first_try_over();
         let (admitted, wait) = admit_all(&fleet).await;
         assert_eq!(
@@ -852,7 +845,7 @@ mod tests {
         tokio::time::advance(W).await;
         assert_eq!(admit_all(&fleet).await.0, 5, "a window later, its share");
 
-        let alone = FallbackStore::new(&defs, 1, 1, Arc::new(redis), config.timeout);
+        let alone = starting_replica(10, 1);
         alone.first_try_over();
         assert_eq!(
             admit_all(&alone).await.0,
