@@ -84,8 +84,9 @@ fn with_tls(yaml: &str, dir: &Path) -> String {
     yaml.replacen("server:\n", &tls, 1)
 }
 
-async fn start_tls_gcpool(sim: &Simulator, dir: &Path) -> Gcpool {
-    let yaml = with_tls(
+/// The test config of a gcpool in front of `sim` with TLS from `dir`'s files.
+fn tls_yaml(sim: &Simulator, dir: &Path) -> String {
+    with_tls(
         &config_yaml(
             &sim.base_url(),
             "127.0.0.1:0",
@@ -94,7 +95,11 @@ async fn start_tls_gcpool(sim: &Simulator, dir: &Path) -> Gcpool {
             "",
         ),
         dir,
-    );
+    )
+}
+
+async fn start_tls_gcpool(sim: &Simulator, dir: &Path) -> Gcpool {
+    let yaml = tls_yaml(sim, dir);
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let gcpool = Gcpool::start_on(config(&yaml), api, admin).expect("gcpool must start");
@@ -512,16 +517,7 @@ async fn unusable_certificate_or_key_is_a_start_error_naming_the_file() {
 
     // A key that does not belong to the certificate: in-process start fails too.
     std::fs::write(dir.path().join("tls.key"), &second.key_pem).unwrap();
-    let yaml = with_tls(
-        &config_yaml(
-            &sim.base_url(),
-            "127.0.0.1:0",
-            "127.0.0.1:1",
-            &THREE_CLIENTS,
-            "",
-        ),
-        dir.path(),
-    );
+    let yaml = tls_yaml(&sim, dir.path());
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let error = Gcpool::start_on(config(&yaml), api, admin).expect_err("mismatched pair");
@@ -548,17 +544,7 @@ async fn idle_h2_over_tls_lives_until_idle_timeout_with_goaway() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("h2-idle");
     pki.write(dir.path());
-    let yaml = with_tls(
-        &config_yaml(
-            &sim.base_url(),
-            "127.0.0.1:0",
-            "127.0.0.1:1",
-            &THREE_CLIENTS,
-            "",
-        ),
-        dir.path(),
-    )
-    .replacen(
+    let yaml = tls_yaml(&sim, dir.path()).replacen(
         "server:\n",
         "server:\n  header_read_timeout: 1s\n  idle_timeout: 4s\n",
         1,
