@@ -16,10 +16,10 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::generation::{Generation, Live};
 use crate::metrics::Metrics;
 use crate::pool::ClientStatus;
 use crate::proxy::{ProxyBody, json_response};
-use crate::reload::{Generation, Live};
 
 /// State the admin endpoints read.
 #[derive(Debug, Clone)]

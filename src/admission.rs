@@ -5,6 +5,10 @@
 //! reserves the soonest instant among them, all budgets at once. The request then waits
 //! for that instant (a caller who leaves gives the slot back) or, when it lies past
 //! `queue.max_wait` or the deadline, is answered with a local 429 at once.
+//!
+//! Admission refuses in its own words ([`Refusal`]); the request path turns them into
+//! answers. It never retries: a client lost while the request waited is a refusal the
+//! request path may spend an attempt on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,11 +25,60 @@ use crate::budget::{
 use crate::config::{BudgetScope, Config};
 use crate::metrics::Metrics;
 use crate::pool::{Lease, Pool};
-use crate::proxy::{LimitInfo, LimitScope, Reject, UpstreamLimit};
 use crate::routes::RouteId;
+use crate::upstream::{LimitScope, UpstreamLimit};
 
 /// Longest cool-down an upstream 429 sets.
 const MAX_COOL_DOWN: Duration = Duration::from_secs(180);
+
+/// Why admission let a request not go now.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no OAuth client of the pool has a usable token")]
+    NoHealthyClient,
+    #[error("the {} admits no request within the queue's max wait", budget_phrase(*.kind))]
+    OverBudget {
+        kind: BudgetKind,
+        retry_after: Duration,
+        limit: Option<LimitInfo>,
+    },
+    #[error("too many requests are already waiting for a slot")]
+    QueueFull,
+    #[error("no slot frees up before the request's deadline")]
+    Deadline {
+        retry_after: Duration,
+        limit: Option<LimitInfo>,
+    },
+    #[error("every client of the pool is cooling down after upstream 429s")]
+    AllCoolingDown { retry_after: Duration },
+    /// The reserved client lost its token while the request waited (slot given back).
+    #[error("the client chosen for the request lost its token while the request waited")]
+    ClientLost,
+    /// A reload changed the budgets the request met while it waited (slot given back):
+    /// admitted under the old limits, it would not count against the new ones.
+    #[error("the budgets changed while the request waited")]
+    Reconfigured {
+        /// How long it waited for the slot it gave back.
+        waited: Duration,
+    },
+}
+
+impl Refusal {
+    /// Whether another admission may succeed at once: the refusal was about the slot
+    /// reserved, not about the pool or the budgets.
+    pub fn may_try_again(&self) -> bool {
+        matches!(self, Self::ClientLost | Self::Reconfigured { .. })
+    }
+}
+
+/// The gcpool budget named in a local 429's `limit` object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitInfo {
+    /// The budget's name, e.g. `token:pool-01` or `org`.
+    pub key: String,
+    /// Its rate per minute.
+    pub value: u32,
+}
 
 /// Every budget of the config, and which apply to a (client, route).
 #[derive(Debug, Clone)]
@@ -56,6 +109,7 @@ pub struct Admission {
     max_pending: usize,
     /// Shared with the admissions of later configs: waiting requests count until they leave.
     pending: Arc<AtomicUsize>,
+    /// Shown by `gcpool_queue_pending` (the only metric admission records: it must be live).
     metrics: Metrics,
     /// Shared with the admissions of later configs (learned limits outlive a reload).
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
@@ -320,63 +374,57 @@ impl Admission {
     ///
     /// # Errors
     /// A local 429 (`OverBudget`, `QueueFull`, `Deadline`, `AllCoolingDown`) when no slot
-    /// comes in time, `NoHealthyClient` when no client has a usable token and none that
-    /// re-mints after an upstream 401 gets one within `queue.max_wait` and the deadline.
+    /// comes in time; `NoHealthyClient` when no client has a usable token and none that
+    /// re-mints after an upstream 401 gets one within `queue.max_wait` and the deadline;
+    /// `ClientLost` when the chosen client lost its token while the request waited.
     pub async fn admit(
         &self,
         pool: &Pool,
         route: Option<RouteId>,
         deadline: Instant,
-    ) -> Result<Permit, Reject> {
+    ) -> Result<Permit, Refusal> {
         // No client with a usable token: wait (queued, within `max_wait` and the deadline)
         // while one whose token the upstream refused re-mints.
         let token_wait_until = (Instant::now() + self.max_wait).min(deadline);
         let mut token_waited = Duration::ZERO;
-        // A client whose token dies while the request waits gives its slot back, and the
-        // request is admitted again among the others.
-        let mut lost = 0;
-        while lost < 3 {
-            let (client, reservation) = match self.reserve(pool, route, deadline).await {
-                Err(Reject::NoHealthyClient) => {
+        let (client, reservation) = loop {
+            match self.reserve(pool, route, deadline).await {
+                Err(Refusal::NoHealthyClient) => {
                     let _pending = Pending::enter(self);
                     let since = Instant::now();
                     let look_again = pool.wait_for_token(token_wait_until).await;
                     token_waited += since.elapsed();
-                    if look_again {
-                        continue;
+                    if !look_again {
+                        return Err(Refusal::NoHealthyClient);
                     }
-                    return Err(Reject::NoHealthyClient);
                 }
-                reserved => reserved?,
-            };
-            let waited = reservation.wait;
-            let mut guard = ReleaseOnDrop {
-                store: &*self.store,
-                reservation: Some(reservation),
-            };
-            if !waited.is_zero() {
-                let _pending = Pending::enter(self);
-                // Measured from now, after the store answered: the wait was computed on the
-                // store's clock when it decided, so the request never leaves early (with
-                // Redis the round trip would otherwise be taken off the wait).
-                // Dropped here (caller gone) → the guard gives the slot back.
-                tokio::time::sleep_until(Instant::now() + waited).await;
+                reserved => break reserved?,
             }
-            if let Some(lease) = pool.lease(client, Instant::now())
-                && let Some(reservation) = guard.reservation.take()
-            {
-                let waited = waited + token_waited;
-                self.metrics.queue_wait.observe(waited.as_secs_f64());
-                return Ok(Permit {
-                    client,
-                    waited,
-                    lease,
-                    reservation,
-                });
-            }
-            lost += 1;
+        };
+        let waited = reservation.wait;
+        let mut guard = ReleaseOnDrop {
+            store: &*self.store,
+            reservation: Some(reservation),
+        };
+        if !waited.is_zero() {
+            let _pending = Pending::enter(self);
+            // Measured from now, after the store answered: the wait was computed on the
+            // store's clock when it decided, so the request never leaves early (with Redis
+            // the round trip would otherwise be taken off the wait).
+            // Dropped here (caller gone) → the guard gives the slot back.
+            tokio::time::sleep_until(Instant::now() + waited).await;
         }
-        Err(Reject::NoHealthyClient)
+        // A client whose token died while the request waited gives its slot back (guard).
+        let lease = pool
+            .lease(client, Instant::now())
+            .ok_or(Refusal::ClientLost)?;
+        let reservation = guard.reservation.take().ok_or(Refusal::ClientLost)?;
+        Ok(Permit {
+            client,
+            waited: waited + token_waited,
+            lease,
+            reservation,
+        })
     }
 
     /// Reserves the soonest slot, or maps the refusal to the local 429 it means.
@@ -385,14 +433,14 @@ impl Admission {
         pool: &Pool,
         route: Option<RouteId>,
         deadline: Instant,
-    ) -> Result<(usize, Reservation), Reject> {
+    ) -> Result<(usize, Reservation), Refusal> {
         let now = Instant::now();
         let order = pool.candidates(now);
         if order.is_empty() {
-            return Err(Reject::NoHealthyClient);
+            return Err(Refusal::NoHealthyClient);
         }
         if self.pending.load(Ordering::Relaxed) >= self.max_pending {
-            return Err(Reject::QueueFull);
+            return Err(Refusal::QueueFull);
         }
         let candidates: Vec<Candidate> = order
             .iter()
@@ -411,7 +459,7 @@ impl Admission {
             .store
             .admit(request)
             .await
-            .map_err(|_| Reject::QueueFull)?;
+            .map_err(|_| Refusal::QueueFull)?;
         let reservation = match decision {
             Decision::Admitted(reservation) => reservation,
             Decision::Refused(refusal) => {
@@ -421,24 +469,24 @@ impl Admission {
                     _ => None,
                 };
                 return Err(match refusal.wait {
-                    Some(wait) if wait <= self.max_wait => Reject::Deadline { retry_after, limit },
+                    Some(wait) if wait <= self.max_wait => Refusal::Deadline { retry_after, limit },
                     _ => match refusal.binding {
-                        Some(Binding::Budget(b)) => Reject::OverBudget {
+                        Some(Binding::Budget(b)) => Refusal::OverBudget {
                             kind: self.table.defs[b].kind,
                             retry_after,
                             limit,
                         },
-                        Some(Binding::RouteCoolDown) => Reject::OverBudget {
+                        Some(Binding::RouteCoolDown) => Refusal::OverBudget {
                             kind: BudgetKind::Endpoint,
                             retry_after,
                             limit: None,
                         },
-                        Some(Binding::PoolCoolDown) | None => Reject::OverBudget {
+                        Some(Binding::PoolCoolDown) | None => Refusal::OverBudget {
                             kind: BudgetKind::Org,
                             retry_after,
                             limit: None,
                         },
-                        Some(Binding::ClientCoolDown) => Reject::AllCoolingDown { retry_after },
+                        Some(Binding::ClientCoolDown) => Refusal::AllCoolingDown { retry_after },
                     },
                 });
             }
@@ -544,6 +592,14 @@ impl Admission {
     /// Requests waiting for their slot now.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+}
+
+fn budget_phrase(kind: BudgetKind) -> &'static str {
+    match kind {
+        BudgetKind::Token => "token budget of every client",
+        BudgetKind::Endpoint => "route's budget",
+        BudgetKind::Org => "org budget",
     }
 }
 

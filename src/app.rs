@@ -1,5 +1,6 @@
 //! The composition root: builds the budget store, the first config generation (pool, token
-//! refreshers, admission; see [`crate::reload`]), the proxy and the admin listener from a
+//! refreshers, admission, caller checks; see [`crate::generation`]), the proxy, the
+//! reloader and the admin listener from a
 //! [`Config`], and runs them until shutdown. `cli` and the integration
 //! tests both start gcpool through [`Gcpool::start`].
 
@@ -15,6 +16,7 @@ use crate::admission::{Admission, BudgetTable, Registry};
 use crate::budget::redis::RedisStore;
 use crate::budget::{BudgetStore, FallbackStore, MemoryStore};
 use crate::config::Config;
+use crate::generation::{Builder, Live};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
@@ -210,22 +212,24 @@ impl Gcpool {
         let mut registry = Registry::default();
         let table = BudgetTable::build(&config, &mut registry);
         let store = budget_store(&config, &table, registry.client_names(), &shutdown)?;
-        let reloader = Reloader::start(
-            config.clone(),
+        let mut builder = Builder::new(
+            &config,
             registry,
-            table,
             store,
             upstream.clone(),
             metrics.clone(),
             shutdown.clone(),
         );
+        let (first, _) = builder.build(&config, None);
+        let live = Arc::new(Live::new(first));
+        let proxy = Proxy::new(&config, live.clone(), upstream, metrics.clone());
+        let reloader = Reloader::new(config.clone(), builder, live, metrics.clone());
         shutdown.spawn(
             reloader
                 .clone()
                 .watch(shutdown.token())
                 .instrument(info_span!("config_reload")),
         );
-        let proxy = Proxy::new(&config, reloader.live(), upstream, metrics.clone());
         let options = ServeOptions {
             idle_timeout: config.server.idle_timeout,
             grace: config.server.shutdown_grace,

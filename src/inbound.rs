@@ -1,37 +1,281 @@
-//! Caller-side checks before anything is spent: the request target, the caller's key.
+//! Every check on the caller's request before anything is spent, behind one [`Policy`]
+//! per config generation: the request target, the caller's key, the route (allow-list,
+//! methods) and the body.
 //!
 //! `CONNECT` is refused, absolute-form targets must name the configured API host, paths
 //! must stay under `/api/v2/` (also once percent-decoded), methods must be ones the
-//! Platform API has for the path, and callers authenticate with an API key unless anonymous
-//! access is allowed (loopback sidecars only; enforced by config validation).
+//! Platform API has for the path, callers authenticate with an API key unless anonymous
+//! access is allowed (loopback sidecars only; enforced by config validation), only routes
+//! on the allow-list (when there is one) pass, and the body is read within its size limit,
+//! the bytes all bodies in flight may hold, and the request deadline.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use base64::Engine;
-use http::{HeaderMap, Method, Uri, header};
+use bytes::{Bytes, BytesMut};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, Uri, header, request};
+use http_body::Body;
+use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use crate::config::InboundConfig;
-use crate::proxy::Reject;
-use crate::routes::{Route, RouteMethod, RouteTable};
+use crate::config::{Config, InboundConfig};
+use crate::routes::{Operation, Route, RouteId, RouteMethod, RouteTable};
 
 /// The header callers may carry their key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Why a caller's request is refused before anything is spent on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("CONNECT is not supported: gcpool is an API gateway, not a tunnel")]
+    ConnectRefused,
+    #[error("absolute-form requests are forwarded only to the configured Genesys API host")]
+    ForeignHost,
+    #[error("only /api/v2/ paths are forwarded")]
+    NotApiPath,
+    #[error("the path contains dot segments (also percent-encoded, or made by %2F or %5C)")]
+    BadPath,
+    #[error("the Platform API has no {method} operation for this path; allowed: {}", allow_list(.allowed))]
+    MethodNotAllowed {
+        method: String,
+        allowed: Vec<RouteMethod>,
+    },
+    #[error(
+        "the caller is not authenticated: send X-API-Key or HTTP Basic with the key as password"
+    )]
+    Unauthorized,
+    #[error("route {0} is not on this gcpool's allow-list")]
+    RouteNotAllowed(String),
+    #[error("the request body could not be read")]
+    BadBody,
+    #[error("the request body did not arrive before the request deadline")]
+    BodyTimeout,
+    #[error("the request is over the size limit. Maximum bytes: {0}")]
+    BodyTooLarge(u64),
+    #[error("too many request bodies are in flight; retry shortly")]
+    BodyMemory,
+}
+
+/// A refusal, with the route label of the request as far as it was matched (`other` when
+/// refused before the route was looked up).
+#[derive(Debug)]
+pub struct Refused {
+    pub refusal: Refusal,
+    pub route: &'static str,
+}
+
+/// Who may call, which routes, with how large a body: one config generation's caller checks.
+#[derive(Debug)]
+pub struct Policy {
+    /// Scheme-less host and port of `genesys.api_base` (absolute-form targets must name it).
+    api_authority: Authority,
+    auth: Authenticator,
+    /// `None`: every route; else only these.
+    allow_routes: Option<HashSet<RouteId>>,
+    max_body_bytes: u64,
+    /// One permit per byte of request body held in memory (`server.max_body_bytes_in_flight`,
+    /// restart-only: shared by every generation).
+    body_memory: Arc<Semaphore>,
+}
+
+/// A request that passed every check: its head, its route and its whole body.
+#[derive(Debug)]
+pub struct CallerRequest {
+    pub parts: request::Parts,
+    pub route: Route,
+    pub body: Bytes,
+    /// Holds the body's bytes against the in-flight cap until the request ends.
+    _body_memory: Option<OwnedSemaphorePermit>,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    /// The checks `config` asks for; bodies count against `body_memory`.
+    pub fn new(config: &Config, body_memory: Arc<Semaphore>) -> Self {
+        let allowed = &config.inbound.allow_routes;
+        Self {
+            api_authority: config
+                .genesys
+                .api_base
+                .authority()
+                .cloned()
+                .expect("config validation guarantees api_base has a host"),
+            auth: Authenticator::new(&config.inbound),
+            allow_routes: (!allowed.is_empty()).then(|| allowed.iter().map(|r| r.route).collect()),
+            max_body_bytes: config.server.max_body_bytes,
+            body_memory,
+        }
+    }
+
+    /// The semaphore counting the body bytes in flight, sized by `config` (one per process).
+    pub fn body_memory(config: &Config) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(
+            usize::try_from(config.server.max_body_bytes_in_flight)
+                .unwrap_or(Semaphore::MAX_PERMITS)
+                .min(Semaphore::MAX_PERMITS),
+        ))
+    }
+
+    /// Checks `request` in order (target, key, method, allow-list) and reads its body by
+    /// `deadline`.
+    ///
+    /// # Errors
+    /// The first check that fails, with the route label as far as it was matched.
+    pub async fn check<B>(
+        &self,
+        request: Request<B>,
+        deadline: Instant,
+    ) -> Result<CallerRequest, Refused>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let refused = |route: &Route| {
+            let route = route.label();
+            move |refusal| Refused { refusal, route }
+        };
+        let (method, uri) = (request.method(), request.uri());
+        check_target(method, uri, request.version(), &self.api_authority)
+            .and_then(|()| self.auth.authenticate(request.headers()).map(|_| ()))
+            .map_err(refused(&Route::Other))?;
+        let table = RouteTable::genesys();
+        let route = table.lookup(method, uri.path());
+        check_method(method, uri.path(), &route, table).map_err(refused(&route))?;
+        if let Some(allowed) = &self.allow_routes
+            && !route.id().is_some_and(|id| allowed.contains(&id))
+        {
+            return Err(refused(&route)(Refusal::RouteNotAllowed(route_text(
+                route.operation(),
+            ))));
+        }
+        let (parts, body) = request.into_parts();
+        let (body, held) = read_body(
+            &parts.headers,
+            body,
+            self.max_body_bytes,
+            deadline,
+            &self.body_memory,
+        )
+        .await
+        .map_err(refused(&route))?;
+        Ok(CallerRequest {
+            parts,
+            route,
+            body,
+            _body_memory: held,
+        })
+    }
+}
+
+/// Reads the caller's body by `deadline`, refusing it past `max` bytes (also for chunked
+/// bodies) and when its bytes would take the bodies in flight past the cap (`memory`:
+/// one permit per byte). Bytes are counted as they arrive, so a body that announces
+/// 500 KB and stalls holds what it sent, not what it announced. The permit returned holds
+/// them until dropped.
+async fn read_body<B>(
+    headers: &HeaderMap,
+    mut body: B,
+    max: u64,
+    deadline: Instant,
+    memory: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(Refusal::BodyTooLarge(max));
+    }
+    if body.is_end_stream() {
+        return Ok((Bytes::new(), None));
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut total: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Refusal::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(Refusal::BadBody),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers are not forwarded.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len() as u64);
+        if total > max {
+            return Err(Refusal::BodyTooLarge(max));
+        }
+        let bytes = u32::try_from(data.len()).map_err(|_| Refusal::BodyTooLarge(max))?;
+        let permit = memory
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| Refusal::BodyMemory)?;
+        match &mut held {
+            Some(held) => held.merge(permit),
+            None => held = Some(permit),
+        }
+        chunks.push(data);
+    }
+    Ok((join(chunks, total), held))
+}
+
+/// The chunks of a body as one buffer (no copy for a body of one chunk).
+fn join(mut chunks: Vec<Bytes>, total: u64) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(usize::try_from(total).unwrap_or(0));
+            for chunk in chunks {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    }
+}
+
+/// The route as the allow-list refusal names it (never the raw path a caller sent).
+fn route_text(operation: Option<Operation>) -> String {
+    operation.map_or_else(
+        || "(not a known Genesys operation)".to_owned(),
+        |op| op.to_string(),
+    )
+}
+
+/// `GET, POST, HEAD`: the value of an `Allow` header.
+pub fn allow_list(methods: &[RouteMethod]) -> String {
+    methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Checks the request line: method, target host, path. For HTTP/1.x an authority in the
 /// target means absolute form (HTTP_PROXY style) and must name the API host; HTTP/2 always
 /// carries `:authority`, which is only the caller's Host and never chooses the upstream.
 ///
 /// # Errors
-/// [`Reject::ConnectRefused`], [`Reject::ForeignHost`], [`Reject::NotApiPath`] or
-/// [`Reject::BadPath`].
+/// [`Refusal::ConnectRefused`], [`Refusal::ForeignHost`], [`Refusal::NotApiPath`] or
+/// [`Refusal::BadPath`].
 pub fn check_target(
     method: &Method,
     uri: &Uri,
     version: http::Version,
     api_authority: &http::uri::Authority,
-) -> Result<(), Reject> {
+) -> Result<(), Refusal> {
     if method == Method::CONNECT {
-        return Err(Reject::ConnectRefused);
+        return Err(Refusal::ConnectRefused);
     }
     let absolute_form = version < http::Version::HTTP_2;
     if let Some(authority) = uri.authority().filter(|_| absolute_form) {
@@ -39,15 +283,15 @@ pub fn check_target(
         let same_port = authority.port_u16().or(default_port(uri))
             == api_authority.port_u16().or(default_port(uri));
         if !same_host || !same_port {
-            return Err(Reject::ForeignHost);
+            return Err(Refusal::ForeignHost);
         }
     }
     let path = uri.path();
     if !path.starts_with("/api/v2/") {
-        return Err(Reject::NotApiPath);
+        return Err(Refusal::NotApiPath);
     }
     if has_dot_segment(path) {
-        return Err(Reject::BadPath);
+        return Err(Refusal::BadPath);
     }
     Ok(())
 }
@@ -58,13 +302,13 @@ pub fn check_target(
 /// than the API), and refused with any other (`TRACE`, `OPTIONS`, extension methods).
 ///
 /// # Errors
-/// [`Reject::MethodNotAllowed`] naming the methods that are allowed.
-pub fn check_method(
+/// [`Refusal::MethodNotAllowed`] naming the methods that are allowed.
+fn check_method(
     method: &Method,
     path: &str,
     route: &Route,
     table: &RouteTable,
-) -> Result<(), Reject> {
+) -> Result<(), Refusal> {
     if matches!(route, Route::Known(_)) {
         return Ok(());
     }
@@ -78,7 +322,7 @@ pub fn check_method(
         // HEAD goes wherever GET does (`RouteTable::lookup` made it the GET operation).
         allowed.push(RouteMethod::Head);
     }
-    Err(Reject::MethodNotAllowed {
+    Err(Refusal::MethodNotAllowed {
         method: method.as_str().chars().take(32).collect(),
         allowed,
     })
@@ -170,8 +414,8 @@ impl Authenticator {
     /// The name of the key the caller presented, or `None` for an anonymous caller.
     ///
     /// # Errors
-    /// [`Reject::Unauthorized`] when a key is required and none matches.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&str>, Reject> {
+    /// [`Refusal::Unauthorized`] when a key is required and none matches.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&str>, Refusal> {
         for candidate in presented_keys(headers) {
             let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
             // Compare with every key, without an early exit, so timing says nothing.
@@ -188,7 +432,7 @@ impl Authenticator {
         if self.anonymous {
             Ok(None)
         } else {
-            Err(Reject::Unauthorized)
+            Err(Refusal::Unauthorized)
         }
     }
 }
@@ -240,31 +484,31 @@ mod tests {
         assert!(ok(Method::GET, "http://API.mypurecloud.com:80/api/v2/users").is_ok());
         assert!(matches!(
             ok(Method::GET, "http://evil.example/api/v2/users"),
-            Err(Reject::ForeignHost)
+            Err(Refusal::ForeignHost)
         ));
         assert!(matches!(
             ok(Method::GET, "https://api.mypurecloud.com:8443/api/v2/users"),
-            Err(Reject::ForeignHost)
+            Err(Refusal::ForeignHost)
         ));
         assert!(matches!(
             ok(Method::CONNECT, "api.mypurecloud.com:443"),
-            Err(Reject::ConnectRefused)
+            Err(Refusal::ConnectRefused)
         ));
         assert!(matches!(
             ok(Method::GET, "/metrics"),
-            Err(Reject::NotApiPath)
+            Err(Refusal::NotApiPath)
         ));
         assert!(matches!(
             ok(Method::GET, "/api/v2"),
-            Err(Reject::NotApiPath)
+            Err(Refusal::NotApiPath)
         ));
         assert!(matches!(
             ok(Method::GET, "/api/v2/../../x"),
-            Err(Reject::BadPath)
+            Err(Refusal::BadPath)
         ));
         assert!(matches!(
             ok(Method::GET, "/api/v2/%2e%2E/x"),
-            Err(Reject::BadPath)
+            Err(Refusal::BadPath)
         ));
         assert!(ok(Method::GET, "/api/v2/users/a.b").is_ok());
         for traversal in [
@@ -280,7 +524,7 @@ mod tests {
             "/api/v2/users/.;",
         ] {
             assert!(
-                matches!(ok(Method::GET, traversal), Err(Reject::BadPath)),
+                matches!(ok(Method::GET, traversal), Err(Refusal::BadPath)),
                 "{traversal}"
             );
         }
@@ -324,7 +568,8 @@ mod tests {
         );
         assert!(check("GET", "/api/v2/not/in/the/table").is_ok());
         assert!(check("DELETE", "/api/v2/not/in/the/table").is_ok());
-        let Err(Reject::MethodNotAllowed { allowed, .. }) = check("DELETE", "/api/v2/users") else {
+        let Err(Refusal::MethodNotAllowed { allowed, .. }) = check("DELETE", "/api/v2/users")
+        else {
             panic!("DELETE /api/v2/users has no operation");
         };
         assert_eq!(
@@ -333,7 +578,7 @@ mod tests {
         );
         assert!(matches!(
             check("FOO", "/api/v2/not/in/the/table"),
-            Err(Reject::MethodNotAllowed { allowed, .. }) if allowed.len() == RouteMethod::ALL.len()
+            Err(Refusal::MethodNotAllowed { allowed, .. }) if allowed.len() == RouteMethod::ALL.len()
         ));
         assert!(check("TRACE", "/api/v2/users/me").is_err());
         assert!(check("OPTIONS", "/api/v2/users/me").is_err());
@@ -352,7 +597,7 @@ mod tests {
         };
         let auth = Authenticator::new(&config);
         let mut h = HeaderMap::new();
-        assert!(matches!(auth.authenticate(&h), Err(Reject::Unauthorized)));
+        assert!(matches!(auth.authenticate(&h), Err(Refusal::Unauthorized)));
         h.insert(API_KEY_HEADER, key.parse().unwrap());
         assert_eq!(auth.authenticate(&h).unwrap(), Some("data-actions"));
         let mut h = HeaderMap::new();
@@ -364,6 +609,6 @@ mod tests {
         assert_eq!(auth.authenticate(&h).unwrap(), Some("data-actions"));
         let mut h = HeaderMap::new();
         h.insert(API_KEY_HEADER, "wrong".parse().unwrap());
-        assert!(matches!(auth.authenticate(&h), Err(Reject::Unauthorized)));
+        assert!(matches!(auth.authenticate(&h), Err(Refusal::Unauthorized)));
     }
 }

@@ -6,34 +6,44 @@
 //! ```text
 //! server::serve ── one worker thread per core ── per-connection task ── [TLS] ── hyper (HTTP/1.1, h2)
 //!    └─ Proxy::handle(req)
-//!         1. inbound::check_target      CONNECT 405, foreign host 400, not /api/v2/ 404
-//!         2. inbound::Authenticator     X-API-Key or Basic password, unless anonymous
-//!         3. routes::RouteTable         operation template (metrics, budgets, allow-list 403)
-//!         4. read body (≤ max_body_bytes, 413 past it)
-//!         5. admission.admit()          soonest healthy client; token + route + org budgets
-//!                                       reserved together; wait, or a local 429
-//!         6. rewrite::upstream_request  hop-by-hop + caller credentials out, Bearer + Host in
-//!         7. upstream.send()            429 → cool down + retry elsewhere; 401 → drop the token
-//!                                       (re-minted ≤ once per interval) + retry; 502/503/504 →
-//!                                       backoff, idempotent only
-//!         8. answer: x-gcpool-client, x-gcpool-wait-ms; body streamed back
-//!         9. Exchange::finish           metrics recorded once
+//!         1. inbound::Policy::check      target (CONNECT 405, foreign host 400, not /api/v2/ 404,
+//!                                        dot segments 400), API key 401, route + method 405,
+//!                                        allow-list 403, body (413, 408, in-flight cap 503)
+//!                                        → CallerRequest { route, body }
+//!         then attempts, at most 4 (proxy::attempts), each:
+//!         2. generation::Live::admit     admission.admit(): soonest healthy client; token + route
+//!                                        + org budgets reserved together; wait, or a local 429;
+//!                                        re-admitted when a reload changed its budgets meanwhile
+//!         3. upstream::Upstream::attempt rewrite (hop-by-hop + caller credentials out, Bearer +
+//!                                        Host in), send, classify → Outcome: answered,
+//!                                        rate-limited (parsed limit), unauthorized, transient, failed
+//!         4. Attempts::judge             429 → cool down + retry elsewhere; 401 → drop the token
+//!                                        + retry; 502/503/504, lost connection → backoff,
+//!                                        idempotent only; else done
+//!         5. answer: x-gcpool-client, x-gcpool-wait-ms; body streamed back
+//!         6. Exchange (on drop)          every metric of the request recorded once
+//!    Refusals: inbound::Refusal, admission::Refusal → proxy::Reject, the one place they become
+//!    answers (status, x-gcpool-reason, Genesys body).
 //! ```
 //!
 //! # Layout
 //!
-//! - [`cli`]: commands (`run`, `check`, `simulate`, `demo`); [`app`]: the composition root;
-//!   [`reload`]: the current config generation (pool, admission, inbound policy) and hot
-//!   reload on SIGHUP or file change.
-//! - [`config`]: YAML → validated [`config::Config`]; [`secret`]: redacting wrapper;
-//!   [`routes`]: the Platform API operation table. These three are leaves.
-//! - [`budget`]: sliding-window budgets and the store trait (no HTTP); [`admission`]: client
-//!   choice and waiting over [`pool`] and [`budget`].
-//! - [`inbound`], [`proxy`], [`token`], [`upstream`]: the rest of the request path.
-//! - [`server`], [`tls`], [`admin`], [`shutdown`], [`metrics`], [`telemetry`]: serving and
-//!   observing.
-//! - [`sim`]: the Genesys Cloud simulator; [`demo`]: simulator + proxy + load. Neither is
-//!   used by the proxy path.
+//! Modules in layers; each uses only layers below it (checked by `tests/architecture.rs`):
+//!
+//! 1. Leaves: [`secret`] (redacting wrapper), [`routes`] (the Platform API operation
+//!    table), [`metrics`], [`telemetry`], [`shutdown`], [`upstream`] (the HTTP client to
+//!    Genesys, its connection pool, and what an answer means: [`upstream::Outcome`]).
+//! 2. [`config`] (YAML → validated [`config::Config`]); [`token`] (one OAuth client's
+//!    tokens and their refresher).
+//! 3. One step each: [`budget`] (sliding-window budgets and the store trait; no HTTP),
+//!    [`pool`] (clients, health, in flight), [`inbound`] (caller checks), [`tls`].
+//! 4. [`admission`]: client choice and waiting over [`pool`] and [`budget`].
+//! 5. [`generation`]: what one config decides for the request path, built the same way at
+//!    start and on reload, and the current one ([`generation::Live`]).
+//! 6. [`proxy`] (the request path), [`reload`] (when a new config replaces the generation),
+//!    [`server`] (the listener, generic over its handler).
+//! 7. [`admin`]; then [`app`] (the composition root) and [`sim`] (the Genesys Cloud
+//!    simulator, not on the proxy path); [`demo`] (simulator + proxy + load); [`cli`].
 
 pub mod admin;
 pub mod admission;
@@ -42,6 +52,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod generation;
 pub mod inbound;
 pub mod metrics;
 pub mod pool;

@@ -31,8 +31,20 @@ use activity::{Activity, Quiet};
 pub use conn_io::ConnCounters;
 use conn_io::{ConnIo, HeadTimer};
 
-use crate::proxy::ProxyBody;
 use crate::tls::TlsAcceptor;
+
+/// What a handler may answer with: any body hyper can write on either protocol.
+pub trait ResponseBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connection settings of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +124,7 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 /// Never in practice: accept errors (e.g. out of file descriptors) are logged and retried.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, B>(
     listener: TcpListener,
     handler: H,
     shutdown: CancellationToken,
@@ -123,7 +135,8 @@ pub async fn serve<H, F>(
 ) -> std::io::Result<()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: ResponseBody,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -217,11 +230,12 @@ struct Connection {
 
 impl Connection {
     /// Serves one connection until the peer closes it, it idles out, or shutdown drains it.
-    async fn run<S, H, F>(self, stream: S, handler: H)
+    async fn run<S, H, F, B>(self, stream: S, handler: H)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: ResponseBody,
     {
         let Self {
             peer,

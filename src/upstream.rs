@@ -9,6 +9,12 @@
 //! another client); response bodies stream back as they arrive, and one that stalls (no
 //! byte for its stall limit while it is being read) ends with [`BodyError::Stalled`], so
 //! the caller sees an aborted answer rather than a hang or a clean, truncated end.
+//!
+//! [`Upstream::attempt`] sends one request and classifies the answer ([`Outcome`]); what
+//! to do next is the request path's decision. The one resend here is connection checkout,
+//! not a retry: a request a pooled connection turned out closed for was never written, so
+//! it goes once more on a new connection (and the connections idle longer than that one
+//! are dropped, the upstream has closed them too).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -30,6 +36,12 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use tracing::debug;
 
+mod limit;
+mod outcome;
+
+pub use limit::{DEFAULT_RETRY_AFTER, LimitObject, LimitScope, UpstreamLimit};
+pub use outcome::{Outcome, OutcomeKind};
+
 /// Idle connections older than this are not reused (servers close idle ones at ~60 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Idle connections kept per host.
@@ -49,6 +61,8 @@ pub enum UpstreamError {
     Http(#[source] hyper::Error),
     #[error("upstream did not answer in time")]
     Timeout,
+    #[error("the upstream closed the connection before the request was sent")]
+    Closed,
     #[error("request has no scheme or host")]
     BadUri,
 }
@@ -57,8 +71,17 @@ impl UpstreamError {
     /// Whether the request surely never reached the upstream application
     /// (safe to retry for any method).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::BadUri)
+        matches!(self, Self::Connect(_) | Self::BadUri | Self::Closed)
     }
+}
+
+/// A request a connection did not take.
+#[derive(Debug)]
+enum Unsent {
+    /// Never written: it can go on another connection.
+    Request(Box<Request<Full<Bytes>>>),
+    /// Written, at least in part: the exchange failed.
+    Failed(hyper::Error),
 }
 
 /// A pooled client. Clones share the pool.
@@ -139,6 +162,14 @@ impl Upstream {
         }
     }
 
+    /// Sends one request (absolute URI) by `deadline` and classifies the answer.
+    pub async fn attempt(&self, request: Request<Full<Bytes>>, deadline: Instant) -> Outcome {
+        let sent = self
+            .send(request, deadline.saturating_duration_since(Instant::now()))
+            .await;
+        Outcome::classify(sent, deadline).await
+    }
+
     /// Sends one request (absolute URI) and waits for its response head, at most `timeout`.
     ///
     /// # Errors
@@ -177,30 +208,49 @@ impl Upstream {
         }
 
         // A pooled connection may turn out closed; then the request comes back unsent and
-        // goes on a new connection.
-        let mut request = request;
-        loop {
-            let (mut sender, fresh) = match self.checkout(&key).await {
-                Some(sender) => (sender, false),
-                None => (self.connect(&key).await?, true),
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let loan = Loan {
-                        sender,
-                        key,
-                        pool: self.pool.clone(),
-                    };
-                    return Ok(response.map(|body| UpstreamBody::new(body, loan)));
-                }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if !fresh => {
-                        debug!("pooled upstream connection was closed; using a new one");
-                        request = unsent;
-                    }
-                    _ => return Err(UpstreamError::Http(error.into_error())),
-                },
+        // goes once more, on a new connection.
+        let (sender, pooled) = match self.checkout(&key).await {
+            Some(sender) => (sender, true),
+            None => (self.connect(&key).await?, false),
+        };
+        let request = match self.send_on(sender, request, &key).await {
+            Err(Unsent::Request(request)) if pooled => {
+                debug!("pooled upstream connection was closed; using a new one");
+                self.pool.forget(&key);
+                *request
             }
+            Err(Unsent::Request(_)) => return Err(UpstreamError::Closed),
+            Err(Unsent::Failed(error)) => return Err(UpstreamError::Http(error)),
+            Ok(response) => return Ok(response),
+        };
+        let sender = self.connect(&key).await?;
+        match self.send_on(sender, request, &key).await {
+            Ok(response) => Ok(response),
+            Err(Unsent::Request(_)) => Err(UpstreamError::Closed),
+            Err(Unsent::Failed(error)) => Err(UpstreamError::Http(error)),
+        }
+    }
+
+    /// Sends `request` on `sender`; on success the connection is on loan to the answer.
+    async fn send_on(
+        &self,
+        mut sender: SendRequest<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
+        key: &PoolKey,
+    ) -> Result<Response<UpstreamBody>, Unsent> {
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let loan = Loan {
+                    sender,
+                    key: key.clone(),
+                    pool: self.pool.clone(),
+                };
+                Ok(response.map(|body| UpstreamBody::new(body, loan)))
+            }
+            Err(mut error) => match error.take_message() {
+                Some(unsent) => Err(Unsent::Request(Box::new(unsent))),
+                None => Err(Unsent::Failed(error.into_error())),
+            },
         }
     }
 
@@ -249,6 +299,17 @@ impl Upstream {
 impl Default for Upstream {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Drops the idle connections to `key`: one of them was found closed, and the others
+    /// have been idle at least as long (the stack gives the newest first).
+    fn forget(&self, key: &PoolKey) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.remove(key);
     }
 }
 
@@ -361,5 +422,263 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection pool's edge cases against a scripted HTTP/1.1 server on 127.0.0.1.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// What the server does with each request of a connection.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Answers `ok` and keeps the connection.
+        KeepAlive,
+        /// Answers `ok`, then closes the connection (without `Connection: close`).
+        CloseAfterAnswer,
+        /// Announces 100 bytes, sends 2, closes.
+        TruncatedBody,
+        /// Announces 100 bytes, sends 2, keeps the connection open and silent.
+        StalledBody,
+    }
+
+    /// A server answering every connection by `script`; counts connections accepted.
+    async fn server(script: Script) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, script));
+            }
+        });
+        (base, accepted)
+    }
+
+    async fn serve(mut stream: TcpStream, script: Script) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            head.clear();
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let answer: &[u8] = match script {
+                Script::KeepAlive | Script::CloseAfterAnswer => {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                }
+                Script::TruncatedBody | Script::StalledBody => {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nok"
+                }
+            };
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+            match script {
+                Script::KeepAlive => {}
+                Script::StalledBody => {
+                    // Held open until the client drops it.
+                    let _ = stream.read(&mut byte).await;
+                    return;
+                }
+                Script::CloseAfterAnswer | Script::TruncatedBody => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn get(base: &str) -> Request<Full<Bytes>> {
+        Request::get(format!("{base}/api/v2/users/me"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    async fn body(response: Response<UpstreamBody>) -> Result<Bytes, BodyError> {
+        Ok(response.into_body().collect().await?.to_bytes())
+    }
+
+    fn idle(upstream: &Upstream) -> usize {
+        let pool = upstream.pool.idle.lock().unwrap();
+        pool.values().map(Vec::len).sum()
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_serves_the_next_request() {
+        let (base, accepted) = server(Script::KeepAlive).await;
+        let upstream = Upstream::new();
+        for _ in 0..3 {
+            let response = upstream.send(get(&base), SECOND).await.unwrap();
+            assert_eq!(body(response).await.unwrap(), "ok");
+            assert_eq!(idle(&upstream), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_upstream_closed_is_replaced_and_the_request_still_goes() {
+        let (base, accepted) = server(Script::CloseAfterAnswer).await;
+        let upstream = Upstream::new();
+        // Sent at once, or after the close was seen: either way the pooled connection is
+        // found closed (at checkout, or when it gives the request back unsent).
+        for round in 1..=20 {
+            let response = upstream.send(get(&base), SECOND).await.unwrap();
+            assert_eq!(body(response).await.unwrap(), "ok", "round {round}");
+            if round % 2 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            20,
+            "one connection per answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ended_gives_its_request_back_unsent() {
+        let (base, accepted) = server(Script::KeepAlive).await;
+        let upstream = Upstream::new();
+        let key: PoolKey = {
+            let uri: Uri = base.parse().unwrap();
+            (
+                uri.scheme().cloned().unwrap(),
+                uri.authority().cloned().unwrap(),
+            )
+        };
+        // A connection whose task is gone (as when the upstream closed it) takes nothing.
+        let io = TcpStream::connect(key.1.as_str()).await.unwrap();
+        let (sender, connection) = http1::Builder::new()
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+        drop(connection);
+        let sent = upstream.send_on(sender, get(""), &key).await;
+        let Err(Unsent::Request(unsent)) = sent else {
+            panic!("the request must come back unsent");
+        };
+        // It can go on another connection as it is.
+        assert_eq!(unsent.uri().path(), "/api/v2/users/me");
+        let sender = upstream.connect(&key).await.unwrap();
+        let response = upstream.send_on(sender, *unsent, &key).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_a_pooled_connection_gives_back_unsent_goes_on_a_new_one() {
+        let (base, accepted) = server(Script::KeepAlive).await;
+        let upstream = Upstream::new();
+        let uri: Uri = base.parse().unwrap();
+        let key: PoolKey = (
+            uri.scheme().cloned().unwrap(),
+            uri.authority().cloned().unwrap(),
+        );
+        // A pooled connection whose peer has just gone: its task has not run since, so it
+        // still looks open and ready when checked out, and gives the request back unsent.
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(hyper_util::rt::TokioIo::new(ours))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        tokio::task::yield_now().await;
+        upstream.pool.idle.lock().unwrap().insert(
+            key.clone(),
+            vec![Idle {
+                sender,
+                since: Instant::now(),
+            }],
+        );
+        drop(theirs);
+        let response = upstream.send(get(&base), SECOND).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "resent on a new connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_midway_drops_its_connection() {
+        let (base, accepted) = server(Script::TruncatedBody).await;
+        let upstream = Upstream::new();
+        let registry = prometheus::Registry::new();
+        let counter = |name: &str| {
+            let c = IntCounter::new(name, name).unwrap();
+            registry.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let aborts = BodyAborts {
+            stalled: counter("stalled"),
+            failed: counter("failed"),
+        };
+        for round in 1..=2 {
+            let response = upstream.send(get(&base), SECOND).await.unwrap();
+            let response = response.map(|b| b.counted(aborts.clone()));
+            assert!(
+                matches!(body(response).await, Err(BodyError::Upstream(_))),
+                "round {round}"
+            );
+            assert_eq!(idle(&upstream), 0, "the loan is not given back");
+        }
+        assert_eq!(aborts.failed.get(), 2);
+        assert_eq!(aborts.stalled.get(), 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_drops_its_open_connection() {
+        let (base, accepted) = server(Script::StalledBody).await;
+        let upstream = Upstream::new();
+        for round in 1..=2 {
+            let response = upstream.send(get(&base), SECOND).await.unwrap();
+            let response = response.map(|b| b.stall_limit(Duration::from_millis(50)));
+            assert!(
+                matches!(body(response).await, Err(BodyError::Stalled(_))),
+                "round {round}"
+            );
+            // Still open, but mid-answer: it must not serve another request.
+            assert_eq!(idle(&upstream), 0, "the loan is not given back");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_idle_timeout_is_not_reused() {
+        let (base, accepted) = server(Script::KeepAlive).await;
+        let upstream = Upstream::new();
+        let response = upstream.send(get(&base), SECOND).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "ok");
+        {
+            let mut pool = upstream.pool.idle.lock().unwrap();
+            let idle = pool.values_mut().next().unwrap().first_mut().unwrap();
+            idle.since = Instant::now().checked_sub(IDLE_TIMEOUT + SECOND).unwrap();
+        }
+        let response = upstream.send(get(&base), SECOND).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
+        assert_eq!(
+            idle(&upstream),
+            1,
+            "the expired one is gone, the new one pooled"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Why gcpool answered a request itself, and how that answer looks: one place decides the
-//! status, the Genesys-shaped JSON body, `x-gcpool-reason` and the metric label.
+//! Why gcpool answered a request itself, and how that answer looks: the one place where a
+//! refusal of any layer (inbound, admission) or an upstream failure becomes an answer, with
+//! its status, Genesys-shaped JSON body, `x-gcpool-reason` and metric label.
 
 use std::time::Duration;
 
@@ -9,69 +10,22 @@ use http_body_util::{Either, Full};
 use serde_json::json;
 
 use super::ProxyBody;
-use crate::budget::BudgetKind;
-use crate::routes::{Operation, RouteMethod};
+use crate::admission::Refusal as Admission;
+use crate::inbound::{Refusal as Inbound, allow_list};
 use crate::upstream::UpstreamError;
-
-/// The gcpool budget named in a local 429's `limit` object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitInfo {
-    /// The budget's name, e.g. `token:pool-01` or `org`.
-    pub key: String,
-    /// Its rate per minute.
-    pub value: u32,
-}
 
 /// Response header naming why gcpool refused or failed a request.
 pub const REASON_HEADER: &str = "x-gcpool-reason";
 
-/// Why gcpool answered a request itself instead of forwarding it.
+/// Why gcpool answered a request itself instead of passing an upstream answer on.
 #[derive(Debug, thiserror::Error)]
 pub enum Reject {
-    #[error("CONNECT is not supported: gcpool is an API gateway, not a tunnel")]
-    ConnectRefused,
-    #[error("absolute-form requests are forwarded only to the configured Genesys API host")]
-    ForeignHost,
-    #[error("only /api/v2/ paths are forwarded")]
-    NotApiPath,
-    #[error("the path contains dot segments (also percent-encoded, or made by %2F or %5C)")]
-    BadPath,
-    #[error("the Platform API has no {method} operation for this path; allowed: {}", allow_list(.allowed))]
-    MethodNotAllowed {
-        method: String,
-        allowed: Vec<RouteMethod>,
-    },
-    #[error("the request body could not be read")]
-    BadBody,
-    #[error("the request body did not arrive before the request deadline")]
-    BodyTimeout,
-    #[error("the request is over the size limit. Maximum bytes: {0}")]
-    BodyTooLarge(u64),
-    #[error("too many request bodies are in flight; retry shortly")]
-    BodyMemory,
-    #[error(
-        "the caller is not authenticated: send X-API-Key or HTTP Basic with the key as password"
-    )]
-    Unauthorized,
-    #[error("route {0} is not on this gcpool's allow-list")]
-    RouteNotAllowed(String),
-    #[error("no OAuth client of the pool has a usable token")]
-    NoHealthyClient,
-    #[error("the {} admits no request within the queue's max wait", budget_phrase(*.kind))]
-    OverBudget {
-        kind: BudgetKind,
-        retry_after: Duration,
-        limit: Option<LimitInfo>,
-    },
-    #[error("too many requests are already waiting for a slot")]
-    QueueFull,
-    #[error("no slot frees up before the request's deadline")]
-    Deadline {
-        retry_after: Duration,
-        limit: Option<LimitInfo>,
-    },
-    #[error("every client of the pool is cooling down after upstream 429s")]
-    AllCoolingDown { retry_after: Duration },
+    /// The caller's request failed a check.
+    #[error(transparent)]
+    Inbound(#[from] Inbound),
+    /// No slot, or no client, in time.
+    #[error(transparent)]
+    Admission(#[from] Admission),
     #[error("the Genesys API is unreachable")]
     UpstreamUnreachable(#[source] UpstreamError),
     #[error("the Genesys API did not answer before the request deadline")]
@@ -79,21 +33,39 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// The failure of an upstream exchange that left no answer to pass on.
+    pub fn upstream(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::Timeout => Self::UpstreamTimeout,
+            error => Self::UpstreamUnreachable(error),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::ConnectRefused | Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ForeignHost | Self::BadPath | Self::BadBody => StatusCode::BAD_REQUEST,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BodyMemory => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NotApiPath => StatusCode::NOT_FOUND,
-            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::RouteNotAllowed(_) => StatusCode::FORBIDDEN,
-            Self::NoHealthyClient => StatusCode::SERVICE_UNAVAILABLE,
-            Self::OverBudget { .. }
-            | Self::QueueFull
-            | Self::Deadline { .. }
-            | Self::AllCoolingDown { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Inbound(refusal) => match refusal {
+                Inbound::ConnectRefused | Inbound::MethodNotAllowed { .. } => {
+                    StatusCode::METHOD_NOT_ALLOWED
+                }
+                Inbound::ForeignHost | Inbound::BadPath | Inbound::BadBody => {
+                    StatusCode::BAD_REQUEST
+                }
+                Inbound::NotApiPath => StatusCode::NOT_FOUND,
+                Inbound::Unauthorized => StatusCode::UNAUTHORIZED,
+                Inbound::RouteNotAllowed(_) => StatusCode::FORBIDDEN,
+                Inbound::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+                Inbound::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                Inbound::BodyMemory => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Self::Admission(refusal) => match refusal {
+                Admission::NoHealthyClient
+                | Admission::ClientLost
+                | Admission::Reconfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                Admission::OverBudget { .. }
+                | Admission::QueueFull
+                | Admission::Deadline { .. }
+                | Admission::AllCoolingDown { .. } => StatusCode::TOO_MANY_REQUESTS,
+            },
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -102,20 +74,28 @@ impl Reject {
     /// Value of `x-gcpool-reason` and of the `reason` label of `gcpool_rejections_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::ConnectRefused | Self::ForeignHost | Self::BadPath | Self::BadBody => {
-                "bad_request"
-            }
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::NotApiPath => "not_found",
-            Self::BodyTimeout => "body_timeout",
-            Self::BodyTooLarge(_) => "body_too_large",
-            Self::BodyMemory => "body_memory",
-            Self::Unauthorized => "unauthorized",
-            Self::RouteNotAllowed(_) => "route_not_allowed",
-            Self::NoHealthyClient | Self::AllCoolingDown { .. } => "no_healthy_client",
-            Self::OverBudget { kind, .. } => kind.reason(),
-            Self::QueueFull => "queue_full",
-            Self::Deadline { .. } => "deadline",
+            Self::Inbound(refusal) => match refusal {
+                Inbound::ConnectRefused
+                | Inbound::ForeignHost
+                | Inbound::BadPath
+                | Inbound::BadBody => "bad_request",
+                Inbound::MethodNotAllowed { .. } => "method_not_allowed",
+                Inbound::NotApiPath => "not_found",
+                Inbound::Unauthorized => "unauthorized",
+                Inbound::RouteNotAllowed(_) => "route_not_allowed",
+                Inbound::BodyTimeout => "body_timeout",
+                Inbound::BodyTooLarge(_) => "body_too_large",
+                Inbound::BodyMemory => "body_memory",
+            },
+            Self::Admission(refusal) => match refusal {
+                Admission::NoHealthyClient
+                | Admission::ClientLost
+                | Admission::Reconfigured { .. }
+                | Admission::AllCoolingDown { .. } => "no_healthy_client",
+                Admission::OverBudget { kind, .. } => kind.reason(),
+                Admission::QueueFull => "queue_full",
+                Admission::Deadline { .. } => "deadline",
+            },
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
         }
@@ -147,10 +127,12 @@ impl Reject {
     /// How long the caller should wait before trying again (local 429s).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::OverBudget { retry_after, .. }
-            | Self::Deadline { retry_after, .. }
-            | Self::AllCoolingDown { retry_after } => Some(*retry_after),
-            Self::QueueFull => Some(Duration::from_secs(1)),
+            Self::Admission(
+                Admission::OverBudget { retry_after, .. }
+                | Admission::Deadline { retry_after, .. }
+                | Admission::AllCoolingDown { retry_after },
+            ) => Some(*retry_after),
+            Self::Admission(Admission::QueueFull) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -170,12 +152,14 @@ impl Reject {
                     "details": [],
                     "errors": [],
                 });
-                if let Self::OverBudget {
-                    limit: Some(limit), ..
-                }
-                | Self::Deadline {
-                    limit: Some(limit), ..
-                } = &self
+                if let Self::Admission(
+                    Admission::OverBudget {
+                        limit: Some(limit), ..
+                    }
+                    | Admission::Deadline {
+                        limit: Some(limit), ..
+                    },
+                ) = &self
                 {
                     body["limit"] =
                         json!({"key": limit.key, "namespace": "gcpool", "value": limit.value});
@@ -197,31 +181,30 @@ impl Reject {
             );
         }
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
-        if matches!(self, Self::ConnectRefused) {
+        if matches!(self, Self::Inbound(Inbound::ConnectRefused)) {
             headers.insert(
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
         }
-        if let Self::MethodNotAllowed { allowed, .. } = &self
+        if let Self::Inbound(Inbound::MethodNotAllowed { allowed, .. }) = &self
             && let Ok(value) = HeaderValue::from_str(&allow_list(allowed))
         {
             headers.insert(header::ALLOW, value);
         }
-        if matches!(self, Self::NoHealthyClient | Self::BodyMemory) {
+        if matches!(
+            self,
+            Self::Inbound(Inbound::BodyMemory)
+                | Self::Admission(
+                    Admission::NoHealthyClient
+                        | Admission::ClientLost
+                        | Admission::Reconfigured { .. }
+                )
+        ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
-}
-
-/// `GET, POST, HEAD`: the value of an `Allow` header.
-fn allow_list(methods: &[RouteMethod]) -> String {
-    methods
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A JSON response gcpool writes itself.
@@ -235,14 +218,6 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<P
     response
 }
 
-fn budget_phrase(kind: BudgetKind) -> &'static str {
-    match kind {
-        BudgetKind::Token => "token budget of every client",
-        BudgetKind::Endpoint => "route's budget",
-        BudgetKind::Org => "org budget",
-    }
-}
-
 /// A random id for `contextId`, shaped like Genesys' correlation ids.
 fn context_id() -> String {
     let n: u128 = rand::random();
@@ -254,14 +229,6 @@ fn context_id() -> String {
         &h[12..16],
         &h[16..20],
         &h[20..]
-    )
-}
-
-/// The route as the allow-list refusal names it (never the raw path a caller sent).
-pub(super) fn route_text(operation: Option<Operation>) -> String {
-    operation.map_or_else(
-        || "(not a known Genesys operation)".to_owned(),
-        |op| op.to_string(),
     )
 }
 

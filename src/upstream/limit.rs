@@ -1,14 +1,13 @@
-//! What an upstream answer means for retrying: which limit a 429 names and for how long
-//! to cool down, which failures may be retried, and the backoff between attempts.
+//! What an upstream 429 says: which limit fired (Genesys' `limit` object, when the body
+//! has one) and for how long to cool down (`Retry-After`).
 
 use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode, header};
-use rand::Rng;
+use http::{HeaderMap, header};
 use serde::Deserialize;
 
 /// Cool-down when a 429 carries no usable `Retry-After` (what Genesys' SDKs assume).
-pub(super) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
 
 /// The `limit` object of a Genesys 429 body (not guaranteed to be there).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -82,35 +81,6 @@ impl UpstreamLimit {
     }
 }
 
-/// Whether a request may be sent again after `status` (or a lost connection, `None`)
-/// without risking a duplicate side effect.
-pub(super) fn may_retry(
-    method: &Method,
-    status: Option<StatusCode>,
-    reached_upstream: bool,
-) -> bool {
-    let idempotent = matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    );
-    match status {
-        // Not processed: any method.
-        Some(StatusCode::TOO_MANY_REQUESTS) => true,
-        Some(
-            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT,
-        ) => idempotent,
-        Some(_) => false,
-        None => idempotent || !reached_upstream,
-    }
-}
-
-/// Capped exponential backoff with jitter for the `attempt`-th retry (1-based).
-pub(super) fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(50).saturating_mul(1 << attempt.saturating_sub(1).min(5));
-    base.min(Duration::from_secs(1))
-        .mul_f64(rand::rng().random_range(0.5..1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,32 +127,5 @@ mod tests {
         let bare = limit("not json", Some("2"));
         assert_eq!(bare.limit, None);
         assert_eq!(bare.scope(), LimitScope::Client);
-    }
-
-    #[test]
-    fn retry_rules() {
-        assert!(may_retry(
-            &Method::POST,
-            Some(StatusCode::TOO_MANY_REQUESTS),
-            true
-        ));
-        assert!(may_retry(&Method::GET, Some(StatusCode::BAD_GATEWAY), true));
-        assert!(!may_retry(
-            &Method::POST,
-            Some(StatusCode::SERVICE_UNAVAILABLE),
-            true
-        ));
-        assert!(
-            may_retry(&Method::POST, None, false),
-            "never reached upstream: safe"
-        );
-        assert!(!may_retry(&Method::POST, None, true));
-        assert!(!may_retry(
-            &Method::GET,
-            Some(StatusCode::INTERNAL_SERVER_ERROR),
-            true
-        ));
-        assert!(backoff(1) <= Duration::from_millis(50));
-        assert!(backoff(20) <= Duration::from_secs(1));
     }
 }
