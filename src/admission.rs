@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::budget::{
-    AdmitRequest, Binding, BudgetDef, BudgetId, BudgetKind, BudgetStore, Candidate, CoolDown,
+    self, AdmitRequest, Binding, BudgetDef, BudgetId, BudgetKind, BudgetStore, Candidate, CoolDown,
     Decision, Reservation, per_window,
 };
 use crate::config::{BudgetScope, Config};
@@ -462,36 +462,38 @@ impl Admission {
             .map_err(|_| Refusal::QueueFull)?;
         let reservation = match decision {
             Decision::Admitted(reservation) => reservation,
-            Decision::Refused(refusal) => {
-                let retry_after = refusal.wait.unwrap_or(Duration::from_secs(60));
-                let limit = match refusal.binding {
-                    Some(Binding::Budget(b)) => self.table.limit_info(b),
-                    _ => None,
-                };
-                return Err(match refusal.wait {
-                    Some(wait) if wait <= self.max_wait => Refusal::Deadline { retry_after, limit },
-                    _ => match refusal.binding {
-                        Some(Binding::Budget(b)) => Refusal::OverBudget {
-                            kind: self.table.defs[b].kind,
-                            retry_after,
-                            limit,
-                        },
-                        Some(Binding::RouteCoolDown) => Refusal::OverBudget {
-                            kind: BudgetKind::Endpoint,
-                            retry_after,
-                            limit: None,
-                        },
-                        Some(Binding::PoolCoolDown) | None => Refusal::OverBudget {
-                            kind: BudgetKind::Org,
-                            retry_after,
-                            limit: None,
-                        },
-                        Some(Binding::ClientCoolDown) => Refusal::AllCoolingDown { retry_after },
-                    },
-                });
-            }
+            Decision::Refused(refused) => return Err(self.local_429(&refused)),
         };
         Ok((candidates[reservation.candidate].client, reservation))
+    }
+
+    /// The local 429 a store's refusal means: `Deadline` when a slot comes within
+    /// `max_wait` but after the request's deadline, else the budget (or cool-down) that
+    /// binds.
+    fn local_429(&self, refused: &budget::Refusal) -> Refusal {
+        let retry_after = refused.wait.unwrap_or(Duration::from_secs(60));
+        let limit = match refused.binding {
+            Some(Binding::Budget(b)) => self.table.limit_info(b),
+            _ => None,
+        };
+        if refused.wait.is_some_and(|wait| wait <= self.max_wait) {
+            return Refusal::Deadline { retry_after, limit };
+        }
+        let over = |kind| Refusal::OverBudget {
+            kind,
+            retry_after,
+            limit: None,
+        };
+        match refused.binding {
+            Some(Binding::Budget(b)) => Refusal::OverBudget {
+                kind: self.table.defs[b].kind,
+                retry_after,
+                limit,
+            },
+            Some(Binding::RouteCoolDown) => over(BudgetKind::Endpoint),
+            Some(Binding::PoolCoolDown) | None => over(BudgetKind::Org),
+            Some(Binding::ClientCoolDown) => Refusal::AllCoolingDown { retry_after },
+        }
     }
 
     /// Whether `client` serving `route` meets the same budgets, with the same limits, under

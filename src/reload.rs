@@ -374,3 +374,138 @@ fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::num::NonZeroU32;
+    use std::path::Path;
+
+    use super::*;
+    use crate::secret::Secret;
+
+    fn config() -> Config {
+        let text = "clients:\n  - name: pool-01\n    client_id: id-01\n    client_secret: s3cret-01\n\
+                    inbound:\n  allow_anonymous: true\n\
+                    shared_state:\n  redis_url: redis://127.0.0.1:6379\n";
+        Config::from_yaml(text, Path::new("."), &HashMap::<String, String>::new())
+            .expect("a valid config")
+    }
+
+    type Change = Box<dyn Fn(&mut Config)>;
+
+    /// Each restart-only key, changed alone, is named alone.
+    #[test]
+    fn every_restart_only_key_is_named() {
+        let base = config();
+        let second = Duration::from_secs(1);
+        let changes: Vec<(&str, Change)> = vec![
+            ("server.listen", Box::new(|c| c.server.listen.set_port(1))),
+            (
+                "server.admin_listen",
+                Box::new(|c| c.server.admin_listen.set_port(1)),
+            ),
+            (
+                "server.tls",
+                Box::new(|c| {
+                    c.server.tls = Some(TlsConfig {
+                        cert_file: "c.pem".into(),
+                        key_file: "k.pem".into(),
+                    });
+                }),
+            ),
+            (
+                "server.max_connections",
+                Box::new(|c| c.server.max_connections += 1),
+            ),
+            (
+                "server.max_body_bytes_in_flight",
+                Box::new(|c| c.server.max_body_bytes_in_flight += 1),
+            ),
+            (
+                "server.idle_timeout",
+                Box::new(move |c| c.server.idle_timeout += second),
+            ),
+            (
+                "server.header_read_timeout",
+                Box::new(move |c| c.server.header_read_timeout += second),
+            ),
+            (
+                "server.shutdown_grace",
+                Box::new(move |c| c.server.shutdown_grace += second),
+            ),
+            (
+                "genesys",
+                Box::new(|c| c.genesys.api_base = "https://api.usw2.pure.cloud".parse().unwrap()),
+            ),
+            (
+                "genesys",
+                Box::new(|c| {
+                    c.genesys.login_base = "https://login.usw2.pure.cloud".parse().unwrap()
+                }),
+            ),
+            (
+                "shared_state",
+                Box::new(|c| {
+                    if let Some(s) = &mut c.shared_state {
+                        s.redis_url = Secret::new("redis://127.0.0.1:6380".to_owned());
+                    }
+                }),
+            ),
+            (
+                "shared_state",
+                Box::new(|c| {
+                    if let Some(s) = &mut c.shared_state {
+                        s.key_prefix.push('x');
+                    }
+                }),
+            ),
+            (
+                "shared_state",
+                Box::new(|c| {
+                    if let Some(s) = &mut c.shared_state {
+                        s.replicas_hint = NonZeroU32::MIN.saturating_add(5);
+                    }
+                }),
+            ),
+            (
+                "shared_state",
+                Box::new(move |c| {
+                    if let Some(s) = &mut c.shared_state {
+                        s.timeout += second;
+                    }
+                }),
+            ),
+            ("shared_state", Box::new(|c| c.shared_state = None)),
+            (
+                "budgets.window",
+                Box::new(move |c| c.budgets.window += second),
+            ),
+            (
+                "budgets.guard",
+                Box::new(move |c| c.budgets.guard += second),
+            ),
+        ];
+        for (key, change) in changes {
+            let mut next = base.clone();
+            change(&mut next);
+            assert_eq!(restart_needed(&base, &next), [key], "changing {key}");
+        }
+    }
+
+    /// Keys a reload applies are not refused.
+    #[test]
+    fn reloadable_keys_need_no_restart() {
+        let base = config();
+        let mut next = base.clone();
+        next.server.max_body_bytes += 1;
+        next.server.request_timeout += Duration::from_secs(1);
+        next.genesys.token_remint_interval += Duration::from_secs(1);
+        next.budgets.org_per_minute = NonZeroU32::MIN;
+        next.budgets.queue.max_wait += Duration::from_secs(1);
+        next.budgets.queue.max_pending += 1;
+        next.inbound.allow_anonymous = false;
+        next.clients.clear();
+        assert!(restart_needed(&base, &next).is_empty());
+    }
+}

@@ -138,19 +138,9 @@ where
     F: Future<Output = Response<B>> + Send + 'static,
     B: ResponseBody,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Heads are timed by `ConnIo`, idle connections by `Activity` (see their docs).
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
     // Shared with the connection tasks, which build their connection there (after the
     // TLS handshake, when there is one).
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder());
     let connections = TaskTracker::new();
 
     loop {
@@ -184,29 +174,9 @@ where
             refusals: refusals.clone(),
             stop: shutdown.clone(),
         };
-        let handler = handler.clone();
-        let tls = tls.clone();
         // Tracked from the start, so a drain waits for (or, via `stop`, cuts) TLS
         // handshakes in progress too.
-        connections.spawn(async move {
-            let _slot = slot;
-            match tls {
-                None => connection.run(stream, handler).await,
-                Some(tls) => {
-                    let stream = tokio::select! {
-                        accepted = tls.accept(stream) => match accepted {
-                            Ok(stream) => stream,
-                            Err(error) => {
-                                debug!(%peer, error = %crate::tls::error_chain(&error), "TLS handshake failed");
-                                return;
-                            }
-                        },
-                        () = connection.stop.cancelled() => return,
-                    };
-                    connection.run(stream, handler).await;
-                }
-            }
-        });
+        connections.spawn(connection.start(stream, slot, tls.clone(), handler.clone()));
     }
     drop(listener);
     connections.close();
@@ -228,7 +198,96 @@ struct Connection {
     stop: CancellationToken,
 }
 
+/// `handler` as a hyper service whose requests and answers `activity` and `head_timer`
+/// follow: a request ends the head in progress, and counts in flight until its answer's
+/// body is written or dropped (also when the caller leaves and the handler is dropped).
+fn tracked<H, F, B>(
+    handler: H,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    head_timer: Arc<HeadTimer>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<TrackedBody<B>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: ResponseBody,
+{
+    service_fn(move |request| {
+        head_timer.head_done();
+        let in_flight = activity.begin();
+        let response = handler(request, peer);
+        async move {
+            let response = response.await;
+            Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
+        }
+    })
+}
+
+/// The caller takes none of its answers (HTTP/2 flow control held shut, or a full socket):
+/// its connection is dropped, and with it the upstream exchanges behind its requests; the
+/// answers cut count as `caller_stalled`.
+fn stuck(peer: SocketAddr, activity: &Activity, counters: Option<&ConnCounters>) {
+    debug!(%peer, "the caller took nothing of its answers for idle_timeout; dropping the connection");
+    if let Some(counters) = counters {
+        counters
+            .caller_stalled
+            .inc_by(activity.answers_open().max(1) as u64);
+    }
+}
+
+/// hyper-util's builder for both protocols, with gcpool's limits.
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Heads are timed by `ConnIo`, idle connections by `Activity` (see their docs).
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
 impl Connection {
+    /// Serves one accepted connection, after the TLS handshake when `tls` is set; `slot`
+    /// holds its place under the connection cap until it ends.
+    async fn start<H, F, B>(
+        self,
+        stream: tokio::net::TcpStream,
+        slot: Option<ConnectionSlot>,
+        tls: Option<TlsAcceptor>,
+        handler: H,
+    ) where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: ResponseBody,
+    {
+        let _slot = slot;
+        let Some(tls) = tls else {
+            return self.run(stream, handler).await;
+        };
+        let stream = tokio::select! {
+            accepted = tls.accept(stream) => match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    debug!(peer = %self.peer, error = %crate::tls::error_chain(&error), "TLS handshake failed");
+                    return;
+                }
+            },
+            () = self.stop.cancelled() => return,
+        };
+        self.run(stream, handler).await;
+    }
+
     /// Serves one connection until the peer closes it, it idles out, or shutdown drains it.
     async fn run<S, H, F, B>(self, stream: S, handler: H)
     where
@@ -246,20 +305,7 @@ impl Connection {
         } = self;
         let activity = Activity::new();
         let head_timer = Arc::new(HeadTimer::default());
-        let service = {
-            let (activity, head_timer) = (activity.clone(), head_timer.clone());
-            service_fn(move |request| {
-                head_timer.head_done();
-                // Counted from here until the response body is written or dropped (also
-                // when the caller leaves and this future is dropped).
-                let in_flight = activity.begin();
-                let response = handler(request, peer);
-                async move {
-                    let response = response.await;
-                    Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
-                }
-            })
-        };
+        let service = tracked(handler, peer, activity.clone(), head_timer.clone());
         let io = ConnIo::new(
             stream,
             head_timer,
@@ -279,18 +325,7 @@ impl Connection {
             }
             quiet = activity.quiet_for(options.idle_timeout) => match quiet {
                 Quiet::Idle => true,
-                Quiet::Stuck => {
-                    // The caller takes none of its answers (HTTP/2 flow control held shut,
-                    // or a full socket): drop the connection, and with it the upstream
-                    // exchanges behind its requests.
-                    debug!(%peer, "the caller took nothing of its answers for idle_timeout; dropping the connection");
-                    if let Some(counters) = &refusals {
-                        counters
-                            .caller_stalled
-                            .inc_by(activity.answers_open().max(1) as u64);
-                    }
-                    return;
-                }
+                Quiet::Stuck => return stuck(peer, &activity, refusals.as_ref()),
             },
             () = stop.cancelled() => false,
         };

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::window::{Micros, Window, joint_earliest};
 use super::{
-    AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, CoolDown,
-    Decision, Refusal, Reservation, RouteKey, Slot, Snapshot,
+    AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, Candidate,
+    CoolDown, Decision, Refusal, Reservation, RouteKey, Slot, Snapshot,
 };
 
 /// Budgets and cool-downs of this process.
@@ -32,6 +32,41 @@ struct State {
     client_cool: Vec<Micros>,
     route_cool: HashMap<RouteKey, Micros>,
     pool_cool: Micros,
+}
+
+impl State {
+    /// The earliest instant from `now` at which `candidate` is out of every cool-down and
+    /// all its budgets admit one more, with what binds it there; `None` when never.
+    fn earliest(
+        &mut self,
+        candidate: &Candidate,
+        now: Micros,
+        route_cool: Micros,
+    ) -> Option<(Micros, Option<Binding>)> {
+        let client_cool = self.client_cool.get(candidate.client).copied().unwrap_or(0);
+        let (from, mut binding) = [
+            (now, None),
+            (client_cool, Some(Binding::ClientCoolDown)),
+            (route_cool, Some(Binding::RouteCoolDown)),
+            (self.pool_cool, Some(Binding::PoolCoolDown)),
+        ]
+        .into_iter()
+        .fold((now, None), |acc, x| if x.0 > acc.0 { x } else { acc });
+        for &b in &candidate.budgets {
+            if let Some(w) = self.windows.get_mut(b) {
+                w.prune(now);
+            }
+        }
+        let windows = candidate
+            .budgets
+            .iter()
+            .filter_map(|&b| self.windows.get(b));
+        let (at, moved_by) = joint_earliest(windows, from)?;
+        if let Some(k) = moved_by {
+            binding = Some(Binding::Budget(candidate.budgets[k]));
+        }
+        Some((at, binding))
+    }
 }
 
 impl MemoryStore {
@@ -85,34 +120,9 @@ impl MemoryStore {
             .unwrap_or(0);
         let mut best: Option<(Micros, usize, Option<Binding>)> = None;
         for (index, candidate) in request.candidates.iter().enumerate() {
-            let client_cool = state
-                .client_cool
-                .get(candidate.client)
-                .copied()
-                .unwrap_or(0);
-            let (from, mut binding) = [
-                (now, None),
-                (client_cool, Some(Binding::ClientCoolDown)),
-                (route_cool, Some(Binding::RouteCoolDown)),
-                (state.pool_cool, Some(Binding::PoolCoolDown)),
-            ]
-            .into_iter()
-            .fold((now, None), |acc, x| if x.0 > acc.0 { x } else { acc });
-            for &b in &candidate.budgets {
-                if let Some(w) = state.windows.get_mut(b) {
-                    w.prune(now);
-                }
-            }
-            let windows = candidate
-                .budgets
-                .iter()
-                .filter_map(|&b| state.windows.get(b));
-            let Some((at, moved_by)) = joint_earliest(windows, from) else {
+            let Some((at, binding)) = state.earliest(candidate, now, route_cool) else {
                 continue;
             };
-            if let Some(k) = moved_by {
-                binding = Some(Binding::Budget(candidate.budgets[k]));
-            }
             if best.as_ref().is_none_or(|(t, _, _)| at < *t) {
                 best = Some((at, index, binding));
             }
@@ -336,7 +346,7 @@ fn micros(d: Duration) -> Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{BudgetKind, Candidate};
+    use crate::budget::BudgetKind;
 
     fn defs() -> Vec<BudgetDef> {
         let def = |kind, name: &str, limit| BudgetDef {

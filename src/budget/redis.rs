@@ -45,8 +45,8 @@ use super::fallback::{SharedAdmit, SharedStore, SyncReply, SyncRequest, SyncStat
 use super::journal::Admission;
 use super::window::Micros;
 use super::{
-    AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, CoolDown,
-    Decision, Refusal, Reservation, Slot, Snapshot,
+    AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, Candidate,
+    CoolDown, Decision, Refusal, Reservation, Slot, Snapshot,
 };
 use crate::config::SharedStateConfig;
 use crate::secret::Secret;
@@ -338,17 +338,7 @@ impl RedisStore {
     ) -> Result<SharedAdmit, BudgetError> {
         let s = &self.shared;
         let layout = s.layout.load_full();
-        // Budgets touched, each once, in first-seen order; `pos[b]` is its 1-based position.
-        let mut pos = vec![0usize; layout.budgets.len()];
-        let mut touched: Vec<BudgetId> = Vec::new();
-        for candidate in request.candidates {
-            for &b in &candidate.budgets {
-                if b < pos.len() && pos[b] == 0 {
-                    touched.push(b);
-                    pos[b] = touched.len();
-                }
-            }
-        }
+        let (touched, pos) = touched_budgets(request.candidates, layout.budgets.len());
         let mut invocation = s.admit.prepare_invoke();
         invocation
             .key(&s.cool_key)
@@ -808,49 +798,71 @@ impl AdmitReply {
                 request.candidates.len()
             )));
         };
+        Ok(decision.decided(candidate, budgets))
+    }
+
+    /// The store's decision for `candidate` (the one the script named), whose budgets with
+    /// an id below `budgets` the script knew.
+    fn decided(self, candidate: &Candidate, budgets: usize) -> SharedAdmit {
         // The script's list for a candidate is its budgets the store knows, in order.
         let known = candidate.budgets.iter().copied().filter(|&b| b < budgets);
         let usage = known
             .clone()
-            .zip(&decision.usage)
+            .zip(&self.usage)
             .map(|(budget, &(count, last))| Usage {
                 budget,
                 count,
                 last,
             })
             .collect();
-        let binding = match decision.binding_kind {
-            1 => known.clone().nth(decision.binding_pos).map(Binding::Budget),
+        let binding = match self.binding_kind {
+            1 => known.clone().nth(self.binding_pos).map(Binding::Budget),
             2 => Some(Binding::ClientCoolDown),
             3 => Some(Binding::RouteCoolDown),
             4 => Some(Binding::PoolCoolDown),
             _ => None,
         };
-        let wait = Duration::from_micros(decision.wait);
-        let decision = if decision.status == 0 {
+        let wait = Duration::from_micros(self.wait);
+        let decision = if self.status == 0 {
             Decision::Refused(Refusal {
                 wait: Some(wait),
                 binding,
             })
         } else {
             Decision::Admitted(Reservation {
-                candidate: decision.candidate,
+                candidate: self.candidate,
                 wait,
-                binding: if decision.wait > 0 { binding } else { None },
+                binding: if self.wait > 0 { binding } else { None },
                 slot: Slot {
-                    at: decision.at,
+                    at: self.at,
                     budgets: candidate.budgets.clone(),
-                    member: Some(decision.member),
+                    member: Some(self.member),
                     shared: true,
                 },
             })
         };
-        Ok(SharedAdmit::Decided {
+        SharedAdmit::Decided {
             decision,
-            now,
+            now: self.now,
             usage,
-        })
+        }
     }
+}
+
+/// The budgets `candidates` touch, each once, in first-seen order, and by budget id its
+/// 1-based position among them (0: not touched, or not one of the `known` first ids).
+fn touched_budgets(candidates: &[Candidate], known: usize) -> (Vec<BudgetId>, Vec<usize>) {
+    let mut pos = vec![0usize; known];
+    let mut touched: Vec<BudgetId> = Vec::new();
+    for candidate in candidates {
+        for &b in &candidate.budgets {
+            if b < pos.len() && pos[b] == 0 {
+                touched.push(b);
+                pos[b] = touched.len();
+            }
+        }
+    }
+    (touched, pos)
 }
 
 /// `sync.lua`'s answer; `usage` names the budgets its trailing pairs belong to.

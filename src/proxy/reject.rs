@@ -137,42 +137,44 @@ impl Reject {
         }
     }
 
+    /// The JSON body: Genesys' own 429 body for a local 429 (with gcpool's budget in
+    /// `limit`), else Genesys' error shape with the reason in words.
+    fn body(&self) -> serde_json::Value {
+        let Some(wait) = self.retry_after() else {
+            return json!({
+                "message": self.to_string(),
+                "code": self.code(),
+                "status": self.status().as_u16(),
+            });
+        };
+        let seconds = ceil_secs(wait).max(1);
+        let mut body = json!({
+            "message": format!("Rate limit exceeded the maximum. Retry the request in [{seconds}] seconds"),
+            "code": self.code(),
+            "status": 429,
+            "contextId": context_id(),
+            "details": [],
+            "errors": [],
+        });
+        if let Self::Admission(
+            Admission::OverBudget {
+                limit: Some(limit), ..
+            }
+            | Admission::Deadline {
+                limit: Some(limit), ..
+            },
+        ) = self
+        {
+            body["limit"] = json!({"key": limit.key, "namespace": "gcpool", "value": limit.value});
+        }
+        body
+    }
+
     /// The answer sent to the caller. A local 429 carries Genesys' own 429 body and
     /// `Retry-After`, so SDKs and Data Actions treat it exactly like an upstream one.
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
-        let body = match self.retry_after() {
-            Some(wait) => {
-                let seconds = ceil_secs(wait).max(1);
-                let mut body = json!({
-                    "message": format!("Rate limit exceeded the maximum. Retry the request in [{seconds}] seconds"),
-                    "code": self.code(),
-                    "status": 429,
-                    "contextId": context_id(),
-                    "details": [],
-                    "errors": [],
-                });
-                if let Self::Admission(
-                    Admission::OverBudget {
-                        limit: Some(limit), ..
-                    }
-                    | Admission::Deadline {
-                        limit: Some(limit), ..
-                    },
-                ) = &self
-                {
-                    body["limit"] =
-                        json!({"key": limit.key, "namespace": "gcpool", "value": limit.value});
-                }
-                body
-            }
-            None => json!({
-                "message": self.to_string(),
-                "code": self.code(),
-                "status": status.as_u16(),
-            }),
-        };
-        let mut response = json_response(status, &body);
+        let mut response = json_response(status, &self.body());
         let headers = response.headers_mut();
         if let Some(wait) = self.retry_after() {
             headers.insert(
