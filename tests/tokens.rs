@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gcpool::sim::{SimOptions, Simulator};
 use http::StatusCode;
-use support::{HttpClient, THREE_CLIENTS, config_yaml, metric_value, start_gcpool};
+use support::{HttpClient, THREE_CLIENTS, config_yaml, eventually, metric_value, start_gcpool};
 use tokio::time::Instant;
 
 /// Budgets far above the traffic: these tests are about tokens only.
@@ -208,17 +208,18 @@ async fn client_comes_back_after_a_failed_refresh_on_the_request_path() {
     );
 
     sim.set_credentials_rejected("sim-client-01", false);
-    let back = Instant::now() + Duration::from_secs(15);
-    loop {
-        if client.get(&url).await.status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < back,
-            "the client must come back within the refresher's backoff"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the client must come back within the refresher's backoff",
+        Duration::from_secs(15),
+        async || {
+            let answer = client.get(&url).await;
+            match answer.status {
+                StatusCode::OK => Ok(()),
+                status => Err(format!("{status} {}", answer.text())),
+            }
+        },
+    )
+    .await;
 }
 
 /// `state` of client `name` in `/status`.
@@ -395,14 +396,15 @@ async fn a_401_storm_remints_a_client_at_most_once_per_interval() {
     );
 
     // The storm is over: pool-02 comes back within its backoff, and serves.
-    let back = Instant::now() + Duration::from_secs(15);
-    while client_state(&client, admin, "pool-02").await != "ready" {
-        assert!(
-            Instant::now() < back,
-            "pool-02 must come back after the storm"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "pool-02 must come back (ready) after the storm",
+        Duration::from_secs(15),
+        async || match client_state(&client, admin, "pool-02").await.as_str() {
+            "ready" => Ok(()),
+            state => Err(format!("pool-02 is {state}")),
+        },
+    )
+    .await;
     let mut served = false;
     for _ in 0..30 {
         let answer = client.get(&api).await;
@@ -464,14 +466,15 @@ async fn a_fresh_token_refused_sits_out_the_interval_without_a_grant() {
         let (client, url) = (client.clone(), url.clone());
         tokio::spawn(async move { client.get(&url).await })
     };
-    let seen = Instant::now() + Duration::from_secs(2);
-    while sim.stats().rejected_401 < 2 {
-        assert!(
-            Instant::now() < seen,
-            "the fresh token must be refused upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "the fresh token must be refused upstream",
+        Duration::from_secs(2),
+        async || match sim.stats().rejected_401 {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} upstream 401s, want 2")),
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let grants_now = sim.stats().token_grants;
     let state = client_state(&client, admin, "pool-01").await;
