@@ -151,15 +151,18 @@ impl Harness {
         .await
     }
 
-    /// `gcpool_config_reloads_total{result}`, 0 when not yet exported.
+    /// `gcpool_config_reloads_total{result}`. Both results are exported from the start, so
+    /// a missing series fails the test rather than reading as 0.
     async fn reloads(&self, result: &str) -> f64 {
         let answer = self
             .http
             .get(&format!("http://{}/metrics", self.process.admin))
             .await;
         assert_eq!(answer.status, StatusCode::OK);
+        let text = answer.text();
         let series = format!("gcpool_config_reloads_total{{result=\"{result}\"}}");
-        support::metric_value(&answer.text(), &series).unwrap_or(0.0)
+        support::metric_value(&text, &series)
+            .unwrap_or_else(|| panic!("{series} must be exported; /metrics:\n{text}"))
     }
 
     /// A request through the proxy must be answered 200.

@@ -235,8 +235,16 @@ async fn client_state(client: &HttpClient, admin: SocketAddr, name: &str) -> Str
         .to_owned()
 }
 
-/// The value of `series` on gcpool's `/metrics` (0 when absent).
+/// The value of `series` on gcpool's `/metrics`; fails the test when it is not exported.
 async fn metric(client: &HttpClient, admin: SocketAddr, series: &str) -> f64 {
+    let text = client.get(&format!("http://{admin}/metrics")).await.text();
+    metric_value(&text, series)
+        .unwrap_or_else(|| panic!("{series} must be exported; /metrics:\n{text}"))
+}
+
+/// As [`metric`], 0 when not exported: for a labelled counter, which appears at its first
+/// increment.
+async fn count_or_zero(client: &HttpClient, admin: SocketAddr, series: &str) -> f64 {
     let text = client.get(&format!("http://{admin}/metrics")).await.text();
     metric_value(&text, series).unwrap_or(0.0)
 }
@@ -291,13 +299,14 @@ async fn every_token_revoked_at_once_never_surfaces_as_401() {
         "each revocation was met upstream ({} 401s)",
         stats.rejected_401
     );
-    // Each dead token counts once, however many requests it was refused for.
+    // Each dead token counts once, however many requests it was refused for. A client
+    // and age never refused has no series yet: it adds nothing.
     let admin = gcpool.admin_addr();
     let mut refused = 0.0;
     for name in ["pool-01", "pool-02", "pool-03"] {
         for age in ["stale", "fresh"] {
             let series = format!(r#"gcpool_token_refused_total{{age="{age}",client="{name}"}}"#);
-            refused += metric(&client, admin, &series).await;
+            refused += count_or_zero(&client, admin, &series).await;
         }
     }
     assert!(
