@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::config::parse_duration;
+
 mod args;
 mod limits;
 mod server;
@@ -83,9 +85,9 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
     pub clients: u8,
     /// Lifetime of minted tokens (expires_in), e.g. 86400s, 24h, 2s.
-    #[arg(long, default_value = "86400s", value_parser = args::parse_duration)]
+    #[arg(long, default_value = "86400s", value_parser = parse_duration)]
     pub token_lifetime: Duration,
-    /// Length of every sliding window, e.g. 60s, 1m, 500ms.
+    /// Length of every sliding window, e.g. 60s, 1m30s, 500ms.
     #[arg(long, default_value = "60s", value_parser = args::parse_nonzero_duration)]
     pub window: Duration,
     /// Requests per access token per window.
@@ -101,7 +103,7 @@ pub struct SimulateArgs {
     #[arg(long = "hidden-token-limit", value_name = "CLIENT_ID=N", value_parser = args::parse_hidden_limit)]
     pub hidden_token_limits: Vec<(String, u32)>,
     /// Latency added before every /api/v2 answer, e.g. 0ms, 20ms.
-    #[arg(long, default_value = "0ms", value_parser = args::parse_duration)]
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub latency: Duration,
     /// Leave the optional `limit` object out of 429 bodies.
     #[arg(long)]

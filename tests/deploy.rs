@@ -1,7 +1,8 @@
 //! What can be checked about the deployment files without a container engine or a cluster:
-//! the Dockerfile copies the binary `cargo build --release` produces, exposes the ports of the
-//! example gateway config, runs as a non-root user and reads the config path the Kubernetes
-//! manifests mount; and the configs shipped under `deploy/` pass `gcpool check`.
+//! the Dockerfile copies the binary its locked release build of the sources produces, exposes
+//! the ports of the example gateway config, runs as the non-root user the Kubernetes manifests
+//! run it as and reads the config path they mount; the manifests probe, scrape and route to
+//! the ports of the config they mount; and the configs shipped under `deploy/` pass `gcpool check`.
 //! (`deploy/check-kubernetes.sh` validates the rendered manifests against the Kubernetes schemas.)
 
 use std::path::{Path, PathBuf};
@@ -104,16 +105,45 @@ fn port_of(listen: &Value) -> u16 {
         .unwrap_or_else(|| panic!("no port in {addr}"))
 }
 
+/// The builder's build of the real sources: the first `cargo build` RUN after `COPY src`
+/// (the one before it builds a dummy crate to cache the dependencies).
+fn source_build() -> String {
+    let all = instructions();
+    let sources = all
+        .iter()
+        .position(|(k, a)| k == "COPY" && a.split_whitespace().next() == Some("src"))
+        .expect("the builder copies src");
+    all[sources..]
+        .iter()
+        .find(|(k, a)| k == "RUN" && a.contains("cargo build"))
+        .map(|(_, a)| a.clone())
+        .expect("a cargo build after the sources are copied")
+}
+
 #[test]
 fn dockerfile_copies_the_release_binary() {
     let bin = bin_name();
     assert_eq!(bin, "gcpool");
-    // The binary cargo builds is named after the [[bin]] target.
-    let built = Path::new(env!("CARGO_BIN_EXE_gcpool"));
-    assert_eq!(
-        built.file_name().and_then(|n| n.to_str()),
-        Some(bin.as_str())
-    );
+    // The build of the real sources is a locked release build of that [[bin]] (all bins when
+    // it names none).
+    let build = source_build();
+    for flag in ["--release", "--locked"] {
+        assert!(
+            build.split_whitespace().any(|w| w == flag),
+            "the build of the sources passes {flag}: {build}"
+        );
+    }
+    let words: Vec<&str> = build.split_whitespace().collect();
+    let named = words.iter().enumerate().find_map(|(i, w)| match *w {
+        "--bin" => Some(words.get(i + 1).copied().unwrap_or_default()),
+        w => w.strip_prefix("--bin="),
+    });
+    if let Some(named) = named {
+        assert_eq!(
+            named, bin,
+            "the build of the sources builds the [[bin]] of Cargo.toml: {build}"
+        );
+    }
 
     let (_, stage) = final_stage();
     let copies: Vec<&String> = stage
@@ -135,13 +165,8 @@ fn dockerfile_copies_the_release_binary() {
     );
     assert_eq!(dst, format!("/usr/local/bin/{bin}"));
 
-    // The builder stage really runs a locked release build, from the WORKDIR the COPY reads.
+    // The build ran in the WORKDIR the COPY reads from.
     let all = instructions();
-    assert!(
-        all.iter()
-            .any(|(k, a)| k == "RUN" && a.contains("cargo build --release --locked")),
-        "the builder runs `cargo build --release --locked`"
-    );
     let workdir = all
         .iter()
         .find(|(k, _)| k == "WORKDIR")
@@ -186,48 +211,95 @@ fn dockerfile_exposes_the_ports_of_the_gateway_config() {
     );
 }
 
+/// The gcpool manifests, each with the gcpool container in it.
+const MANIFESTS: [&str; 2] = [
+    "deploy/kubernetes/base/deployment.yaml",
+    "deploy/kubernetes/overlays/sidecar/deployment.yaml",
+];
+
+/// The container named `gcpool` in a Deployment `manifest`.
+fn gcpool_container<'a>(doc: &'a Value, manifest: &str) -> &'a Value {
+    doc["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("gcpool"))
+        .unwrap_or_else(|| panic!("{manifest}: no gcpool container"))
+}
+
+/// `key` of the effective securityContext of the gcpool container: its own, else the pod's.
+fn security(doc: &Value, manifest: &str, key: &str) -> Option<i64> {
+    gcpool_container(doc, manifest)["securityContext"][key]
+        .as_i64()
+        .or_else(|| doc["spec"]["template"]["spec"]["securityContext"][key].as_i64())
+}
+
+/// The final stage runs as a numeric non-root user (what `runAsNonRoot` can verify), the one
+/// the manifests run the gcpool container as, on a `:nonroot` base.
 #[test]
 fn dockerfile_runs_as_non_root() {
     let (image, stage) = final_stage();
+    assert!(image.ends_with(":nonroot"), "runtime base {image}");
     let user = stage
         .iter()
         .rfind(|(k, _)| k == "USER")
-        .map(|(_, a)| a.clone());
-    match user {
-        Some(user) => {
-            let name = user.split(':').next().unwrap_or_default();
-            assert!(
-                !name.is_empty() && name != "root" && name != "0",
-                "final USER is root: {user}"
+        .map(|(_, a)| a.clone())
+        .expect("the final stage sets USER");
+    let ids: Vec<i64> = user
+        .split(':')
+        .map(|id| {
+            id.parse()
+                .unwrap_or_else(|_| panic!("USER {user}: runAsNonRoot needs a numeric uid[:gid]"))
+        })
+        .collect();
+    assert!(ids[0] != 0, "final USER is root: {user}");
+    for manifest in MANIFESTS {
+        let doc = yaml(manifest);
+        assert_eq!(
+            security(&doc, manifest, "runAsUser"),
+            Some(ids[0]),
+            "{manifest}: gcpool runs as the image's USER {user}"
+        );
+        if let Some(gid) = ids.get(1) {
+            assert_eq!(
+                security(&doc, manifest, "runAsGroup"),
+                Some(*gid),
+                "{manifest}: gcpool runs with the image's group {user}"
             );
         }
-        None => assert!(
-            image.ends_with(":nonroot"),
-            "no USER and base {image} is not :nonroot"
-        ),
     }
-    assert!(image.ends_with(":nonroot"), "runtime base {image}");
+}
+
+/// The number a container port reference stands for: a number, or the name of one of
+/// `container`'s ports.
+fn container_port(container: &Value, port: &Value, manifest: &str) -> u16 {
+    if let Some(n) = port.as_u64() {
+        return u16::try_from(n).expect("a port number");
+    }
+    let name = port.as_str().expect("a port number or name");
+    container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"].as_str() == Some(name))
+        .and_then(|p| p["containerPort"].as_u64())
+        .map(|n| u16::try_from(n).expect("a port number"))
+        .unwrap_or_else(|| panic!("{manifest}: no container port named {name}"))
 }
 
 /// Every gcpool container in the manifests runs with `--config` = the Dockerfile's CMD path,
-/// mounts a ConfigMap whose key `gcpool.yaml` lands on exactly that path, and probes the admin port.
+/// mounts a ConfigMap whose key `gcpool.yaml` lands on exactly that path, and probes (and is
+/// scraped on) the port that config's admin listener uses.
 #[test]
 fn kubernetes_manifests_mount_the_config_path_of_the_image() {
     let config_path = dockerfile_config_path();
     assert_eq!(config_path, "/etc/gcpool/gcpool.yaml");
     let (dir, file) = config_path.rsplit_once('/').expect("absolute path");
 
-    for manifest in [
-        "deploy/kubernetes/base/deployment.yaml",
-        "deploy/kubernetes/overlays/sidecar/deployment.yaml",
-    ] {
+    for manifest in MANIFESTS {
         let doc = yaml(manifest);
         let spec = &doc["spec"]["template"]["spec"];
-        let containers = spec["containers"].as_sequence().expect("containers");
-        let gcpool = containers
-            .iter()
-            .find(|c| c["name"].as_str() == Some("gcpool"))
-            .unwrap_or_else(|| panic!("{manifest}: no gcpool container"));
+        let gcpool = gcpool_container(&doc, manifest);
         let args: Vec<&str> = gcpool["args"]
             .as_sequence()
             .expect("args")
@@ -272,18 +344,27 @@ fn kubernetes_manifests_mount_the_config_path_of_the_image() {
             .collect();
         assert_eq!(files, [file], "{manifest}");
 
+        // The probes and the scrape reach the admin listener of that config.
+        let generated = Path::new(manifest).with_file_name(files[0]);
+        let config = yaml(generated.to_str().expect("a UTF-8 path"));
+        let admin = port_of(&config["server"]["admin_listen"]);
         for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &gcpool[probe]["httpGet"];
+            assert_eq!(get["path"].as_str(), Some(path), "{manifest}");
             assert_eq!(
-                gcpool[probe]["httpGet"]["path"].as_str(),
-                Some(path),
-                "{manifest}"
-            );
-            assert_eq!(
-                gcpool[probe]["httpGet"]["port"].as_str(),
-                Some("admin"),
-                "{manifest}"
+                container_port(gcpool, &get["port"], manifest),
+                admin,
+                "{manifest}: {probe} goes to server.admin_listen of {}",
+                generated.display()
             );
         }
+        let annotations = &doc["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(
+            annotations["prometheus.io/port"].as_str(),
+            Some(admin.to_string().as_str()),
+            "{manifest}: Prometheus scrapes server.admin_listen of {}",
+            generated.display()
+        );
         assert_eq!(
             gcpool["securityContext"]["readOnlyRootFilesystem"].as_bool(),
             Some(true),
@@ -337,13 +418,30 @@ fn deploy_configs_pass_gcpool_check() {
     );
     assert_eq!(sidecar["inbound"]["allow_anonymous"].as_bool(), Some(true));
 
-    // The Service exposes only the API port.
+    // The Service exposes only the API port: each of its ports leads to the container port
+    // the gateway config's API listener uses.
     let service = yaml("deploy/kubernetes/base/service.yaml");
-    let ports: Vec<i64> = service["spec"]["ports"]
-        .as_sequence()
-        .expect("ports")
+    let service_ports = service["spec"]["ports"].as_sequence().expect("ports");
+    let ports: Vec<i64> = service_ports
         .iter()
         .filter_map(|p| p["port"].as_i64())
         .collect();
     assert_eq!(ports, [8080]);
+    let manifest = "deploy/kubernetes/base/deployment.yaml";
+    let deployment = yaml(manifest);
+    let container = gcpool_container(&deployment, manifest);
+    let api = port_of(&gateway["server"]["listen"]);
+    for port in service_ports {
+        // A Service port without targetPort targets its own number.
+        let target = match &port["targetPort"] {
+            Value::Null => &port["port"],
+            target => target,
+        };
+        assert_eq!(
+            container_port(container, target, manifest),
+            api,
+            "Service port {} leads to server.listen of deploy/kubernetes/base/gcpool.yaml",
+            port["name"].as_str().unwrap_or("(unnamed)")
+        );
+    }
 }

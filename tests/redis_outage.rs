@@ -14,7 +14,9 @@ use std::time::Duration;
 use gcpool::sim::{SimOptions, SimStats, Simulator};
 use http::StatusCode;
 use support::redis::RedisServer;
-use support::{GcpoolProcess, HttpClient, TestClient, config_yaml, metric_value, wait_ready};
+use support::{
+    GcpoolProcess, HttpClient, TestClient, config_yaml, eventually, metric_value, wait_ready,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::info;
@@ -61,18 +63,15 @@ async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
 }
 
 async fn wait_shared_up(admin: SocketAddr, want: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let value = metric(admin, "gcpool_shared_state_up").await;
-        if value == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gcpool_shared_state_up is {value:?}, want {want} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("gcpool_shared_state_up must read {want}"),
+        within,
+        async || match metric(admin, "gcpool_shared_state_up").await {
+            Some(value) if value == want => Ok(()),
+            value => Err(format!("gcpool_shared_state_up is {value:?}")),
+        },
+    )
+    .await;
 }
 
 /// `n` replicas of `yaml`, each ready and on the shared budgets.

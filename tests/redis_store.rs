@@ -22,6 +22,7 @@ use gcpool::secret::Secret;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use redis::AsyncCommands;
+use support::eventually;
 use support::redis::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -705,15 +706,12 @@ async fn goes_down_with_redis_and_comes_back_by_itself() {
         "configured limits while down"
     );
     server.restart();
-    let mut back = false;
-    for _ in 0..100 {
-        if store.ping().await.is_ok() {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(back, "the connection manager reconnects by itself");
+    eventually(
+        "the connection manager reconnects by itself",
+        Duration::from_secs(5),
+        async || store.ping().await.map_err(|e| format!("PING: {e}")),
+    )
+    .await;
     assert!(store.is_up());
     admitted(admit(store.as_ref(), &c, Duration::ZERO).await);
 }

@@ -14,7 +14,7 @@ use gcpool::reload::ReloadError;
 use gcpool::sim::{SimOptions, Simulator};
 use http::{Method, StatusCode};
 use support::redis::RedisServer;
-use support::{HttpClient, TestClient, config, metric_value, start_config, wait_ready};
+use support::{HttpClient, TestClient, config, eventually, metric_value, start_config, wait_ready};
 
 const API_KEY_OLD: &str = "old-key-0123456789abcdef";
 const API_KEY_NEW: &str = "new-key-fedcba9876543210";
@@ -67,19 +67,23 @@ async fn clients(gcpool: &Gcpool) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Polls until `done` holds (up to 10 s).
-async fn eventually<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
+/// How long a reload may take to show its effect.
+const STEP: Duration = Duration::from_secs(10);
+
+/// Waits until `/status` lists client `index` (in config order) in state `want`.
+async fn wait_client_state(gcpool: &Gcpool, index: usize, want: &str) {
+    eventually(
+        &format!("client #{index} must be {want}"),
+        STEP,
+        async || {
+            let listed = clients(gcpool).await;
+            match listed.get(index) {
+                Some((_, state)) if state == want => Ok(()),
+                _ => Err(format!("/status lists {listed:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 /// Slow requests in flight while one client is removed and another rotated all answer
@@ -105,13 +109,14 @@ async fn clients_come_and_go_without_dropping_requests_in_flight() {
         }));
     }
     // Both clients are serving a slow request when the reload lands.
-    eventually("4 requests in flight upstream", || async {
-        gcpool
-            .pool()
-            .clients()
-            .map(|(_, c)| c.in_flight())
-            .sum::<u32>()
-            == 4
+    eventually("4 requests in flight upstream", STEP, async || match gcpool
+        .pool()
+        .clients()
+        .map(|(_, c)| c.in_flight())
+        .sum::<u32>()
+    {
+        4 => Ok(()),
+        n => Err(format!("{n} in flight")),
     })
     .await;
 
@@ -141,12 +146,20 @@ async fn clients_come_and_go_without_dropping_requests_in_flight() {
 
     // pool-02 now holds a token of sim-client-04 and pool-03 one of its own.
     let http = HttpClient::new();
-    eventually("pool-02 serves with its new credentials", || async {
-        let answer = http.get(&url).await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-        assert_ne!(answer.header("x-gcpool-client"), "pool-01");
-        sim.stats().client("sim-client-04").accepted > 0
-    })
+    eventually(
+        "pool-02 serves with its new credentials",
+        STEP,
+        async || {
+            let answer = http.get(&url).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+            let client = answer.header("x-gcpool-client");
+            assert_ne!(client, "pool-01");
+            match sim.stats().client("sim-client-04").accepted {
+                0 => Err(format!("served by {client}; sim-client-04 accepted none")),
+                _ => Ok(()),
+            }
+        },
+    )
     .await;
     // From now on the old credentials of pool-02 are not used any more.
     let old_02 = sim.stats().client("sim-client-02").accepted;
@@ -197,10 +210,7 @@ async fn a_secret_fixed_by_reload_brings_the_client_back() {
         ("pool-02", "sim-client-02", "not-the-secret"),
     ];
     let gcpool = start_config(config(&yaml(&sim, &wrong, 1000, ""))).await;
-    eventually("pool-02 fails", || async {
-        clients(&gcpool).await[1].1 == "failed"
-    })
-    .await;
+    wait_client_state(&gcpool, 1, "failed").await;
 
     let right = [
         ("pool-01", "sim-client-01", "sim-secret-01"),
@@ -209,10 +219,7 @@ async fn a_secret_fixed_by_reload_brings_the_client_back() {
     gcpool
         .reload(config(&yaml(&sim, &right, 1000, "")))
         .unwrap();
-    eventually("pool-02 ready", || async {
-        clients(&gcpool).await[1].1 == "ready"
-    })
-    .await;
+    wait_client_state(&gcpool, 1, "ready").await;
 
     // Rotating pool-01 to a wrong secret: it fails, pool-02 serves everything.
     let rotated_wrong = [
@@ -222,10 +229,7 @@ async fn a_secret_fixed_by_reload_brings_the_client_back() {
     gcpool
         .reload(config(&yaml(&sim, &rotated_wrong, 1000, "")))
         .unwrap();
-    eventually("pool-01 fails", || async {
-        clients(&gcpool).await[0].1 == "failed"
-    })
-    .await;
+    wait_client_state(&gcpool, 0, "failed").await;
     let http = HttpClient::new();
     for _ in 0..5 {
         let answer = http.get(&api_url(&gcpool)).await;
@@ -370,8 +374,13 @@ async fn reload_over_shared_budgets() {
     ];
     let gcpool = start_config(config(&yaml(&sim, &one, 10, &shared))).await;
     let http = HttpClient::new();
-    eventually("shared state up", || async {
-        http.get(&status_url(&gcpool)).await.json()["shared_state"]["up"] == true
+    eventually("shared state up", STEP, async || {
+        let shared = &http.get(&status_url(&gcpool)).await.json()["shared_state"];
+        if shared["up"] == true {
+            Ok(())
+        } else {
+            Err(format!("shared_state: {shared}"))
+        }
     })
     .await;
     let url = api_url(&gcpool);
@@ -382,13 +391,7 @@ async fn reload_over_shared_budgets() {
         .reload(config(&yaml(&sim, &two, 8, &shared)))
         .unwrap();
     wait_ready(gcpool.admin_addr()).await;
-    eventually("pool-02 ready", || async {
-        clients(&gcpool)
-            .await
-            .get(1)
-            .is_some_and(|c| c.1 == "ready")
-    })
-    .await;
+    wait_client_state(&gcpool, 1, "ready").await;
     let mut served = BTreeSet::new();
     let mut ok = 0;
     for _ in 0..5 {
@@ -433,8 +436,11 @@ async fn queued_requests_meet_a_budget_added_while_they_wait() {
             async move { HttpClient::new().get(&url).await },
         ));
     }
-    eventually("4 requests queued", || async {
-        gcpool.admission().pending() == 4
+    eventually("4 requests queued", STEP, async || {
+        match gcpool.admission().pending() {
+            4 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
     })
     .await;
     let route =

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 use gcpool::sim::{SimOptions, Simulator};
 use http::{Method, StatusCode};
 use serde_json::Value;
-use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, TestClient, config_yaml, wait_ready};
+use support::{
+    GcpoolProcess, HttpClient, THREE_CLIENTS, TestClient, config_yaml, eventually, wait_ready,
+};
 use tokio::time::Instant;
 
 /// How long any one step may take to show its effect.
@@ -112,54 +114,55 @@ impl Harness {
 
     /// Polls `/status` until it shows `generation` and `clients`, in that order.
     async fn wait_status(&self, generation: u64, clients: &[&str]) -> Value {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let status = self.status().await;
-            if status["config_generation"] == generation && client_names(&status) == clients {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "within {STEP:?} /status must show generation {generation} with clients \
-                 {clients:?}; last: {status:#}\nstderr:\n{}",
-                self.process.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            &format!("/status must show generation {generation} with clients {clients:?}"),
+            STEP,
+            async || {
+                let status = self.status().await;
+                if status["config_generation"] == generation && client_names(&status) == clients {
+                    return Ok(status);
+                }
+                Err(format!("{status:#}\nstderr:\n{}", self.process.stderr()))
+            },
+        )
+        .await
     }
 
     /// Polls stderr until "config reload rejected" appears `count` times; returns the
     /// text from the last occurrence on.
     async fn wait_rejections(&self, count: usize) -> String {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let stderr = self.process.stderr();
-            let found: Vec<_> = stderr.match_indices("config reload rejected").collect();
-            if found.len() >= count {
+        eventually(
+            &format!("stderr must show {count} rejected reloads"),
+            STEP,
+            async || {
+                let stderr = self.process.stderr();
+                let found: Vec<_> = stderr.match_indices("config reload rejected").collect();
+                if found.len() < count {
+                    return Err(stderr);
+                }
                 assert_eq!(
                     found.len(),
                     count,
                     "one rejection per signal, no more:\n{stderr}"
                 );
-                return stderr[found[count - 1].0..].to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "within {STEP:?} stderr must show {count} rejected reloads:\n{stderr}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                Ok(stderr[found[count - 1].0..].to_owned())
+            },
+        )
+        .await
     }
 
-    /// `gcpool_config_reloads_total{result}`, 0 when not yet exported.
+    /// `gcpool_config_reloads_total{result}`. Both results are exported from the start, so
+    /// a missing series fails the test rather than reading as 0.
     async fn reloads(&self, result: &str) -> f64 {
         let answer = self
             .http
             .get(&format!("http://{}/metrics", self.process.admin))
             .await;
         assert_eq!(answer.status, StatusCode::OK);
+        let text = answer.text();
         let series = format!("gcpool_config_reloads_total{{result=\"{result}\"}}");
-        support::metric_value(&answer.text(), &series).unwrap_or(0.0)
+        support::metric_value(&text, &series)
+            .unwrap_or_else(|| panic!("{series} must be exported; /metrics:\n{text}"))
     }
 
     /// A request through the proxy must be answered 200.
@@ -256,11 +259,15 @@ async fn sighup_and_file_changes_reload_the_config() {
             .await
     });
     // The slow request reaches the simulator before the reload.
-    let deadline = Instant::now() + STEP;
-    while sim.stats().accepted == 0 {
-        assert!(Instant::now() < deadline, "the slow request never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the slow request must reach the simulator",
+        STEP,
+        async || match sim.stats().accepted {
+            0 => Err("0 requests accepted upstream".to_owned()),
+            _ => Ok(()),
+        },
+    )
+    .await;
     let reload_started = Instant::now();
     h.write_hidden(&h.yaml(&[one, two], ""));
     h.hangup();

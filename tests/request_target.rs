@@ -2,10 +2,13 @@
 //! nothing panics, nothing outside `/api/v2/` passes, no dot segment passes in any
 //! encoding, and a matched route really is the requested method and shape.
 
+use std::cell::RefCell;
+
 use gcpool::inbound::check_target;
 use gcpool::routes::{Route, RouteTable};
 use http::{Method, Uri};
 use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
 /// Path pieces that stress the checks: encodings of dots and slashes, parameters, Unicode.
 fn segment() -> impl Strategy<Value = String> {
@@ -76,33 +79,109 @@ fn method() -> impl Strategy<Value = Method> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4000))]
+/// Cases generated.
+const CASES: u32 = 4000;
+/// At least this share of the targets must parse as a URI (about 97 % do), and at least
+/// this many must pass `check_target` (about 11 % do), or the property checks too little.
+const MIN_PARSED_SHARE: f64 = 0.5;
+const MIN_PASSED: u32 = 100;
 
-    #[test]
-    fn targets_outside_the_api_never_pass(method in method(), target in target()) {
-        let api: http::uri::Authority = "api.mypurecloud.com".parse().unwrap();
-        // Only what hyper would accept reaches gcpool: a parseable URI.
-        let Ok(uri) = target.parse::<Uri>() else { return Ok(()) };
-        let verdict = check_target(&method, &uri, http::Version::HTTP_11, &api);
-        let route = RouteTable::genesys().lookup(&method, uri.path());
-        if verdict.is_ok() {
-            prop_assert!(method != Method::CONNECT);
-            prop_assert!(uri.path().starts_with("/api/v2/"), "{}", target);
-            for segment in uri.path().split('/') {
-                let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-                prop_assert!(decoded != "." && decoded != "..", "dot segment passed: {}", target);
-            }
-            if let Some(host) = uri.host() {
-                prop_assert!(host.eq_ignore_ascii_case("api.mypurecloud.com"), "foreign host passed: {}", target);
-            }
+/// What became of one generated target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// No URI: hyper would refuse it before gcpool sees it.
+    Unparseable,
+    /// Refused by `check_target`.
+    Refused,
+    /// Passed `check_target`, so the properties of what passes were checked.
+    Passed,
+}
+
+/// The property for one target.
+fn outside_targets_never_pass(method: &Method, target: &str) -> Result<Checked, TestCaseError> {
+    let api: http::uri::Authority = "api.mypurecloud.com".parse().expect("a valid authority");
+    // Only what hyper would accept reaches gcpool: a parseable URI.
+    let Ok(uri) = target.parse::<Uri>() else {
+        return Ok(Checked::Unparseable);
+    };
+    let verdict = check_target(method, &uri, http::Version::HTTP_11, &api);
+    let route = RouteTable::genesys().lookup(method, uri.path());
+    if verdict.is_ok() {
+        prop_assert!(method != Method::CONNECT);
+        prop_assert!(uri.path().starts_with("/api/v2/"), "{}", target);
+        for segment in uri.path().split('/') {
+            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+            prop_assert!(
+                decoded != "." && decoded != "..",
+                "dot segment passed: {}",
+                target
+            );
         }
-        if let Route::Known(op) = route {
-            // HEAD is the GET operation where the path has no HEAD one.
-            let head_as_get = method == Method::HEAD && op.method().as_str() == "GET";
-            prop_assert!(head_as_get || op.method().as_str() == method.as_str(), "{} {} matched {}", method, target, op);
-            let want = op.template().split('/').count();
-            prop_assert_eq!(uri.path().split('/').count(), want, "{} matched {}", target, op);
+        if let Some(host) = uri.host() {
+            prop_assert!(
+                host.eq_ignore_ascii_case("api.mypurecloud.com"),
+                "foreign host passed: {}",
+                target
+            );
         }
     }
+    if let Route::Known(op) = route {
+        // HEAD is the GET operation where the path has no HEAD one.
+        let head_as_get = method == Method::HEAD && op.method().as_str() == "GET";
+        prop_assert!(
+            head_as_get || op.method().as_str() == method.as_str(),
+            "{} {} matched {}",
+            method,
+            target,
+            op
+        );
+        let want = op.template().split('/').count();
+        prop_assert_eq!(
+            uri.path().split('/').count(),
+            want,
+            "{} matched {}",
+            target,
+            op
+        );
+    }
+    Ok(if verdict.is_ok() {
+        Checked::Passed
+    } else {
+        Checked::Refused
+    })
+}
+
+#[test]
+fn targets_outside_the_api_never_pass() {
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let seen = RefCell::new(Vec::new());
+    runner
+        .run(&(method(), target()), |(method, target)| {
+            seen.borrow_mut()
+                .push(outside_targets_never_pass(&method, &target)?);
+            Ok(())
+        })
+        .unwrap();
+    let seen = seen.into_inner();
+    let count = |c: Checked| u32::try_from(seen.iter().filter(|s| **s == c).count()).unwrap();
+    let (unparseable, passed) = (count(Checked::Unparseable), count(Checked::Passed));
+    let total = u32::try_from(seen.len()).unwrap();
+    let parsed = total - unparseable;
+    eprintln!(
+        "{total} targets: {unparseable} unparseable (skipped), {parsed} checked, {passed} of them passed"
+    );
+    assert!(
+        f64::from(parsed) >= MIN_PARSED_SHARE * f64::from(total),
+        "only {parsed} of {total} generated targets parsed as a URI ({unparseable} skipped): \
+         the strategy no longer exercises the checks"
+    );
+    assert!(
+        passed >= MIN_PASSED,
+        "only {passed} of {total} targets passed check_target: the properties of what \
+         passes were hardly checked"
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use gcpool::sim::{SimOptions, Simulator};
 use http::StatusCode;
 use support::redis::RedisServer;
-use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, config_yaml, wait_ready};
+use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, config_yaml, eventually, wait_ready};
 use tokio::time::Instant;
 
 /// gcpool config for one replica: 3 clients × 5 per 2 s window, shared through `redis`.
@@ -32,18 +32,15 @@ async fn wait_metric(
     want: f64,
     within: Duration,
 ) {
-    let deadline = Instant::now() + within;
-    loop {
-        let value = metric(client, admin, name).await;
-        if value == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} is {value:?}, want {want} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("{name} must read {want}"),
+        within,
+        async || match metric(client, admin, name).await {
+            Some(value) if value == want => Ok(()),
+            value => Err(format!("{name} is {value:?}")),
+        },
+    )
+    .await;
 }
 
 /// `n` gcpool processes on `yaml`, each ready and connected to Redis.

@@ -1,5 +1,8 @@
 //! The Genesys Cloud simulator over real TCP on 127.0.0.1: tokens, 401s, echo, limits, stats.
 
+mod support;
+
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -12,6 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use support::eventually;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -73,11 +78,16 @@ async fn send(
 }
 
 async fn grant(client: &HttpClient, sim: &Simulator, id: &str, secret: &str) -> Rsp {
+    grant_at(client, &sim.base_url(), id, secret).await
+}
+
+/// A client-credentials grant from the simulator at `base` (`http://host:port`).
+async fn grant_at(client: &HttpClient, base: &str, id: &str, secret: &str) -> Rsp {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
     send(
         client,
         Method::POST,
-        &format!("{}/oauth/token", sim.base_url()),
+        &format!("{base}/oauth/token"),
         &[
             ("authorization", &format!("Basic {basic}")),
             ("content-type", "application/x-www-form-urlencoded"),
@@ -788,14 +798,15 @@ async fn dropping_the_simulator_stops_it() {
     let addr = sim.addr();
     assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
     drop(sim);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "listener must close after drop"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "listener must close after drop",
+        Duration::from_secs(2),
+        async || match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => Err(format!("{addr} still accepts connections")),
+            Err(_) => Ok(()),
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -874,6 +885,83 @@ async fn simulate_flags_build_the_options() {
         &["gcpool", "--hidden-token-limit", "sim-client-02"],
     ] {
         assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} must be refused");
+    }
+}
+
+/// `gcpool simulate` reads durations with the config's grammar: the real binary given
+/// `--window 1m30s` runs a 90-second window (one request per token, then a 429 whose
+/// `Retry-After` is the rest of 90 s); a window it cannot read is refused, naming the value.
+#[tokio::test]
+async fn simulate_binary_reads_durations_like_the_config() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gcpool"))
+        .args(["simulate", "--listen", "127.0.0.1:0", "--clients", "1"])
+        .args(["--token-limit", "1", "--window", "1m30s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn gcpool simulate");
+    let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let mut seen = String::new();
+    let listening = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some((_, rest)) = line.split_once("listening on http://") {
+                return rest.split(';').next().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await;
+    let addr = match listening {
+        Ok(Some(addr)) => addr,
+        Ok(None) => panic!("gcpool simulate --window 1m30s exited without listening:\n{seen}"),
+        Err(_) => panic!("gcpool simulate printed no listening line within 10 s:\n{seen}"),
+    };
+
+    let base = format!("http://{addr}");
+    let http = client();
+    let rsp = grant_at(&http, &base, "sim-client-01", "sim-secret-01").await;
+    assert_eq!(rsp.status, StatusCode::OK, "grant must succeed");
+    let token = rsp.json()["access_token"]
+        .as_str()
+        .expect("grant must carry access_token")
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let get = async || {
+        let url = format!("{base}/api/v2/users/me");
+        send(&http, Method::GET, &url, &[("authorization", &bearer)], "").await
+    };
+    assert_eq!(get().await.status, StatusCode::OK);
+    let limited = get().await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .parse()
+        .expect("Retry-After in whole seconds");
+    assert!(
+        (61..=90).contains(&retry_after),
+        "a window of 1m30s frees its slot 90 s after the first request: Retry-After {retry_after}"
+    );
+    child.kill().await.expect("kill gcpool simulate");
+
+    for (value, reason) in [
+        ("1x", "unknown unit"),
+        ("90", "no unit"),
+        ("0s", "longer than zero"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gcpool"))
+            .args(["simulate", "--listen", "127.0.0.1:0", "--window", value])
+            .output()
+            .expect("run gcpool simulate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--window {value} must be refused");
+        assert!(
+            stderr.contains("--window") && stderr.contains(value) && stderr.contains(reason),
+            "--window {value}: the error names the flag, the value and why ({reason}):\n{stderr}"
+        );
     }
 }
 

@@ -21,7 +21,9 @@ use rcgen::{
 use rustls::crypto::ring;
 use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName};
-use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, config, config_yaml, wait_ready};
+use support::{
+    GcpoolProcess, HttpClient, THREE_CLIENTS, config, config_yaml, eventually, wait_ready,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -298,12 +300,15 @@ async fn plain_http_to_the_tls_port_fails_and_is_counted() {
         "plain HTTP to the TLS port must fail, got {answer:?}"
     );
     // The failure is counted once the connection task has run.
-    for _ in 0..100 {
-        if gcpool.metrics.tls_handshake_failures.get() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the failed handshake must be counted",
+        Duration::from_secs(2),
+        async || match gcpool.metrics.tls_handshake_failures.get() {
+            0 => Err("0 handshake failures counted".to_owned()),
+            _ => Ok(()),
+        },
+    )
+    .await;
     assert_eq!(gcpool.metrics.tls_handshake_failures.get(), 1);
     assert!(
         gcpool
@@ -382,23 +387,27 @@ async fn reload_reaches_new_connections_only_and_a_bad_pair_is_rejected() {
     gcpool.wait().await;
 }
 
-/// Opens connections until one presents `leaf` (up to `limit`).
+/// Opens connections until one presents `leaf` (up to `limit`); fails the test with
+/// `what`, what the last connection saw and `log()` (e.g. gcpool's stderr) otherwise.
 async fn wait_for_leaf(
     addr: SocketAddr,
     roots: &[&CertificateDer<'static>],
     leaf: &CertificateDer<'static>,
     limit: Duration,
-) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(stream) = tls_connect(addr, roots, ANY_VERSION, &[]).await
-            && stream.get_ref().1.peer_certificates().map(|c| &c[0]) == Some(leaf)
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    what: &str,
+    log: impl Fn() -> String,
+) {
+    eventually(what, limit, async || {
+        let seen = match tls_connect(addr, roots, ANY_VERSION, &[]).await {
+            Ok(stream) if stream.get_ref().1.peer_certificates().map(|c| &c[0]) == Some(leaf) => {
+                return Ok(());
+            }
+            Ok(_) => "the connection presented another certificate".to_owned(),
+            Err(e) => format!("connection failed: {e}"),
+        };
+        Err(format!("{seen}\n{}", log()))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -410,16 +419,15 @@ async fn changed_files_are_picked_up_without_a_signal() {
     let gcpool = start_tls_gcpool(&sim, dir.path()).await;
 
     second.write(dir.path());
-    assert!(
-        wait_for_leaf(
-            gcpool.api_addr(),
-            &[&first.ca, &second.ca],
-            &second.leaf,
-            Duration::from_secs(10)
-        )
-        .await,
-        "the modification-time poll must load the new certificate"
-    );
+    wait_for_leaf(
+        gcpool.api_addr(),
+        &[&first.ca, &second.ca],
+        &second.leaf,
+        Duration::from_secs(10),
+        "the modification-time poll must load the new certificate",
+        String::new,
+    )
+    .await;
     gcpool.shutdown().trigger();
     gcpool.wait().await;
 }
@@ -475,11 +483,15 @@ async fn binary_reloads_on_sighup() {
         .status()
         .expect("run kill");
     assert!(status.success());
-    assert!(
-        wait_for_leaf(gcpool.api, &roots, &second.leaf, Duration::from_secs(5)).await,
-        "SIGHUP must load the new certificate; stderr:\n{}",
-        gcpool.stderr()
-    );
+    wait_for_leaf(
+        gcpool.api,
+        &roots,
+        &second.leaf,
+        Duration::from_secs(5),
+        "SIGHUP must load the new certificate",
+        || format!("stderr:\n{}", gcpool.stderr()),
+    )
+    .await;
     assert_eq!(
         before.get(PATH).await,
         StatusCode::OK,

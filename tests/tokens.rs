@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gcpool::sim::{SimOptions, Simulator};
 use http::StatusCode;
-use support::{HttpClient, THREE_CLIENTS, config_yaml, metric_value, start_gcpool};
+use support::{HttpClient, THREE_CLIENTS, config_yaml, eventually, metric_value, start_gcpool};
 use tokio::time::Instant;
 
 /// Budgets far above the traffic: these tests are about tokens only.
@@ -208,17 +208,18 @@ async fn client_comes_back_after_a_failed_refresh_on_the_request_path() {
     );
 
     sim.set_credentials_rejected("sim-client-01", false);
-    let back = Instant::now() + Duration::from_secs(15);
-    loop {
-        if client.get(&url).await.status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < back,
-            "the client must come back within the refresher's backoff"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the client must come back within the refresher's backoff",
+        Duration::from_secs(15),
+        async || {
+            let answer = client.get(&url).await;
+            match answer.status {
+                StatusCode::OK => Ok(()),
+                status => Err(format!("{status} {}", answer.text())),
+            }
+        },
+    )
+    .await;
 }
 
 /// `state` of client `name` in `/status`.
@@ -234,8 +235,16 @@ async fn client_state(client: &HttpClient, admin: SocketAddr, name: &str) -> Str
         .to_owned()
 }
 
-/// The value of `series` on gcpool's `/metrics` (0 when absent).
+/// The value of `series` on gcpool's `/metrics`; fails the test when it is not exported.
 async fn metric(client: &HttpClient, admin: SocketAddr, series: &str) -> f64 {
+    let text = client.get(&format!("http://{admin}/metrics")).await.text();
+    metric_value(&text, series)
+        .unwrap_or_else(|| panic!("{series} must be exported; /metrics:\n{text}"))
+}
+
+/// As [`metric`], 0 when not exported: for a labelled counter, which appears at its first
+/// increment.
+async fn count_or_zero(client: &HttpClient, admin: SocketAddr, series: &str) -> f64 {
     let text = client.get(&format!("http://{admin}/metrics")).await.text();
     metric_value(&text, series).unwrap_or(0.0)
 }
@@ -290,13 +299,14 @@ async fn every_token_revoked_at_once_never_surfaces_as_401() {
         "each revocation was met upstream ({} 401s)",
         stats.rejected_401
     );
-    // Each dead token counts once, however many requests it was refused for.
+    // Each dead token counts once, however many requests it was refused for. A client
+    // and age never refused has no series yet: it adds nothing.
     let admin = gcpool.admin_addr();
     let mut refused = 0.0;
     for name in ["pool-01", "pool-02", "pool-03"] {
         for age in ["stale", "fresh"] {
             let series = format!(r#"gcpool_token_refused_total{{age="{age}",client="{name}"}}"#);
-            refused += metric(&client, admin, &series).await;
+            refused += count_or_zero(&client, admin, &series).await;
         }
     }
     assert!(
@@ -395,14 +405,15 @@ async fn a_401_storm_remints_a_client_at_most_once_per_interval() {
     );
 
     // The storm is over: pool-02 comes back within its backoff, and serves.
-    let back = Instant::now() + Duration::from_secs(15);
-    while client_state(&client, admin, "pool-02").await != "ready" {
-        assert!(
-            Instant::now() < back,
-            "pool-02 must come back after the storm"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "pool-02 must come back (ready) after the storm",
+        Duration::from_secs(15),
+        async || match client_state(&client, admin, "pool-02").await.as_str() {
+            "ready" => Ok(()),
+            state => Err(format!("pool-02 is {state}")),
+        },
+    )
+    .await;
     let mut served = false;
     for _ in 0..30 {
         let answer = client.get(&api).await;
@@ -464,14 +475,15 @@ async fn a_fresh_token_refused_sits_out_the_interval_without_a_grant() {
         let (client, url) = (client.clone(), url.clone());
         tokio::spawn(async move { client.get(&url).await })
     };
-    let seen = Instant::now() + Duration::from_secs(2);
-    while sim.stats().rejected_401 < 2 {
-        assert!(
-            Instant::now() < seen,
-            "the fresh token must be refused upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "the fresh token must be refused upstream",
+        Duration::from_secs(2),
+        async || match sim.stats().rejected_401 {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} upstream 401s, want 2")),
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let grants_now = sim.stats().token_grants;
     let state = client_state(&client, admin, "pool-01").await;

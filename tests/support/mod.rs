@@ -142,18 +142,51 @@ pub async fn start_config(config: Config) -> Gcpool {
     gcpool
 }
 
+/// How often [`eventually`] runs its probe.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Runs `probe` every 20 ms until it returns `Ok`, and resolves to that value.
+///
+/// `Err` carries what the probe saw instead. If `within` passes without an `Ok`, panics
+/// with the caller's location, `what` (the condition awaited) and the last observation.
+/// The probe runs at least once; a probe may panic itself to fail the test at once.
+#[track_caller]
+pub fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> impl Future<Output = T> {
+    // An `async fn` cannot be `#[track_caller]` on stable: take the location here.
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let last = match probe().await {
+                Ok(value) => return value,
+                Err(seen) => seen,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{caller}: not within {within:?}: {what}\nlast seen: {last}");
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
 /// Waits (up to 10 s) until `/readyz` answers 200.
 pub async fn wait_ready(admin: SocketAddr) {
     let client = HttpClient::new();
-    for _ in 0..200 {
-        if let Ok(rsp) = client.try_get(&format!("http://{admin}/readyz")).await
-            && rsp.status == StatusCode::OK
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gcpool at admin {admin} never became ready");
+    let url = format!("http://{admin}/readyz");
+    eventually(
+        &format!("gcpool at admin {admin} must become ready"),
+        Duration::from_secs(10),
+        async || match client.try_get(&url).await {
+            Ok(rsp) if rsp.status == StatusCode::OK => Ok(()),
+            Ok(rsp) => Err(format!("{} {}", rsp.status, rsp.text())),
+            Err(e) => Err(e),
+        },
+    )
+    .await;
 }
 
 /// The value of one series (`name` or `name{labels}`, exactly as exported) in a
@@ -340,17 +373,14 @@ impl GcpoolProcess {
 
     /// Waits up to `limit` for the process to exit; returns its exit status.
     pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gcpool did not exit within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        eventually("gcpool must exit", limit, async || {
+            child
+                .try_wait()
+                .expect("try_wait")
+                .ok_or_else(|| "still running".to_owned())
+        })
+        .await
     }
 }
 
