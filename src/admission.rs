@@ -53,7 +53,11 @@ pub enum Refusal {
     AllCoolingDown { retry_after: Duration },
     /// The reserved client lost its token while the request waited (slot given back).
     #[error("the client chosen for the request lost its token while the request waited")]
-    ClientLost,
+    ClientLost {
+        client: usize,
+        /// How long it waited for the slot it gave back.
+        waited: Duration,
+    },
     /// A reload changed the budgets the request met while it waited (slot given back):
     /// admitted under the old limits, it would not count against the new ones.
     #[error("the budgets changed while the request waited")]
@@ -61,14 +65,6 @@ pub enum Refusal {
         /// How long it waited for the slot it gave back.
         waited: Duration,
     },
-}
-
-impl Refusal {
-    /// Whether another admission may succeed at once: the refusal was about the slot
-    /// reserved, not about the pool or the budgets.
-    pub fn may_try_again(&self) -> bool {
-        matches!(self, Self::ClientLost | Self::Reconfigured { .. })
-    }
 }
 
 /// The gcpool budget named in a local 429's `limit` object.
@@ -415,13 +411,17 @@ impl Admission {
             tokio::time::sleep_until(Instant::now() + waited).await;
         }
         // A client whose token died while the request waited gives its slot back (guard).
+        let waited = waited + token_waited;
         let lease = pool
             .lease(client, Instant::now())
-            .ok_or(Refusal::ClientLost)?;
-        let reservation = guard.reservation.take().ok_or(Refusal::ClientLost)?;
+            .ok_or(Refusal::ClientLost { client, waited })?;
+        let reservation = guard
+            .reservation
+            .take()
+            .ok_or(Refusal::ClientLost { client, waited })?;
         Ok(Permit {
             client,
-            waited: waited + token_waited,
+            waited,
             lease,
             reservation,
         })

@@ -10,18 +10,21 @@
 //!                                        dot segments 400), API key 401, route + method 405,
 //!                                        allow-list 403, body (413, 408, in-flight cap 503)
 //!                                        → CallerRequest { route, body }
-//!         then attempts, at most 4 (proxy::attempts), each:
+//!         then attempts, at most 4 (proxy::attempts; a stale token refused and a client lost
+//!         while waiting are free, once per client), each:
 //!         2. generation::Live::admit     admission.admit(): soonest healthy client; token + route
 //!                                        + org budgets reserved together; wait, or a local 429;
 //!                                        re-admitted when a reload changed its budgets meanwhile
-//!         3. upstream::Upstream::attempt rewrite (hop-by-hop + caller credentials out, Bearer +
-//!                                        Host in), send, classify → Outcome: answered,
-//!                                        rate-limited (parsed limit), unauthorized, transient, failed
-//!         4. Attempts::judge             429 → cool down + retry elsewhere; 401 → drop the token
+//!         3. proxy::rewrite              hop-by-hop + caller credentials out, Bearer + Host in
+//!         4. upstream::Upstream::attempt send, classify → Outcome: answered, rate-limited
+//!                                        (parsed limit), unauthorized, transient, failed
+//!         5. Attempts::judge             429 → cool down + retry elsewhere; 401 → drop the token
 //!                                        + retry; 502/503/504, lost connection → backoff,
-//!                                        idempotent only; else done
-//!         5. answer: x-gcpool-client, x-gcpool-wait-ms; body streamed back
-//!         6. Exchange (on drop)          every metric of the request recorded once
+//!                                        idempotent methods (any method when the request never
+//!                                        reached the upstream); else done
+//!         6. answer: x-gcpool-client, x-gcpool-wait-ms; body streamed back
+//!    proxy::Exchange records every fact once, as it happens (admission wait, each upstream
+//!    exchange, the answer).
 //!    Refusals: inbound::Refusal, admission::Refusal → proxy::Reject, the one place they become
 //!    answers (status, x-gcpool-reason, Genesys body).
 //! ```

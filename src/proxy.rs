@@ -1,10 +1,13 @@
 //! `Proxy::handle`: the request path, in request order.
 //!
-//! inbound checks → authenticate → route match (allow-list) → read body (bounded) →
-//! admission (client + budgets, fair wait) → inject its token → forward → on 429 cool down
-//! and retry elsewhere, on 401 drop that token (the client re-mints, at most once per
-//! interval) and retry, on 502/503/504 back off and retry idempotent methods → answer, with
-//! every fact recorded once in `Exchange::finish`.
+//! caller checks (`inbound::Policy`: target, key, route, body) → attempts, each an
+//! admission (`generation::Live::admit`: client and budgets, fair wait), the request
+//! rewritten with that client's token (`rewrite`) and one upstream exchange
+//! (`Upstream::attempt`, classified), whose outcome `Attempts` judges: done, or
+//! retry (429: cool down and go elsewhere; 401: drop the token; 502/503/504 or a lost
+//! connection: back off, idempotent methods only unless the request never left) → the
+//! answer. `Exchange` records every fact once, as it happens. Refusals of every layer
+//! become answers in one place, [`Reject`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,13 +158,17 @@ impl Proxy {
             let (generation, permit) =
                 match self.inner.live.admit(caller.route.id(), deadline).await {
                     Ok(admitted) => admitted,
-                    Err(refusal) if refusal.may_try_again() => {
-                        if let Admission::Reconfigured { waited } = refusal {
+                    Err(refusal) => {
+                        if let Admission::ClientLost { waited, .. }
+                        | Admission::Reconfigured { waited } = refusal
+                        {
                             exchange.admitted(waited);
                         }
-                        continue;
+                        match attempts.refused(&refusal) {
+                            Verdict::Retry { .. } => continue,
+                            Verdict::Done => return Err(refusal.into()),
+                        }
                     }
-                    Err(refusal) => return Err(refusal.into()),
                 };
             exchange.admitted(permit.waited);
             let admitted = Admitted { generation, permit };

@@ -6,7 +6,7 @@
 //! fails validation, or changes a key only a restart can apply (listeners, TLS files,
 //! limits of the connection layer, Genesys hosts, shared state, budget window), is rejected
 //! with the reason logged and counted, and the current generation stays. Which keys are
-//! restart-only is decided key by key in [`restart_needed`], which names every key of the
+//! restart-only is decided key by key in `restart_needed`, which names every key of the
 //! config: a new key does not compile until it is classified.
 //! [`Reloader::watch`] applies the config file on SIGHUP and when it, or a `*_file` it
 //! names, changes (polled every [`POLL_INTERVAL`]; a change is read once two polls agree,

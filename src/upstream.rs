@@ -174,7 +174,8 @@ impl Upstream {
     ///
     /// # Errors
     /// [`UpstreamError::Timeout`] past `timeout`, [`UpstreamError::Connect`] when no
-    /// connection could be made, [`UpstreamError::Http`] when the exchange failed.
+    /// connection could be made, [`UpstreamError::Closed`] when a new connection closed
+    /// before the request was written, [`UpstreamError::Http`] when the exchange failed.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,

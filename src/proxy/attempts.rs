@@ -6,8 +6,9 @@
 //! 502/503/504 or a lost connection (idempotent methods only, or any method when the
 //! request never reached the upstream), and an admission whose client was lost or whose
 //! budgets a reload changed while it waited. A 401 on a token minted before the request
-//! began is free, once per client: every token dying at once costs a caller nothing, and
-//! the loop stays finite (at most `MAX_ATTEMPTS` + one per client).
+//! began, and a client losing its token while the request waited for it, are free, each
+//! once per client: every token dying at once costs a caller nothing, and the loop stays
+//! finite (at most `MAX_ATTEMPTS` + two per client).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use http::Method;
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::admission::Refusal;
 use crate::upstream::OutcomeKind;
 
 /// Attempts per request at most.
@@ -29,6 +31,8 @@ pub(super) struct Attempts {
     spent: u32,
     /// Clients whose token, minted before the request began, the upstream refused.
     stale_refused: Vec<usize>,
+    /// Clients that lost their token while the request waited for them.
+    lost: Vec<usize>,
 }
 
 /// What to do after an attempt.
@@ -51,6 +55,7 @@ impl Attempts {
             deadline,
             spent: 0,
             stale_refused: Vec::new(),
+            lost: Vec::new(),
         }
     }
 
@@ -99,6 +104,24 @@ impl Attempts {
             OutcomeKind::Transient => retry(!self.last() && self.idempotent, true),
             OutcomeKind::Unreached => retry(!self.last(), true),
             OutcomeKind::Failed => retry(!self.last() && self.idempotent, true),
+        }
+    }
+
+    /// What an admission's `refusal` means for the next attempt. A client that lost its
+    /// token while the request waited for it costs nothing, once per client (as a stale
+    /// token refused does); budgets a reload changed cost an attempt; any other refusal is
+    /// the answer.
+    pub(super) fn refused(&mut self, refusal: &Refusal) -> Verdict {
+        match *refusal {
+            Refusal::ClientLost { client, .. } if !self.lost.contains(&client) => {
+                self.lost.push(client);
+                self.spent -= 1;
+                Verdict::Retry { back_off: false }
+            }
+            Refusal::ClientLost { .. } | Refusal::Reconfigured { .. } => {
+                Verdict::Retry { back_off: false }
+            }
+            _ => Verdict::Done,
         }
     }
 
@@ -254,5 +277,40 @@ mod tests {
             run(Method::GET, MINUTE, &all).await.0,
             50 + MAX_ATTEMPTS as usize
         );
+    }
+
+    #[test]
+    fn a_client_lost_while_waiting_is_free_once_per_client_and_a_reload_costs_an_attempt() {
+        let now = Instant::now();
+        let mut attempts = Attempts::new(&Method::GET, now, now + MINUTE);
+        let lost = |client| Refusal::ClientLost {
+            client,
+            waited: Duration::ZERO,
+        };
+        let refusals = [lost(0), lost(1), lost(0), lost(2), lost(1), lost(1)];
+        for (made, refusal) in refusals.iter().enumerate() {
+            assert!(attempts.begin(), "attempt {made} refused");
+            assert_eq!(
+                attempts.refused(refusal),
+                Verdict::Retry { back_off: false }
+            );
+        }
+        // Three free (clients 0, 1, 2), three paid: one attempt left.
+        assert!(attempts.begin());
+        let reconfigured = Refusal::Reconfigured {
+            waited: Duration::ZERO,
+        };
+        assert_eq!(
+            attempts.refused(&reconfigured),
+            Verdict::Retry { back_off: false }
+        );
+        assert!(
+            !attempts.begin(),
+            "the reload's retry spent the last attempt"
+        );
+        let mut fresh = Attempts::new(&Method::GET, now, now + MINUTE);
+        assert!(fresh.begin());
+        assert_eq!(fresh.refused(&Refusal::QueueFull), Verdict::Done);
+        assert_eq!(fresh.refused(&Refusal::NoHealthyClient), Verdict::Done);
     }
 }

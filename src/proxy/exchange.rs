@@ -1,10 +1,8 @@
-//! What happened to one request, recorded in the metrics once, when the request ends: its
-//! admissions (time queued), its upstream exchanges (client, status, time) and how it was
-//! answered.
-//! Recorded on drop, so the attempts of a caller who left midway count too (the request
-//! itself does not: it has no status).
+//! What happened to one request, recorded in the metrics by one type, each fact once, as it
+//! happens: each admission (time queued), each upstream exchange (client, status, time), and
+//! how the request was answered. A caller who leaves midway leaves its admissions and
+//! exchanges counted, not the request (it has no answer).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -12,31 +10,15 @@ use http::{Method, StatusCode};
 use crate::metrics::Metrics;
 use crate::pool::PoolClient;
 
-/// One request's facts, until it ends.
+/// One request's facts.
 #[derive(Debug)]
 pub(super) struct Exchange<'a> {
     metrics: &'a Metrics,
     method: &'static str,
     /// The operation template, or `other`.
     pub(super) route: &'static str,
-    /// How long each admission waited (for its slot, and for a token).
-    admissions: Vec<Duration>,
-    attempts: Vec<Attempt>,
-    answer: Option<Answer>,
-}
-
-#[derive(Debug)]
-struct Attempt {
-    client: Arc<PoolClient>,
-    /// `None`: no answer (connection failed, or the deadline passed).
-    status: Option<StatusCode>,
-    took: Duration,
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    outcome: Outcome,
+    /// Time spent waiting for admission, over all attempts (`x-gcpool-wait-ms`).
+    queued: Duration,
 }
 
 /// How the request was answered, for `gcpool_requests_total{outcome}`.
@@ -55,75 +37,57 @@ impl<'a> Exchange<'a> {
             metrics,
             method: method_label(method),
             route: "other",
-            admissions: Vec::new(),
-            attempts: Vec::new(),
-            answer: None,
+            queued: Duration::ZERO,
         }
     }
 
     /// An admission that waited `waited` (also one whose slot was given back).
     pub(super) fn admitted(&mut self, waited: Duration) {
-        self.admissions.push(waited);
+        self.queued += waited;
+        self.metrics.queue_wait.observe(waited.as_secs_f64());
     }
 
-    /// One upstream exchange on `client`.
+    /// One upstream exchange on `client`: answered with `status` (`None`: no answer) after
+    /// `took`.
     pub(super) fn attempted(
-        &mut self,
-        client: &Arc<PoolClient>,
+        &self,
+        client: &PoolClient,
         status: Option<StatusCode>,
         took: Duration,
     ) {
-        self.attempts.push(Attempt {
-            client: client.clone(),
-            status,
-            took,
-        });
+        let m = self.metrics;
+        let client = client.name.as_str();
+        m.upstream_duration
+            .with_label_values(&[self.route])
+            .observe(took.as_secs_f64());
+        let label = status.as_ref().map_or("error", StatusCode::as_str);
+        m.upstream_requests
+            .with_label_values(&[client, label])
+            .inc();
+        if status == Some(StatusCode::TOO_MANY_REQUESTS) {
+            m.upstream_429
+                .with_label_values(&[client, self.route])
+                .inc();
+        }
     }
 
     /// Time spent waiting for admission, over all attempts.
     pub(super) fn queued(&self) -> Duration {
-        self.admissions.iter().sum()
+        self.queued
     }
 
     /// The request was answered with `status`.
-    pub(super) fn answered(&mut self, status: StatusCode, outcome: Outcome) {
-        self.answer = Some(Answer { status, outcome });
-    }
-}
-
-impl Drop for Exchange<'_> {
-    fn drop(&mut self) {
+    pub(super) fn answered(&self, status: StatusCode, outcome: Outcome) {
         let m = self.metrics;
-        for waited in &self.admissions {
-            m.queue_wait.observe(waited.as_secs_f64());
-        }
-        for attempt in &self.attempts {
-            let client = attempt.client.name.as_str();
-            m.upstream_duration
-                .with_label_values(&[self.route])
-                .observe(attempt.took.as_secs_f64());
-            let status = attempt.status.as_ref().map_or("error", StatusCode::as_str);
-            m.upstream_requests
-                .with_label_values(&[client, status])
-                .inc();
-            if attempt.status == Some(StatusCode::TOO_MANY_REQUESTS) {
-                m.upstream_429
-                    .with_label_values(&[client, self.route])
-                    .inc();
-            }
-        }
-        let Some(answer) = &self.answer else {
-            return;
-        };
-        let outcome = match answer.outcome {
+        let label = match outcome {
             Outcome::Forwarded => "forwarded",
             Outcome::Rejected(_) => "rejected",
             Outcome::Error => "error",
         };
         m.requests
-            .with_label_values(&[self.route, self.method, answer.status.as_str(), outcome])
+            .with_label_values(&[self.route, self.method, status.as_str(), label])
             .inc();
-        if let Outcome::Rejected(reason) = answer.outcome {
+        if let Outcome::Rejected(reason) = outcome {
             m.rejections.with_label_values(&[reason]).inc();
         }
     }

@@ -59,7 +59,7 @@ impl Reject {
             },
             Self::Admission(refusal) => match refusal {
                 Admission::NoHealthyClient
-                | Admission::ClientLost
+                | Admission::ClientLost { .. }
                 | Admission::Reconfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 Admission::OverBudget { .. }
                 | Admission::QueueFull
@@ -89,7 +89,7 @@ impl Reject {
             },
             Self::Admission(refusal) => match refusal {
                 Admission::NoHealthyClient
-                | Admission::ClientLost
+                | Admission::ClientLost { .. }
                 | Admission::Reconfigured { .. }
                 | Admission::AllCoolingDown { .. } => "no_healthy_client",
                 Admission::OverBudget { kind, .. } => kind.reason(),
@@ -199,7 +199,7 @@ impl Reject {
             Self::Inbound(Inbound::BodyMemory)
                 | Self::Admission(
                     Admission::NoHealthyClient
-                        | Admission::ClientLost
+                        | Admission::ClientLost { .. }
                         | Admission::Reconfigured { .. }
                 )
         ) {
