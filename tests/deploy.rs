@@ -4,7 +4,8 @@
 //! run it as and reads the config path they mount; the manifests probe, scrape and route to
 //! the ports of the config they mount; secrets reach gcpool as mounted files its config reads and
 //! the ConfigMap keeps its name, so a change to either is reloaded without a restart; the configs
-//! shipped under `deploy/` pass `gcpool check`.
+//! shipped under `deploy/` pass `gcpool check`; and the queue-wait alert can fire below the
+//! `queue.max_wait` of those configs.
 //! (`deploy/check-kubernetes.sh` validates the rendered manifests against the Kubernetes schemas
 //! and repeats the secret-file check on them.)
 
@@ -725,5 +726,94 @@ fn kubernetes_config_changes_reach_the_mounted_file() {
                 mount["name"]
             );
         }
+    }
+}
+
+/// Seconds of a config duration such as `250ms`, `5s`, `1m`.
+fn seconds(duration: &str) -> f64 {
+    let (number, unit) = duration
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| duration.split_at(i))
+        .unwrap_or_else(|| panic!("no unit in {duration}"));
+    let number: f64 = number.parse().unwrap_or_else(|e| panic!("{duration}: {e}"));
+    number
+        * match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            _ => panic!("unit of {duration}"),
+        }
+}
+
+/// The p99 Prometheus' `histogram_quantile` reports when every observation lies in the bucket
+/// holding `value`, for the upper bounds `bounds` (ascending, finite).
+fn p99_of_observations_at(value: f64, bounds: &[f64]) -> f64 {
+    match bounds.iter().position(|b| value <= *b) {
+        // In the +Inf bucket: histogram_quantile answers the highest finite bound.
+        None => *bounds.last().expect("finite buckets"),
+        Some(i) => {
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            lower + (bounds[i] - lower) * 0.99
+        }
+    }
+}
+
+/// `GcpoolQueueWaitHigh` fires at 80 % of the `budgets.queue.max_wait` of the configs deployed
+/// with the rules, and can fire: waits never exceed `max_wait`, and with gcpool's buckets the
+/// p99 of waits at `max_wait` exceeds the threshold.
+#[test]
+fn queue_wait_alert_follows_max_wait() {
+    let rules = yaml("deploy/prometheus/rules.yml");
+    let expr = rules["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .find(|r| r["alert"].as_str() == Some("GcpoolQueueWaitHigh"))
+        .and_then(|r| r["expr"].as_str())
+        .expect("an alert GcpoolQueueWaitHigh with an expr");
+    let threshold: f64 = expr
+        .trim()
+        .strip_prefix("gcpool:queue_wait_seconds:p99 >")
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GcpoolQueueWaitHigh is `p99 > SECONDS`: {expr}"));
+
+    // The buckets a live gcpool exposes.
+    let registry = prometheus::Registry::new();
+    let _metrics = gcpool::metrics::Metrics::register(&registry).expect("metrics register");
+    let mut text = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&registry.gather(), &mut text)
+        .expect("metrics encode");
+    let bounds: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("gcpool_queue_wait_seconds_bucket{"))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+        .filter(|b: &f64| b.is_finite())
+        .collect();
+    assert!(
+        !bounds.is_empty(),
+        "no gcpool_queue_wait_seconds buckets in:\n{text}"
+    );
+
+    for config in [
+        "deploy/kubernetes/base/gcpool.yaml",
+        "deploy/kubernetes/overlays/sidecar/gcpool.yaml",
+        "deploy/compose/gcpool.yaml",
+    ] {
+        let max_wait = yaml(config)["budgets"]["queue"]["max_wait"]
+            .as_str()
+            .map_or(10.0, seconds); // README: queue.max_wait defaults to 10s
+        assert!(
+            (threshold - 0.8 * max_wait).abs() < 1e-9,
+            "GcpoolQueueWaitHigh compares the p99 wait with {threshold} s, not 80 % of the \
+             queue.max_wait of {config} ({max_wait} s)"
+        );
+        let highest = p99_of_observations_at(max_wait, &bounds);
+        assert!(
+            highest > threshold,
+            "GcpoolQueueWaitHigh cannot fire for {config}: waits are at most {max_wait} s, whose \
+             p99 reads {highest} s with the buckets {bounds:?}, not above {threshold} s"
+        );
     }
 }
