@@ -156,12 +156,14 @@ r = json.load(sys.stdin)["data"]["result"]
 assert r and all(x["value"][1] == "1" for x in r), r
 print("   up{job=\"gcpool\"} = 1")' || fail "target not up: $UP"
 RULES=$(curl -fsS "http://127.0.0.1:$PROM_PORT/api/v1/rules")
+EXPECTED_RULES=$(grep -cE '^[[:space:]]*- (record|alert):' "$PROM_DIR/rules.yml")
 printf '%s' "$RULES" | python3 -c '
 import json, sys
 rules = [r for g in json.load(sys.stdin)["data"]["groups"] for r in g["rules"]]
 bad = [r["name"] for r in rules if r.get("health") == "err"]
-assert len(rules) >= 14 and not bad, (len(rules), bad)
-print("   %d rules loaded by prometheus, none unhealthy" % len(rules))' || fail "rules not loaded: $RULES"
+assert len(rules) == int(sys.argv[1]) and not bad, (len(rules), sys.argv[1], bad)
+print("   %d rules loaded by prometheus (all of rules.yml), none unhealthy" % len(rules))' "$EXPECTED_RULES" \
+  || fail "rules not loaded: $RULES"
 
 # ---------------------------------------------------------------- metric names
 echo "== metric names in rules and dashboard exist (README table and live /metrics)"

@@ -2,12 +2,18 @@
 //! the Dockerfile copies the binary its locked release build of the sources produces, exposes
 //! the ports of the example gateway config, runs as the non-root user the Kubernetes manifests
 //! run it as and reads the config path they mount; the manifests probe, scrape and route to
-//! the ports of the config they mount; and the configs shipped under `deploy/` pass `gcpool check`.
-//! (`deploy/check-kubernetes.sh` validates the rendered manifests against the Kubernetes schemas.)
+//! the ports of the config they mount; secrets reach gcpool as mounted files its config reads and
+//! the ConfigMap keeps its name, so a change to either is reloaded without a restart; the configs
+//! shipped under `deploy/` pass `gcpool check`; and the queue-wait alert can fire below the
+//! `queue.max_wait` of those configs.
+//! (`deploy/check-kubernetes.sh` validates the rendered manifests against the Kubernetes schemas
+//! and repeats the secret-file check on them.)
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde::Deserialize;
 use serde_yaml::Value;
 
 fn repo(path: &str) -> PathBuf {
@@ -20,6 +26,13 @@ fn read(path: &str) -> String {
 
 fn yaml(path: &str) -> Value {
     serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("parse {path}: {e}"))
+}
+
+/// Every document of a multi-document YAML file.
+fn yaml_docs(path: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(&read(path))
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("parse {path}: {e}")))
+        .collect()
 }
 
 /// Dockerfile instructions as (KEYWORD, arguments), comments dropped, `\` continuations joined.
@@ -373,29 +386,65 @@ fn kubernetes_manifests_mount_the_config_path_of_the_image() {
     }
 }
 
-/// The configs shipped under deploy/ are valid gcpool configs, and the ports the manifests
-/// declare are the ones those configs listen on.
+/// A copy of the config `manifest` mounts, in a directory of its own, with the Secrets the gcpool
+/// container mounts written there from their `secret.example.yaml` (placeholders and all) and the
+/// config's paths into those mounts pointed at them: what `gcpool check` would read in the pod.
+fn config_with_example_secrets(manifest: &str) -> PathBuf {
+    let (config_path, _, _) = mounted_config(manifest);
+    let mut text = read(&config_path);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("deploy")
+        .join(manifest.replace('/', "_"));
+    let _ = std::fs::remove_dir_all(&root);
+    let doc = yaml(manifest);
+    for mount in volume_mounts(gcpool_container(&doc, manifest)) {
+        let volume = volume_of(&doc, mount, manifest);
+        let Some(secret) = volume["secret"]["secretName"].as_str() else {
+            continue;
+        };
+        let at = mount["mountPath"].as_str().expect("a mountPath");
+        let dir = root.join(at.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).expect("create the secret dir");
+        let example = Path::new(manifest).with_file_name("secret.example.yaml");
+        let example = yaml_docs(example.to_str().expect("a UTF-8 path"))
+            .into_iter()
+            .find(|d| d["metadata"]["name"].as_str() == Some(secret))
+            .unwrap_or_else(|| panic!("{manifest}: no example of Secret {secret}"));
+        for (key, value) in example["stringData"].as_mapping().expect("stringData") {
+            let key = key.as_str().expect("a key");
+            let value = value.as_str().expect("a string value");
+            std::fs::write(dir.join(key), value).expect("write a secret file");
+        }
+        text = text.replace(&format!("{at}/"), &format!("{}/", dir.display()));
+    }
+    std::fs::create_dir_all(&root).expect("create the config dir");
+    let config = root.join("gcpool.yaml");
+    std::fs::write(&config, text).expect("write the config");
+    config
+}
+
+/// The configs shipped under deploy/ are valid gcpool configs (the Kubernetes ones with the
+/// example Secrets mounted where the manifests mount them), and the ports the manifests declare
+/// are the ones those configs listen on.
 #[test]
 fn deploy_configs_pass_gcpool_check() {
-    let key_sha256 = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
-    for config in [
-        "deploy/kubernetes/base/gcpool.yaml",
-        "deploy/kubernetes/overlays/sidecar/gcpool.yaml",
-        "deploy/compose/gcpool.yaml",
-    ] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcpool"));
-        cmd.arg("check").arg("--config").arg(repo(config));
-        for n in 1..=3 {
-            cmd.env(format!("GC_CLIENT_0{n}_ID"), format!("client-{n}"));
-            cmd.env(format!("GC_CLIENT_0{n}_SECRET"), format!("secret-{n}"));
-        }
-        cmd.env("GCPOOL_API_KEY_SHA256", key_sha256)
-            .env("GCPOOL_REDIS_URL", "redis://:pw@redis:6379/0")
-            .env_remove("GCPOOL_API_KEY");
-        let out = cmd.output().expect("the gcpool binary must run");
+    let configs = MANIFESTS
+        .iter()
+        .map(|manifest| config_with_example_secrets(manifest))
+        .chain([repo("deploy/compose/gcpool.yaml")]);
+    for config in configs {
+        // Nothing comes from the environment but what the compose file sets (with defaults).
+        let out = Command::new(env!("CARGO_BIN_EXE_gcpool"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .env_clear()
+            .output()
+            .expect("the gcpool binary must run");
         assert!(
             out.status.success(),
-            "gcpool check {config} failed:\n{}",
+            "gcpool check {} failed:\n{}",
+            config.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -442,6 +491,329 @@ fn deploy_configs_pass_gcpool_check() {
             api,
             "Service port {} leads to server.listen of deploy/kubernetes/base/gcpool.yaml",
             port["name"].as_str().unwrap_or("(unnamed)")
+        );
+    }
+}
+
+/// The config a manifest mounts: (its file in the repository, the kustomization that generates
+/// its ConfigMap, that kustomization's generator of it).
+fn mounted_config(manifest: &str) -> (String, String, Value) {
+    let doc = yaml(manifest);
+    let gcpool = gcpool_container(&doc, manifest);
+    let config_path = dockerfile_config_path();
+    let (dir, file) = config_path.rsplit_once('/').expect("absolute path");
+    let mount = volume_mounts(gcpool)
+        .find(|m| m["mountPath"].as_str() == Some(dir))
+        .unwrap_or_else(|| panic!("{manifest}: nothing mounted at {dir}"));
+    let volume = volume_of(&doc, mount, manifest);
+    let configmap = volume["configMap"]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{manifest}: {dir} is not a ConfigMap volume"));
+    let kustomization = manifest.replace("deployment.yaml", "kustomization.yaml");
+    let generator = yaml(&kustomization)["configMapGenerator"]
+        .as_sequence()
+        .expect("configMapGenerator")
+        .iter()
+        .find(|g| g["name"].as_str() == Some(configmap))
+        .cloned()
+        .unwrap_or_else(|| panic!("{manifest}: ConfigMap {configmap} is not generated"));
+    let config = Path::new(manifest).with_file_name(file);
+    let config = config.to_str().expect("a UTF-8 path").to_owned();
+    (config, kustomization, generator)
+}
+
+fn volume_mounts(container: &Value) -> impl Iterator<Item = &Value> {
+    container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+}
+
+/// The pod volume a container's `mount` mounts.
+fn volume_of<'a>(doc: &'a Value, mount: &Value, manifest: &str) -> &'a Value {
+    doc["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("{manifest}: no volume named {:?}", mount["name"]))
+}
+
+/// `(key path, value)` of every `*_file` key of a config.
+fn file_keys(value: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, value) in map {
+                let key = key.as_str().unwrap_or_default();
+                let here = if at.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{at}.{key}")
+                };
+                match value.as_str() {
+                    Some(path) if key.ends_with("_file") => out.push((here, path.to_owned())),
+                    _ => file_keys(value, &here, out),
+                }
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                file_keys(item, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every string value of a config that takes something from the environment (`${VAR}`).
+fn env_references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) if s.replace("$$", "").contains("${") => out.push(s.clone()),
+        Value::Mapping(map) => map.values().for_each(|v| env_references(v, out)),
+        Value::Sequence(items) => items.iter().for_each(|v| env_references(v, out)),
+        _ => {}
+    }
+}
+
+/// The Secret and key a file at `path` in the gcpool container comes from.
+///
+/// # Errors
+/// When no Secret volume is mounted over `path` (not through `subPath`, whose files never
+/// update) or the volume projects no item to it.
+fn secret_item(
+    doc: &Value,
+    container: &Value,
+    path: &str,
+    manifest: &str,
+) -> Result<(String, String), String> {
+    let (mount, rest) = volume_mounts(container)
+        .filter_map(|m| {
+            let dir = m["mountPath"].as_str()?.trim_end_matches('/');
+            Some((m, path.strip_prefix(dir)?.strip_prefix('/')?))
+        })
+        .max_by_key(|(m, _)| m["mountPath"].as_str().map_or(0, str::len))
+        .ok_or("no volume is mounted over it")?;
+    if !mount["subPath"].is_null() {
+        return Err(format!(
+            "{:?} is mounted with subPath: its files never update",
+            mount["name"]
+        ));
+    }
+    let volume = volume_of(doc, mount, manifest);
+    let secret = volume["secret"]["secretName"]
+        .as_str()
+        .ok_or_else(|| format!("volume {:?} is not a Secret", volume["name"]))?;
+    let key = match volume["secret"]["items"].as_sequence() {
+        None => rest.to_owned(),
+        Some(items) => items
+            .iter()
+            .find(|i| i["path"].as_str() == Some(rest))
+            .and_then(|i| i["key"].as_str())
+            .ok_or_else(|| format!("Secret volume {secret} projects no item to {rest}"))?
+            .to_owned(),
+    };
+    Ok((secret.to_owned(), key))
+}
+
+/// The keys of Secret `name` in the `secret.example.yaml` next to `manifest`.
+fn example_secret_keys(manifest: &str, name: &str) -> BTreeSet<String> {
+    let example = Path::new(manifest).with_file_name("secret.example.yaml");
+    let example = example.to_str().expect("a UTF-8 path");
+    let secret = yaml_docs(example)
+        .into_iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("Secret") && d["metadata"]["name"].as_str() == Some(name)
+        })
+        .unwrap_or_else(|| panic!("{example} has no Secret {name}"));
+    ["stringData", "data"]
+        .iter()
+        .filter_map(|field| secret[*field].as_mapping())
+        .flat_map(|map| map.keys().filter_map(|k| k.as_str().map(str::to_owned)))
+        .collect()
+}
+
+/// gcpool reads every secret from a file of a mounted Secret, so a changed Secret reaches the
+/// running process (README Reload): no Secret in its environment, no `${VAR}` in the mounted
+/// config, every `*_file` path in a Secret volume under a key the example Secret has, and every
+/// key of the Secrets it mounts read by the config.
+#[test]
+fn kubernetes_secrets_reach_gcpool_as_files() {
+    for manifest in MANIFESTS {
+        let doc = yaml(manifest);
+        let gcpool = gcpool_container(&doc, manifest);
+        assert!(
+            gcpool["envFrom"].is_null(),
+            "{manifest}: gcpool takes envFrom {:?}: a changed Secret reaches it only after a restart; \
+             mount the Secret and read it with the config's *_file keys",
+            gcpool["envFrom"]
+        );
+        for var in gcpool["env"].as_sequence().into_iter().flatten() {
+            assert!(
+                var["valueFrom"].is_null(),
+                "{manifest}: gcpool's env {:?} comes from {:?}: a change reaches it only after a restart",
+                var["name"],
+                var["valueFrom"]
+            );
+        }
+
+        let (config_path, _, _) = mounted_config(manifest);
+        let config = yaml(&config_path);
+        let mut from_env = Vec::new();
+        env_references(&config, &mut from_env);
+        assert!(
+            from_env.is_empty(),
+            "{config_path}: {from_env:?} come from the environment, which changes only with a restart; \
+             read secrets with *_file keys"
+        );
+        let mut files = Vec::new();
+        file_keys(&config, "", &mut files);
+        assert!(
+            !files.is_empty(),
+            "{config_path}: no *_file key reads a secret"
+        );
+
+        let mut read = BTreeSet::new();
+        for (key, path) in &files {
+            let (secret, item) = secret_item(&doc, gcpool, path, manifest)
+                .unwrap_or_else(|e| panic!("{config_path}: {key} = {path}: {e}"));
+            let keys = example_secret_keys(manifest, &secret);
+            assert!(
+                keys.contains(&item),
+                "{config_path}: {key} reads key {item} of Secret {secret}, which the example \
+                 Secret does not have: {keys:?}"
+            );
+            read.insert((secret, item));
+        }
+        for mount in volume_mounts(gcpool) {
+            let volume = volume_of(&doc, mount, manifest);
+            let Some(secret) = volume["secret"]["secretName"].as_str() else {
+                continue;
+            };
+            for key in example_secret_keys(manifest, secret) {
+                assert!(
+                    read.contains(&(secret.to_owned(), key.clone())),
+                    "{manifest}: key {key} of the mounted Secret {secret} is read by no *_file key of {config_path}"
+                );
+            }
+        }
+    }
+}
+
+/// A changed config reaches the running gcpool as a changed file (README Reload): the mounted
+/// ConfigMap keeps its name (a content-hash suffix renames it on every change, which rolls the
+/// pods instead) and is not mounted through `subPath` (whose files never update).
+#[test]
+fn kubernetes_config_changes_reach_the_mounted_file() {
+    for manifest in MANIFESTS {
+        let (_, kustomization, generator) = mounted_config(manifest);
+        let name = generator["name"].as_str().expect("a generator name");
+        let no_hash = generator["options"]["disableNameSuffixHash"]
+            .as_bool()
+            .or_else(|| {
+                yaml(&kustomization)["generatorOptions"]["disableNameSuffixHash"].as_bool()
+            });
+        assert_eq!(
+            no_hash,
+            Some(true),
+            "{kustomization}: ConfigMap {name} is generated with a content-hash name: every change \
+             renames it and rolls the pods instead of reloading (set options.disableNameSuffixHash)"
+        );
+        let doc = yaml(manifest);
+        for mount in volume_mounts(gcpool_container(&doc, manifest)) {
+            assert!(
+                mount["subPath"].is_null(),
+                "{manifest}: {:?} is mounted through subPath: its files never update",
+                mount["name"]
+            );
+        }
+    }
+}
+
+/// Seconds of a config duration such as `250ms`, `5s`, `1m`.
+fn seconds(duration: &str) -> f64 {
+    let (number, unit) = duration
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| duration.split_at(i))
+        .unwrap_or_else(|| panic!("no unit in {duration}"));
+    let number: f64 = number.parse().unwrap_or_else(|e| panic!("{duration}: {e}"));
+    number
+        * match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            _ => panic!("unit of {duration}"),
+        }
+}
+
+/// The p99 Prometheus' `histogram_quantile` reports when every observation lies in the bucket
+/// holding `value`, for the upper bounds `bounds` (ascending, finite).
+fn p99_of_observations_at(value: f64, bounds: &[f64]) -> f64 {
+    match bounds.iter().position(|b| value <= *b) {
+        // In the +Inf bucket: histogram_quantile answers the highest finite bound.
+        None => *bounds.last().expect("finite buckets"),
+        Some(i) => {
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            lower + (bounds[i] - lower) * 0.99
+        }
+    }
+}
+
+/// `GcpoolQueueWaitHigh` fires at 80 % of the `budgets.queue.max_wait` of the configs deployed
+/// with the rules, and can fire: waits never exceed `max_wait`, and with gcpool's buckets the
+/// p99 of waits at `max_wait` exceeds the threshold.
+#[test]
+fn queue_wait_alert_follows_max_wait() {
+    let rules = yaml("deploy/prometheus/rules.yml");
+    let expr = rules["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .find(|r| r["alert"].as_str() == Some("GcpoolQueueWaitHigh"))
+        .and_then(|r| r["expr"].as_str())
+        .expect("an alert GcpoolQueueWaitHigh with an expr");
+    let threshold: f64 = expr
+        .trim()
+        .strip_prefix("gcpool:queue_wait_seconds:p99 >")
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GcpoolQueueWaitHigh is `p99 > SECONDS`: {expr}"));
+
+    // The buckets a live gcpool exposes.
+    let registry = prometheus::Registry::new();
+    let _metrics = gcpool::metrics::Metrics::register(&registry).expect("metrics register");
+    let mut text = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&registry.gather(), &mut text)
+        .expect("metrics encode");
+    let bounds: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("gcpool_queue_wait_seconds_bucket{"))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+        .filter(|b: &f64| b.is_finite())
+        .collect();
+    assert!(
+        !bounds.is_empty(),
+        "no gcpool_queue_wait_seconds buckets in:\n{text}"
+    );
+
+    for config in [
+        "deploy/kubernetes/base/gcpool.yaml",
+        "deploy/kubernetes/overlays/sidecar/gcpool.yaml",
+        "deploy/compose/gcpool.yaml",
+    ] {
+        let max_wait = yaml(config)["budgets"]["queue"]["max_wait"]
+            .as_str()
+            .map_or(10.0, seconds); // README: queue.max_wait defaults to 10s
+        assert!(
+            (threshold - 0.8 * max_wait).abs() < 1e-9,
+            "GcpoolQueueWaitHigh compares the p99 wait with {threshold} s, not 80 % of the \
+             queue.max_wait of {config} ({max_wait} s)"
+        );
+        let highest = p99_of_observations_at(max_wait, &bounds);
+        assert!(
+            highest > threshold,
+            "GcpoolQueueWaitHigh cannot fire for {config}: waits are at most {max_wait} s, whose \
+             p99 reads {highest} s with the buckets {bounds:?}, not above {threshold} s"
         );
     }
 }
