@@ -185,6 +185,9 @@ impl Builder {
             Some(previous) => previous.admission.reconfigured(config, table),
             None => Admission::new(config, self.store.clone(), table, self.metrics.clone()),
         });
+        self.metrics
+            .queue_max_wait
+            .set(config.budgets.queue.max_wait.as_secs_f64());
         let (pool, mut summary) = self.pool(config, previous.map(|p| &*p.pool));
         summary.budgets_changed = budgets_changed;
         summary.generation = previous.map_or(1, |p| p.number + 1);

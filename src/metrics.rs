@@ -5,8 +5,8 @@
 //! (route templates or `other`, reject reasons, client names from config).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Buckets for latencies and waits, in seconds: 0.5 ms to 60 s.
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub response_aborted: IntCounterVec,
     pub queue_wait: Histogram,
     pub queue_pending: IntGauge,
+    pub queue_max_wait: Gauge,
     pub client_budget_used: IntGaugeVec,
     pub client_budget_limit: IntGaugeVec,
     pub client_healthy: IntGaugeVec,
@@ -117,6 +118,14 @@ impl Metrics {
                 IntGauge::new(
                     "gcpool_queue_pending",
                     "Requests waiting for an admission slot.",
+                )?,
+            )?,
+            queue_max_wait: reg(
+                registry,
+                Gauge::new(
+                    "gcpool_queue_max_wait_seconds",
+                    "budgets.queue.max_wait of the current config: the longest a request waits \
+                     for its slot (alerts compare queue waits with it).",
                 )?,
             )?,
             client_budget_used: gauge_vec(
@@ -270,6 +279,7 @@ mod tests {
             "gcpool_response_aborted_total",
             "gcpool_queue_wait_seconds",
             "gcpool_queue_pending",
+            "gcpool_queue_max_wait_seconds",
             "gcpool_client_budget_used",
             "gcpool_client_budget_limit",
             "gcpool_client_healthy",

@@ -472,3 +472,21 @@ async fn queued_requests_meet_a_budget_added_while_they_wait() {
             .collect::<Vec<_>>()
     );
 }
+
+/// `GcpoolQueueWaitHigh` compares waits with each gcpool's own `max_wait`: the gauge it reads
+/// follows the config, at start and on reload.
+#[tokio::test]
+async fn the_max_wait_gauge_follows_the_config() {
+    let sim = Simulator::start(SimOptions::with_clients(1)).await.unwrap();
+    let pool = [("pool-01", "sim-client-01", "sim-secret-01")];
+    let gcpool = start_config(config(&yaml(&sim, &pool, 10, ""))).await;
+    let metrics_url = format!("http://{}/metrics", gcpool.admin_addr());
+    let max_wait = || async {
+        let text = HttpClient::new().get(&metrics_url).await.text();
+        metric_value(&text, "gcpool_queue_max_wait_seconds")
+    };
+    assert_eq!(max_wait().await, Some(0.0), "max_wait: 0s at start");
+    let longer = yaml(&sim, &pool, 10, "").replace("max_wait: 0s", "max_wait: 7500ms");
+    gcpool.reload(config(&longer)).unwrap();
+    assert_eq!(max_wait().await, Some(7.5), "the reloaded max_wait");
+}
