@@ -2,24 +2,33 @@
 //!
 //! | path | answer |
 //! |---|---|
+//! | `GET /` | the status page: HTML of what `/status` says, refreshing itself (see [`page`]) |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when a client has a usable token and no shutdown started; else 503 + JSON reason |
-//! | `GET /status` | JSON: version, uptime, shared state, one entry per client |
+//! | `GET /status` | JSON: version, uptime, generation, shared state, clients, budgets, queue, last minute |
 //! | `GET /metrics` | Prometheus text exposition |
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
+use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::generation::{Generation, Live};
+use crate::budget::{BudgetId, BudgetKind};
+use crate::generation::Live;
 use crate::metrics::Metrics;
 use crate::pool::ClientStatus;
 use crate::proxy::{ProxyBody, json_response};
+
+pub mod page;
+pub mod rates;
+
+use rates::{Counts, LastMinute, Rates};
 
 /// State the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -28,15 +37,69 @@ pub struct Admin {
     metrics: Metrics,
     shutdown: CancellationToken,
     started: Instant,
+    /// Samples of the counters for the last minute's figures (sampled while this lives).
+    rates: Arc<Rates>,
 }
 
+/// Everything `/status` and the status page show, read at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub version: &'static str,
+    pub uptime_s: u64,
+    pub config_generation: u64,
+    pub shared_state: SharedState,
+    pub org_budget: Usage,
+    pub queue_pending: usize,
+    /// Budget name → rate per minute, lowered by upstream 429s.
+    pub learned_limits: BTreeMap<String, u32>,
+    pub clients: Vec<ClientStatus>,
+    /// Every budget of the current config, with its window's fill.
+    pub budgets: Vec<BudgetUse>,
+    pub last_minute: LastMinute,
+}
+
+/// The budget store in use.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedState {
+    pub backend: &'static str,
+    pub up: bool,
+}
+
+/// Admissions in a budget's current window, and its limit per window.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    pub used: u32,
+    pub limit: u32,
+}
+
+/// One budget's window.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetUse {
+    /// e.g. `token:pool-01`, `org`, `endpoint:PUT /api/v2/architect/ivrs/{ivrId}`.
+    pub name: String,
+    /// `token`, `endpoint` or `org`.
+    pub kind: &'static str,
+    pub used: u32,
+    pub limit: u32,
+    /// The window, guard time included.
+    pub window_ms: u64,
+}
+
+// === impl Admin ===
+
 impl Admin {
+    /// Also starts sampling `metrics` for the last minute's figures (until `shutdown`, or
+    /// until every clone of this admin is dropped).
     pub fn new(live: Arc<Live>, metrics: Metrics, shutdown: CancellationToken) -> Self {
+        let started = Instant::now();
+        let rates = Arc::new(Rates::new(started, Counts::read(&metrics)));
+        Rates::spawn_sampler(&rates, metrics.clone(), shutdown.clone());
         Self {
             live,
             metrics,
             shutdown,
-            started: Instant::now(),
+            started,
+            rates,
         }
     }
 
@@ -48,9 +111,16 @@ impl Admin {
             );
         }
         match request.uri().path() {
+            "/" => self.page().await,
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
             "/readyz" => self.readyz(),
-            "/status" => json_response(StatusCode::OK, &self.status().await),
+            "/status" => match serde_json::to_vec(&self.view().await) {
+                Ok(body) => body_response(StatusCode::OK, "application/json", body.into()),
+                Err(e) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"message": format!("status: {e}"), "code": "internal.server.error", "status": 500}),
+                ),
+            },
             "/metrics" => {
                 self.refresh_gauges().await;
                 text(
@@ -61,9 +131,26 @@ impl Admin {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"message": "admin paths: /healthz /readyz /status /metrics", "code": "not.found", "status": 404}),
+                &json!({"message": "admin paths: / /healthz /readyz /status /metrics", "code": "not.found", "status": 404}),
             ),
         }
+    }
+
+    /// The status page. Its policy forbids loading anything: the page is all there is.
+    async fn page(&self) -> Response<ProxyBody> {
+        let html = page::render(&self.view().await);
+        let mut response = text(StatusCode::OK, "text/html; charset=utf-8", html);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
     }
 
     fn readyz(&self) -> Response<ProxyBody> {
@@ -84,36 +171,61 @@ impl Admin {
         }
     }
 
-    async fn client_statuses(&self, live: &Generation) -> (Vec<ClientStatus>, (u32, u32)) {
+    /// What `/status` and the page show: one snapshot of the store for every budget.
+    async fn view(&self) -> View {
+        let live = self.live.current();
+        let table = live.admission.table();
+        let store = live.admission.store();
+        let ids = table.in_use();
+        let snapshot = store.snapshot(ids.clone(), live.pool.index_bound()).await;
         let now = Instant::now();
-        let (usage, org, cooling) = live.admission.snapshot(&live.pool).await;
-        let statuses = live
+        let usage: HashMap<BudgetId, (u32, u32)> = ids
+            .iter()
+            .copied()
+            .zip(snapshot.usage.iter().copied())
+            .collect();
+        let clients = live
             .pool
             .clients()
-            .zip(usage)
-            .map(|((i, c), budget)| {
-                let cooling = cooling.get(i).is_some_and(|d| !d.is_zero());
+            .map(|(i, c)| {
+                let budget = table
+                    .token(i)
+                    .and_then(|id| usage.get(&id).copied())
+                    .unwrap_or_default();
+                let cooling = snapshot.cooling.get(i).is_some_and(|d| !d.is_zero());
                 c.status(now, budget, cooling)
             })
             .collect();
-        (statuses, org)
-    }
-
-    async fn status(&self) -> serde_json::Value {
-        let now = Instant::now();
-        let live = self.live.current();
-        let (clients, org) = self.client_statuses(&live).await;
-        let store = live.admission.store();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": now.saturating_duration_since(self.started).as_secs(),
-            "config_generation": live.number,
-            "shared_state": {"backend": store.backend(), "up": store.is_up()},
-            "org_budget": {"used": org.0, "limit": org.1},
-            "queue_pending": live.admission.pending(),
-            "learned_limits": live.admission.learned_limits(),
-            "clients": clients,
-        })
+        let budgets = ids
+            .iter()
+            .zip(&snapshot.usage)
+            .filter_map(|(&id, &(used, limit))| {
+                let def = table.defs().get(id)?;
+                Some(BudgetUse {
+                    name: def.name.clone(),
+                    kind: kind_name(def.kind),
+                    used,
+                    limit,
+                    window_ms: u64::try_from(def.window.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        let (used, limit) = usage.get(&table.org()).copied().unwrap_or_default();
+        View {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: now.saturating_duration_since(self.started).as_secs(),
+            config_generation: live.number,
+            shared_state: SharedState {
+                backend: store.backend(),
+                up: store.is_up(),
+            },
+            org_budget: Usage { used, limit },
+            queue_pending: live.admission.pending(),
+            learned_limits: live.admission.learned_limits(),
+            clients,
+            budgets,
+            last_minute: self.rates.last_minute(now, Counts::read(&self.metrics)),
+        }
     }
 
     /// Gauges derived from state are computed at scrape time, not on the request path.
@@ -122,7 +234,7 @@ impl Admin {
         self.metrics
             .shared_state_up
             .set(i64::from(live.admission.store().is_up()));
-        let statuses = self.client_statuses(&live).await.0;
+        let statuses = self.view().await.clients;
         // Only the current clients: a scrape that raced a reload must not bring back the
         // gauges of a removed client.
         for family in [
@@ -155,8 +267,24 @@ impl Admin {
     }
 }
 
+fn kind_name(kind: BudgetKind) -> &'static str {
+    match kind {
+        BudgetKind::Token => "token",
+        BudgetKind::Endpoint => "endpoint",
+        BudgetKind::Org => "org",
+    }
+}
+
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    body_response(status, content_type, Bytes::from(body))
+}
+
+fn body_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response
         .headers_mut()

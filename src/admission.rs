@@ -302,6 +302,22 @@ impl BudgetTable {
         }
     }
 
+    /// Every budget of this config (not those of clients or routes a reload removed), in
+    /// id order.
+    pub fn in_use(&self) -> Vec<BudgetId> {
+        let mut ids = self.tokens();
+        ids.push(self.org);
+        for budgets in self.endpoints.values() {
+            match budgets {
+                EndpointBudgets::Org(id) => ids.push(*id),
+                EndpointBudgets::Token(per_client) => ids.extend(per_client.iter().flatten()),
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Every token budget of this config.
     pub fn tokens(&self) -> Vec<BudgetId> {
         self.token.iter().copied().flatten().collect()

@@ -390,3 +390,57 @@ impl Drop for GcpoolProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The headless browser the status-page test drives: `$GCPOOL_CHROMIUM`, else `chromium`
+/// or `chromium-browser` on `PATH`. `None` when there is none and `GCPOOL_REQUIRE_CHROMIUM`
+/// is unset (the caller skips, saying so); panics when it is set (CI must not skip).
+pub fn chromium() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("GCPOOL_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path).find_map(|dir| {
+                ["chromium", "chromium-browser"]
+                    .iter()
+                    .map(|name| dir.join(name))
+                    .find(|candidate| candidate.is_file())
+            })
+        });
+    if found.is_none() && std::env::var_os("GCPOOL_REQUIRE_CHROMIUM").is_some() {
+        panic!(
+            "GCPOOL_REQUIRE_CHROMIUM is set but no chromium is installed (apt-get install chromium)"
+        );
+    }
+    found
+}
+
+/// The DOM of `url` after the page loaded, as headless `chromium` serializes it
+/// (`--dump-dom`); each run with a fresh profile, killed after 60 s.
+pub async fn dump_dom(chromium: &Path, url: &str) -> String {
+    let profile = tempfile::tempdir().expect("temp dir for the browser profile");
+    let mut command = tokio::process::Command::new(chromium);
+    command
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("chromium must dump the DOM within 60 s")
+        .expect("chromium must start");
+    assert!(
+        output.status.success(),
+        "chromium failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("the DOM must be UTF-8")
+}
