@@ -45,7 +45,7 @@
 //!    start and on reload, and the current one ([`generation::Live`]).
 //! 6. [`proxy`] (the request path), [`reload`] (when a new config replaces the generation),
 //!    [`server`] (the listener, generic over its handler).
-//! 7. [`admin`]; then [`app`] (the composition root) and [`sim`] (the Genesys Cloud
+//! 7. [`admin`] (probes, `/metrics`, `/status`, the status page at `/`); then [`app`] (the composition root) and [`sim`] (the Genesys Cloud
 //!    simulator, not on the proxy path); [`demo`] (simulator + proxy + load); [`cli`].
 
 pub mod admin;

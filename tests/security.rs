@@ -127,7 +127,7 @@ async fn routes_off_the_allow_list_are_refused_before_the_upstream() {
 }
 
 /// A real run with real secrets, tokens and an API key, at debug level: none of them
-/// appears in stderr, `/status`, `/metrics` or any answer.
+/// appears in stderr, `/status`, `/metrics`, the status page or any answer.
 #[tokio::test]
 async fn no_secret_in_logs_status_metrics_or_answers() {
     let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
@@ -177,6 +177,14 @@ async fn no_secret_in_logs_status_metrics_or_answers() {
         .get(&format!("http://{}/metrics", process.admin))
         .await
         .text();
+    let page = client
+        .get(&format!("http://{}/", process.admin))
+        .await
+        .text();
+    assert!(
+        page.contains("config generation"),
+        "the status page: {page}"
+    );
     process.terminate();
     process.wait_exit(std::time::Duration::from_secs(15)).await;
     let logs = process.stderr();
@@ -191,6 +199,7 @@ async fn no_secret_in_logs_status_metrics_or_answers() {
             ("stderr", &logs),
             ("/status", &status),
             ("/metrics", &metrics),
+            ("the status page", &page),
         ] {
             assert!(
                 !text.contains(secret),
