@@ -208,7 +208,8 @@ fn plain_output_fits_100_columns_and_says_what_it_shows() {
     );
 }
 
-/// The comma-separated `data-values` of one series in one phase's panel.
+/// The comma-separated `data-values` of one series in one phase's panel, checked against
+/// the bars drawn in that series.
 fn svg_series(svg: &str, phase: &str, series: &str) -> Vec<u64> {
     let panel_start = format!("<g data-phase=\"{phase}\">");
     let panel = svg
@@ -217,15 +218,32 @@ fn svg_series(svg: &str, phase: &str, series: &str) -> Vec<u64> {
         .unwrap_or_else(|| panic!("no panel for {phase}"));
     let panel = panel.split("<g data-phase=").next().unwrap_or(panel);
     let attr = format!("data-series=\"{series}\" data-values=\"");
-    let values = panel
+    let group = panel
         .split(&attr)
         .nth(1)
-        .and_then(|rest| rest.split('"').next())
+        .and_then(|rest| rest.split("</g>").next())
         .unwrap_or_else(|| panic!("no {series} series for {phase}"));
-    values
+    let values: Vec<u64> = group
+        .split('"')
+        .next()
+        .unwrap_or_default()
         .split(',')
         .map(|v| v.parse().expect("a count"))
-        .collect()
+        .collect();
+    // The bars drawn are the values: one per non-zero second, at that second.
+    let mut drawn = vec![0; values.len()];
+    for bar in group.split("<rect ").skip(1) {
+        let attr = |name: &str| -> usize {
+            bar.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("bar without {name}: {bar}"))
+        };
+        drawn[attr("data-second")] += attr("data-count") as u64;
+    }
+    assert_eq!(drawn, values, "{phase}/{series}: bars drawn vs data-values");
+    values
 }
 
 /// A small XML well-formedness check: one root `svg` element, every tag closed in order,

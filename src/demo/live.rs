@@ -29,8 +29,6 @@ pub(super) struct Live {
     names: Vec<String>,
     /// Lines drawn last time, to move the cursor back over them.
     drawn: usize,
-    /// The API's 429 count at the last draw, for the rate over the last second.
-    upstream_before: u64,
     /// The last status line printed in the plain views, not to print it twice.
     last_status: String,
 }
@@ -111,7 +109,6 @@ impl Live {
             duration: plan.duration,
             names: client_names(plan.clients),
             drawn: 0,
-            upstream_before: 0,
             last_status: String::new(),
         }
     }
@@ -119,7 +116,6 @@ impl Live {
     /// Shows the phase as of `elapsed`, when the API had answered `upstream_429` 429s.
     pub(super) fn draw(&mut self, record: &Record, elapsed: Duration, upstream_429: u64) {
         let lines = self.lines(record, elapsed, upstream_429);
-        self.upstream_before = upstream_429;
         match self.display {
             Display::Redraw => {
                 let mut out = std::io::stdout().lock();
@@ -171,7 +167,6 @@ impl Live {
                 .filter(|a| a.outcome == o && a.at >= since)
                 .count()
         };
-        let last_second = elapsed.saturating_sub(Duration::from_secs(1));
         let sent = record.sent.len();
         let answers = record.answers.len();
         let total = |o| count(o, Duration::ZERO);
@@ -200,12 +195,35 @@ impl Live {
                 |line, (label, n, _)| format!("{line} {label} {n}"),
             )
         };
-        let sent_last = record.sent.iter().filter(|&&t| t >= last_second).count();
+        // Rates over the last whole second, the one the timeline (and the SVG) shows.
+        let shown = elapsed.as_secs().saturating_sub(1);
+        let in_second = |t: Duration| t.as_secs() == shown;
+        let count_in = |o: Outcome| {
+            record
+                .answers
+                .iter()
+                .filter(|a| a.outcome == o && in_second(a.at))
+                .count()
+        };
+        // The API's running 429 count at the start of second `k`; `upstream` past the samples.
+        let upstream_at = |k: u64| -> u64 {
+            let k = usize::try_from(k).unwrap_or(usize::MAX);
+            match k {
+                0 => 0,
+                k => record
+                    .upstream_429_each_second
+                    .get(k - 1)
+                    .copied()
+                    .unwrap_or(upstream),
+            }
+        };
         let rates = format!(
-            "  last second: sent {sent_last}/s, answered {}/s, upstream 429 {}/s, local 429 {}/s",
-            count(Outcome::Answered, last_second),
-            upstream.saturating_sub(self.upstream_before),
-            count(Outcome::Local429, last_second),
+            "  from {shown} s to {} s: sent {}/s, answered {}/s, upstream 429 {}/s, local 429 {}/s",
+            shown + 1,
+            record.sent.iter().filter(|&&t| in_second(t)).count(),
+            count_in(Outcome::Answered),
+            upstream_at(shown + 1).saturating_sub(upstream_at(shown)),
+            count_in(Outcome::Local429),
         );
         let since = elapsed.saturating_sub(self.window);
         let mut uses = format!(
