@@ -27,7 +27,7 @@ mod live;
 mod report;
 mod svg;
 
-pub use report::{AfterEnd, DemoReport, PhaseReport, Second};
+pub use report::{AfterEnd, CapacityFigures, DemoReport, PhaseReport, Second};
 
 use live::{Display, Live};
 
@@ -112,6 +112,8 @@ struct Answer {
     client: Option<usize>,
     /// From sending to the answer's head.
     latency: Duration,
+    /// gcpool's `x-gcpool-wait-ms`: the part of `latency` spent in its queue.
+    queued_ms: Option<u64>,
 }
 
 /// Everything a phase observed; shared by the request tasks and the live view.
@@ -372,7 +374,7 @@ async fn one_request(http: HttpClient, target: Target, n: usize, record: Shared,
     lock(&record).sent.push(sent_at);
     let result = http.request(request).await;
     let at = start.elapsed();
-    let (outcome, client) = match result {
+    let (outcome, client, queued_ms) = match result {
         Ok(response) => {
             let text = |name: &str| {
                 response
@@ -395,15 +397,17 @@ async fn one_request(http: HttpClient, target: Target, n: usize, record: Shared,
                     text("x-gcpool-client").and_then(|name| names.iter().position(|n| *n == name))
                 }
             };
-            (outcome, client)
+            let queued_ms = text("x-gcpool-wait-ms").and_then(|v| v.parse().ok());
+            (outcome, client, queued_ms)
         }
-        Err(_) => (Outcome::Other, client),
+        Err(_) => (Outcome::Other, client, None),
     };
     lock(&record).answers.push(Answer {
         at,
         outcome,
         client,
         latency: at.saturating_sub(sent_at),
+        queued_ms,
     });
 }
 

@@ -134,6 +134,13 @@ fn json_report_measures_both_phases_for_the_same_time_against_one_denominator() 
         u(&with["local_429"]) > 0,
         "the excess is told to retry: {report}"
     );
+    // bench/capacity.sh's figures stay: every 2xx, the drain included.
+    assert_eq!(
+        u(&with["served"]),
+        u(&with["answered"]) + u(&with["after_end"]["answered"]),
+        "{report}"
+    );
+    assert!(with["capacity_used"].is_f64(), "{report}");
     let summary = report["summary"].to_string();
     assert!(
         summary.contains(&format!(

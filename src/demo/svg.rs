@@ -115,10 +115,7 @@ fn panel(svg: &mut String, phase: &PhaseReport, top: f64, y_max: u64, per_second
         svg,
         r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
         top - 10.0,
-        escape(&format!(
-            "{}: {} answered, {} upstream 429s, {} local 429s in {:.2} s",
-            phase.name, phase.answered, phase.upstream_429, phase.local_429, phase.measured_s
-        ))
+        escape(&title(phase))
     );
     // Axes, y ticks and gridlines.
     let _ = writeln!(
@@ -199,6 +196,20 @@ fn panel(svg: &mut String, phase: &PhaseReport, top: f64, y_max: u64, per_second
         WIDTH - RIGHT
     );
     svg.push_str("</g>\n");
+}
+
+fn title(phase: &PhaseReport) -> String {
+    let mut title = format!(
+        "{}: {} answered, {} upstream 429s, {} local 429s in {:.2} s",
+        phase.name, phase.answered, phase.upstream_429, phase.local_429, phase.measured_s
+    );
+    if phase.after_end.answered > 0 {
+        title.push_str(&format!(
+            "; {} more answered in the {:.1} s after (not drawn)",
+            phase.after_end.answered, phase.after_end.drain_s
+        ));
+    }
+    title
 }
 
 /// The smallest of 1, 2, 5 × 10ⁿ (n ≥ 0) at or above `v`, for a readable axis.
