@@ -29,8 +29,10 @@ use crate::upstream::Upstream;
 /// Why gcpool could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}")]
+    /// `key` is the config key that names the address (`server.listen`, …).
+    #[error("cannot listen on {addr} ({key})")]
     Bind {
+        key: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -165,13 +167,13 @@ impl Gcpool {
     /// When a listener cannot be bound, metrics cannot be registered or the TLS
     /// certificate or key is unusable.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let bind = |addr: SocketAddr| async move {
+        let bind = |key: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr, source })
+                .map_err(|source| StartError::Bind { key, addr, source })
         };
-        let api = bind(config.server.listen).await?;
-        let admin = bind(config.server.admin_listen).await?;
+        let api = bind("server.listen", config.server.listen).await?;
+        let admin = bind("server.admin_listen", config.server.admin_listen).await?;
         Self::start_on(config, api, admin)
     }
 
@@ -187,12 +189,14 @@ impl Gcpool {
         let api_addr = api_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
+                key: "server.listen",
                 addr: config.server.listen,
                 source,
             })?;
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
+                key: "server.admin_listen",
                 addr: config.server.admin_listen,
                 source,
             })?;

@@ -122,7 +122,13 @@ pub async fn run_cli(
     let opts = args.options();
     // Validate before binding so a bad flag does not hold the port.
     State::new(&opts)?;
-    let listener = TcpListener::bind(args.listen).await?;
+    let listen = args.listen;
+    let listener = TcpListener::bind(listen).await.map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("cannot listen on {listen} (--listen): {err}"),
+        )
+    })?;
     let addr = listener.local_addr()?;
     let ids: Vec<&str> = opts.clients.iter().map(|c| c.id.as_str()).collect();
     eprintln!(

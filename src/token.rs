@@ -350,9 +350,12 @@ impl TokenSlot {
             ),
         )
         .await
-        .unwrap_or(Err(GrantError::Transport(
-            crate::upstream::UpstreamError::Timeout,
-        )));
+        .unwrap_or_else(|_| {
+            Err(GrantError::Transport {
+                host: self.login_base.to_string().trim_end_matches('/').to_owned(),
+                source: crate::upstream::UpstreamError::Timeout,
+            })
+        });
         self.attempted.store(true, Ordering::Relaxed);
         let result = result.and_then(|granted| {
             let mut bearer =

@@ -350,3 +350,50 @@ fn every_example_config_passes() {
     );
     assert!(!stdout.contains("sim-secret-01"), "{stdout}");
 }
+
+#[test]
+fn tab_indentation_says_tab() {
+    let stderr = rejected("tab.yaml");
+    assert_names(&stderr, &["line 3", "tab character"]);
+}
+
+#[test]
+fn unknown_region_suggests_the_nearest() {
+    let stderr = rejected("unknown_region.yaml");
+    assert_names(
+        &stderr,
+        &[
+            "genesys.region",
+            "mypurecloud.comm",
+            "not a Genesys Cloud region",
+            "did you mean mypurecloud.com?",
+            "genesys.api_base",
+        ],
+    );
+}
+
+#[test]
+fn region_given_as_api_host_suggests_the_domain() {
+    let stderr = rejected("region_with_host.yaml");
+    assert_names(
+        &stderr,
+        &["genesys.region", "api.mypurecloud.com", "mypurecloud.com"],
+    );
+    assert!(stderr.contains("did you mean mypurecloud.com?"), "{stderr}");
+}
+
+/// The escape hatch: a region gcpool does not know passes when both hosts are given.
+#[test]
+fn unknown_region_with_both_bases_passes() {
+    let out = check(&fixture("new_region_with_bases.yaml"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+}
+
+/// A secret from an unset variable: the hint is to export it, never to give it a default.
+#[test]
+fn missing_secret_variable_suggests_exporting_it() {
+    let stderr = rejected("missing_env.yaml");
+    assert_names(&stderr, &["export GCPOOL_TEST_SURELY_UNSET_VAR="]);
+    assert!(!stderr.contains(":-default"), "{stderr}");
+}

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError, Script, Value};
+use ::redis::{Client, ErrorKind, RedisError, Script, Value};
 use arc_swap::ArcSwap;
 use tracing::debug;
 
@@ -696,7 +696,7 @@ impl Shared {
             }
             // The connection's own response timeout is the same deadline.
             Ok(Err(e)) if e.is_timeout() => self.fail(BudgetError::Timeout(self.timeout)),
-            Ok(Err(e)) => self.fail(BudgetError::Unavailable(scrub(&e, self.password.as_ref()))),
+            Ok(Err(e)) => self.fail(BudgetError::Unavailable(cause(&e, self.password.as_ref()))),
             Err(_) => self.fail(BudgetError::Timeout(self.timeout)),
         }
     }
@@ -999,6 +999,23 @@ fn describe(value: &Value) -> &'static str {
 
 fn bad_reply(value: &Value) -> BudgetError {
     BudgetError::Protocol(format!("admission script answered {}", describe(value)))
+}
+
+/// What went wrong, for a log line: a refused or missing password said as such, with the
+/// key to fix (redis-rs says "Password authentication failed - AuthenticationFailed", and
+/// an unauthenticated script call "Protocol error: unauthenticated multibulk length");
+/// anything else as redis-rs words it, scrubbed.
+fn cause(error: &RedisError, password: Option<&Secret>) -> String {
+    if error.kind() == ErrorKind::AuthenticationFailed || error.code() == Some("WRONGPASS") {
+        return "Redis refused the password in shared_state.redis_url (authentication failed)"
+            .into();
+    }
+    let text = scrub(error, password);
+    if error.code() == Some("NOAUTH") || text.contains("NOAUTH") || text.contains("unauthenticated")
+    {
+        return "Redis requires a password and shared_state.redis_url gives none (NOAUTH)".into();
+    }
+    text
 }
 
 /// The error's text, without the password should a layer below have echoed it.

@@ -28,6 +28,33 @@ impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String
     }
 }
 
+/// Why a value could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ExpandError {
+    /// `${NAME}` without a default, and `NAME` is not set.
+    Unset(String),
+    /// A malformed `${…}`; the message says how.
+    Malformed(String),
+}
+
+impl ExpandError {
+    /// The message for the key being expanded. For a credential (`credential`), an unset
+    /// variable is to be exported: a default would put a credential in the config file.
+    pub(super) fn message(&self, credential: bool) -> String {
+        match self {
+            Self::Unset(name) if credential => format!(
+                "environment variable {name} is not set: export {name}=… where gcpool runs \
+                 (a credential has no default)"
+            ),
+            Self::Unset(name) => format!(
+                "environment variable {name} is not set: export {name}=… where gcpool runs, \
+                 or write ${{{name}:-default}} to give a default"
+            ),
+            Self::Malformed(message) => message.clone(),
+        }
+    }
+}
+
 /// Expands `${VAR}` and `${VAR:-default}` in `text`.
 ///
 /// - `${VAR}`: the variable's value (empty if it is set but empty); an error if it is unset.
@@ -36,7 +63,7 @@ impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String
 ///
 /// # Errors
 /// A message naming the variable that is not set, or the malformed `${…}`.
-pub(super) fn expand(text: &str, env: &dyn Env) -> Result<String, String> {
+pub(super) fn expand(text: &str, env: &dyn Env) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -47,7 +74,9 @@ pub(super) fn expand(text: &str, env: &dyn Env) -> Result<String, String> {
             rest = tail;
         } else if let Some(body_and_tail) = after.strip_prefix('{') {
             let Some(end) = body_and_tail.find('}') else {
-                return Err("unterminated `${`: expected `${VAR}` or `${VAR:-default}`".into());
+                return Err(ExpandError::Malformed(
+                    "unterminated `${`: expected `${VAR}` or `${VAR:-default}`".into(),
+                ));
             };
             out.push_str(&substitute(&body_and_tail[..end], env)?);
             rest = &body_and_tail[end + 1..];
@@ -61,23 +90,21 @@ pub(super) fn expand(text: &str, env: &dyn Env) -> Result<String, String> {
 }
 
 /// The value for the inside of one `${…}`.
-fn substitute(body: &str, env: &dyn Env) -> Result<String, String> {
+fn substitute(body: &str, env: &dyn Env) -> Result<String, ExpandError> {
     let (name, default) = match body.split_once(":-") {
         Some((name, default)) => (name, Some(default)),
         None => (body, None),
     };
     if !is_var_name(name) {
-        return Err(format!(
+        return Err(ExpandError::Malformed(format!(
             "`${{{body}}}` is not a valid variable reference: a name is letters, digits and `_`, not starting with a digit"
-        ));
+        )));
     }
     match (env.var(name), default) {
         (Some(value), Some(default)) if value.is_empty() => Ok(default.to_owned()),
         (Some(value), _) => Ok(value),
         (None, Some(default)) => Ok(default.to_owned()),
-        (None, None) => Err(format!(
-            "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
-        )),
+        (None, None) => Err(ExpandError::Unset(name.to_owned())),
     }
 }
 
@@ -182,28 +209,29 @@ mod tests {
     #[test]
     fn missing_variable_is_named() {
         let err = expand("id-${GC_CLIENT_04_SECRET}", &env(&[])).unwrap_err();
-        assert!(err.contains("GC_CLIENT_04_SECRET is not set"), "{err}");
+        assert_eq!(err, ExpandError::Unset("GC_CLIENT_04_SECRET".into()));
+        let secret = err.message(true);
+        assert!(
+            secret.contains("GC_CLIENT_04_SECRET is not set"),
+            "{secret}"
+        );
+        assert!(secret.contains("export GC_CLIENT_04_SECRET="), "{secret}");
+        assert!(
+            !secret.contains(":-"),
+            "no default for a credential: {secret}"
+        );
+        let other = err.message(false);
+        assert!(other.contains("${GC_CLIENT_04_SECRET:-default}"), "{other}");
     }
 
     #[test]
     fn malformed_references_are_errors() {
         let e = env(&[]);
-        assert!(expand("${A", &e).unwrap_err().contains("unterminated"));
-        assert!(
-            expand("${}", &e)
-                .unwrap_err()
-                .contains("not a valid variable")
-        );
-        assert!(
-            expand("${1A}", &e)
-                .unwrap_err()
-                .contains("not a valid variable")
-        );
-        assert!(
-            expand("${A B}", &e)
-                .unwrap_err()
-                .contains("not a valid variable")
-        );
+        let msg = |text: &str| expand(text, &e).unwrap_err().message(false);
+        assert!(msg("${A").contains("unterminated"));
+        assert!(msg("${}").contains("not a valid variable"));
+        assert!(msg("${1A}").contains("not a valid variable"));
+        assert!(msg("${A B}").contains("not a valid variable"));
     }
 
     #[test]

@@ -227,7 +227,33 @@ pub(super) fn parse(text: &str) -> Result<File, ConfigError> {
             message: "the config file is empty (it needs at least a `clients:` list)".into(),
         });
     }
-    serde_yaml::from_str::<File>(text).map_err(|err| yaml_error(&err))
+    serde_yaml::from_str::<File>(text).map_err(|err| {
+        let mut error = yaml_error(&err);
+        // Only a syntax error can be the tab's fault (not an unknown key on a line that
+        // happens to hold one in a quoted value).
+        if error.path == FILE_PATH
+            && let Some(message) = error
+                .line
+                .and_then(|l| tab_on_line(text, l, &error.message))
+        {
+            error.message = message;
+        }
+        error
+    })
+}
+
+/// When line `line` (1-based) holds a tab, what to say instead of the parser's "found
+/// character that cannot start any token".
+fn tab_on_line(text: &str, line: usize, message: &str) -> Option<String> {
+    let content = text.lines().nth(line.checked_sub(1)?)?;
+    let indent = content.len() - content.trim_start_matches([' ', '\t']).len();
+    if content[..indent].contains('\t') {
+        Some("a tab character indents this line: YAML indents with spaces only".into())
+    } else if content.contains('\t') && message.contains("cannot start any token") {
+        Some("this line holds a tab character where YAML accepts none: use spaces".into())
+    } else {
+        None
+    }
 }
 
 /// Prints the resolved config.
@@ -344,6 +370,19 @@ mod tests {
         assert_eq!(err.line, Some(3));
         assert!(err.line.is_some());
         assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn a_tab_is_named() {
+        let err = parse("server:\n\tlisten: 127.0.0.1:1\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(
+            err.message.contains("tab character indents"),
+            "{}",
+            err.message
+        );
+        let err = parse("server:\n  listen:\t[\n").unwrap_err();
+        assert!(err.line.is_some());
     }
 
     #[test]

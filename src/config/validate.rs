@@ -383,10 +383,22 @@ impl Validator<'_> {
     }
 
     fn genesys(&mut self, g: file::Genesys) -> GenesysConfig {
-        let region = self.parse("genesys.region", g.region, parse_region);
+        let api_base = self.given_base("genesys.api_base", g.api_base);
+        let login_base = self.given_base("genesys.login_base", g.login_base);
+        // With both hosts given the region derives nothing: any domain will do (the way to
+        // use a region gcpool does not know yet).
+        let both_given = !matches!(api_base, Ok(None)) && !matches!(login_base, Ok(None));
+        let region = self.parse("genesys.region", g.region, |s| {
+            let region = parse_region(s)?;
+            if both_given {
+                Ok(region)
+            } else {
+                known_region(region)
+            }
+        });
         let region = or_default(region, DEFAULT_REGION.to_owned());
-        let api_base = self.base("genesys.api_base", g.api_base, "api", &region);
-        let login_base = self.base("genesys.login_base", g.login_base, "login", &region);
+        let api_base = self.base("genesys.api_base", api_base, "api", &region);
+        let login_base = self.base("genesys.login_base", login_base, "login", &region);
         let key = "genesys.token_remint_interval";
         let mut token_remint_interval =
             self.positive_duration(key, g.token_remint_interval, DEFAULT_TOKEN_REMINT_INTERVAL);
@@ -410,10 +422,28 @@ impl Validator<'_> {
         }
     }
 
+    /// `api_base` / `login_base` as given; absent or empty after expansion (as
+    /// `${GCPOOL_API_BASE:-}` with the variable unset) is `Ok(None)`.
+    fn given_base(&mut self, path: &str, raw: Option<String>) -> Field<Uri> {
+        let Some(text) = self.text(path, raw)? else {
+            return Ok(None);
+        };
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        match parse_base_url(&text) {
+            Ok(uri) => Ok(Some(uri)),
+            Err(message) => {
+                self.error(path, message);
+                Err(Reported)
+            }
+        }
+    }
+
     /// `api_base` / `login_base`: given, or `https://{host}.{region}`.
-    fn base(&mut self, path: &str, raw: Option<String>, host: &str, region: &str) -> Uri {
+    fn base(&mut self, path: &str, given: Field<Uri>, host: &str, region: &str) -> Uri {
         let fallback = || Uri::from_static("https://api.mypurecloud.com");
-        match self.parse(path, raw, parse_base_url) {
+        match given {
             Ok(Some(uri)) => uri,
             Err(Reported) => fallback(),
             Ok(None) => match parse_base_url(&format!("https://{host}.{region}")) {
@@ -777,8 +807,8 @@ impl Validator<'_> {
         let Some(raw) = raw else { return Ok(None) };
         match expand(&raw, self.env) {
             Ok(value) => Ok(Some(value)),
-            Err(message) => {
-                self.error(path, message);
+            Err(err) => {
+                self.error(path, err.message(is_credential(path)));
                 Err(Reported)
             }
         }
@@ -964,6 +994,88 @@ fn parse_region(s: &str) -> Result<String, String> {
         return Err(format!("{s:?} is not a domain; {hint}"));
     }
     Ok(s.to_ascii_lowercase())
+}
+
+/// Whether the key at `path` holds a credential (an id, a secret, a URL with a password).
+fn is_credential(path: &str) -> bool {
+    let key = path.rsplit('.').next().unwrap_or_default();
+    matches!(
+        key,
+        "client_id" | "client_secret" | "key" | "key_sha256" | "redis_url"
+    )
+}
+
+/// The Genesys Cloud region domains (API host `api.{domain}`, login host `login.{domain}`):
+/// the 18 regions of the Python and JS SDK enums (PureCloudRegionHosts, 2025).
+const KNOWN_REGIONS: [&str; 18] = [
+    "mypurecloud.com",
+    "use2.us-gov-pure.cloud",
+    "usw2.pure.cloud",
+    "cac1.pure.cloud",
+    "sae1.pure.cloud",
+    "mxc1.pure.cloud",
+    "mypurecloud.ie",
+    "euw2.pure.cloud",
+    "mypurecloud.de",
+    "euc2.pure.cloud",
+    "edee1.eusc-pure.cloud",
+    "mec1.pure.cloud",
+    "aps1.pure.cloud",
+    "apse1.pure.cloud",
+    "mypurecloud.com.au",
+    "mypurecloud.jp",
+    "apne2.pure.cloud",
+    "apne3.pure.cloud",
+];
+
+/// `region` (a syntactically valid domain, lower case) if it is a known Genesys Cloud
+/// region; else an error with the nearest known one, or the list.
+fn known_region(region: String) -> Result<String, String> {
+    if KNOWN_REGIONS.contains(&region.as_str()) {
+        return Ok(region);
+    }
+    let escape = "for a region gcpool does not know yet, set genesys.api_base and \
+                  genesys.login_base: the region is then not used";
+    // `api.mypurecloud.com`, `login.euw2.pure.cloud`: a host where the domain belongs.
+    let host_of = ["api.", "login.", "apps."]
+        .iter()
+        .find_map(|p| region.strip_prefix(p))
+        .filter(|rest| KNOWN_REGIONS.contains(rest));
+    if let Some(domain) = host_of {
+        return Err(format!(
+            "{region:?} is a host name, not a region domain; did you mean {domain}?"
+        ));
+    }
+    let nearest = KNOWN_REGIONS
+        .iter()
+        .map(|known| (edit_distance(&region, known), *known))
+        .min()
+        .filter(|(distance, _)| *distance <= 3);
+    match nearest {
+        Some((_, known)) => Err(format!(
+            "{region:?} is not a Genesys Cloud region; did you mean {known}? Or, {escape}"
+        )),
+        None => Err(format!(
+            "{region:?} is not a Genesys Cloud region (they are {}); {escape}",
+            KNOWN_REGIONS.join(", ")
+        )),
+    }
+}
+
+/// Levenshtein distance over chars, for suggestions (as `routes` has for routes).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// An `http`/`https` URL with a host and no path, query or credentials; stored without a path.
@@ -1635,6 +1747,41 @@ inbound:
         for bad in ["localhost", "a..b", "-a.com", "a_b.com", ""] {
             assert!(parse_region(bad).is_err(), "{bad}");
         }
+        for known in KNOWN_REGIONS {
+            assert_eq!(known_region(known.to_owned()).as_deref(), Ok(known));
+        }
+        let err = known_region("mypurecloud.comm".into()).unwrap_err();
+        assert!(err.contains("did you mean mypurecloud.com?"), "{err}");
+        let err = known_region("api.euw2.pure.cloud".into()).unwrap_err();
+        assert!(
+            err.contains("host name") && err.contains("euw2.pure.cloud?"),
+            "{err}"
+        );
+        let err = known_region("example.org".into()).unwrap_err();
+        assert!(
+            err.contains("mypurecloud.de") && err.contains("api_base"),
+            "{err}"
+        );
+
+        // Unknown region: an error unless both hosts are given.
+        let errs = errors(&format!(
+            "{CLIENT}{ANON}genesys:\n  region: xyz1.pure.cloud\n"
+        ));
+        assert!(error_at(&errs, "genesys.region").contains("not a Genesys Cloud region"));
+        let c = ok(&format!(
+            "{CLIENT}{ANON}genesys:\n  region: xyz1.pure.cloud\n  api_base: https://api.xyz1.pure.cloud\n  login_base: https://login.xyz1.pure.cloud\n"
+        ));
+        assert_eq!(c.genesys.region, "xyz1.pure.cloud");
+
+        // An empty base (a `${VAR:-}` whose variable is unset) is derived from the region.
+        let c = ok(&format!(
+            "{CLIENT}{ANON}genesys:\n  region: mypurecloud.de\n  api_base: ${{GCPOOL_TEST_UNSET_BASE:-}}\n  login_base: ''\n"
+        ));
+        assert_eq!(base_url(&c.genesys.api_base), "https://api.mypurecloud.de");
+        assert_eq!(
+            base_url(&c.genesys.login_base),
+            "https://login.mypurecloud.de"
+        );
         for bad in [
             "api.mypurecloud.com",
             "http://",

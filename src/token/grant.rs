@@ -33,8 +33,13 @@ pub enum GrantError {
     RateLimited { retry_after: Option<Duration> },
     #[error("login host answered {status}")]
     Status { status: StatusCode },
-    #[error("login host unreachable")]
-    Transport(#[source] UpstreamError),
+    #[error("login host {host} unreachable")]
+    Transport {
+        /// `scheme://host:port` of the login host.
+        host: String,
+        #[source]
+        source: UpstreamError,
+    },
     #[error("token answer unreadable: {0}")]
     Malformed(String),
 }
@@ -80,10 +85,14 @@ pub async fn client_credentials(
         )))
         .map_err(|e| GrantError::Malformed(format!("request: {e}")))?;
 
-    let response = upstream
-        .send(request, timeout)
-        .await
-        .map_err(GrantError::Transport)?;
+    let response =
+        upstream
+            .send(request, timeout)
+            .await
+            .map_err(|source| GrantError::Transport {
+                host: login_base.to_string().trim_end_matches('/').to_owned(),
+                source,
+            })?;
     let status = response.status();
     let retry_after = response
         .headers()
