@@ -398,8 +398,9 @@ fn is_param(segment: &str) -> bool {
     segment.starts_with('{')
 }
 
-/// Levenshtein distance over chars; for config-time suggestions only.
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance over chars; for config-time suggestions only (route and region
+/// names).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

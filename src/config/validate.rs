@@ -1048,7 +1048,7 @@ fn known_region(region: String) -> Result<String, String> {
     }
     let nearest = KNOWN_REGIONS
         .iter()
-        .map(|known| (edit_distance(&region, known), *known))
+        .map(|known| (crate::routes::edit_distance(&region, known), *known))
         .min()
         .filter(|(distance, _)| *distance <= 3);
     match nearest {
@@ -1060,22 +1060,6 @@ fn known_region(region: String) -> Result<String, String> {
             KNOWN_REGIONS.join(", ")
         )),
     }
-}
-
-/// Levenshtein distance over chars, for suggestions (as `routes` has for routes).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
-        }
-    }
-    row[b.len()]
 }
 
 /// An `http`/`https` URL with a host and no path, query or credentials; stored without a path.
