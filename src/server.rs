@@ -279,7 +279,7 @@ impl Connection {
             accepted = tls.accept(stream) => match accepted {
                 Ok(stream) => stream,
                 Err(error) => {
-                    debug!(peer = %self.peer, error = %crate::tls::error_chain(&error), "TLS handshake failed");
+                    debug!(peer = %self.peer, error = %crate::telemetry::error_chain(&error), "TLS handshake failed");
                     return;
                 }
             },

@@ -63,3 +63,15 @@ pub fn init(format: LogFormat, level: Option<LogLevel>, default: LogLevel) {
             .try_init(),
     };
 }
+
+/// `error: cause: cause` for one log field.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

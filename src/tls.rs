@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::TlsConfig;
 use crate::shutdown::{Hangup, watch_reloads};
+use crate::telemetry::error_chain;
 
 /// How long a caller may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -276,18 +277,6 @@ fn key_pem_problem(error: &pem::Error) -> &'static str {
         pem::Error::SectionTooLarge => "section too large",
         _ => "unreadable PEM",
     }
-}
-
-/// `error: cause: cause` for one log field.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

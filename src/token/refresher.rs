@@ -72,7 +72,7 @@ pub async fn run(slot: Arc<TokenSlot>, stop: CancellationToken, mut grant_now: b
                 let delay = retry_delay(&error, failures);
                 warn!(
                     client = %slot.name(),
-                    error = %crate::tls::error_chain(&error),
+                    error = %crate::telemetry::error_chain(&error),
                     "token grant failed; retrying in {delay:?}"
                 );
                 retry_at = Some(Instant::now() + delay);
