@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # CPU instructions gcpool spends per proxied request, counted by valgrind's callgrind: a
-# figure that, unlike req/s, repeats on a shared machine (same binary, same requests).
+# figure that, unlike req/s, repeats on a shared machine (same binary, same requests) — and
+# the same for nginx as the proxy, and their ratio.
 #
 # Runs gcpool (one worker thread) under callgrind in front of `gcpool simulate`, sends N1 then
 # N2 keep-alive GETs in two runs, and prints (I(N2) − I(N1)) / (N2 − N1): start-up, token
-# grants and shutdown cancel out. The simulator runs natively and is not counted.
+# grants and shutdown cancel out. Then the same for nginx as the proxy (`proxy_pass` with
+# upstream keepalive, one process, the bearer token set in its config) in front of the same
+# simulator. The simulator runs natively and is not counted.
 #
 #   bench/instructions.sh                         # release build of this tree
 #   GCPOOL_BIN=/path/to/gcpool bench/instructions.sh
 #   N1=500 N2=2500 bench/instructions.sh
+#   NGINX=0 bench/instructions.sh                 # gcpool only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-500}
@@ -18,6 +22,11 @@ if [[ -z "${SKIP_BUILD:-}" && -z "${GCPOOL_BIN:-}" ]]; then
 fi
 BIN=${GCPOOL_BIN:-target/release/gcpool}
 command -v valgrind > /dev/null || { echo "valgrind is needed" >&2; exit 1; }
+NGINX_BIN=""
+if [[ "${NGINX:-1}" != 0 ]]; then
+  NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+  [[ -x "$NGINX_BIN" ]] || { echo "nginx is needed for the comparison (NGINX=0 to skip)" >&2; exit 1; }
+fi
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done; rm -rf "$tmp"; }
@@ -28,6 +37,30 @@ sim_port=$(free_port)
 "$BIN" simulate --listen "127.0.0.1:$sim_port" --clients 3 --token-limit 1000000 > "$tmp/sim.log" 2>&1 &
 pids+=($!)
 sleep 0.5
+
+# $2 keep-alive GETs on one connection to 127.0.0.1:$1, each answered 200 before the next.
+send() {
+  python3 - "$1" "$2" << 'PY'
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+req = b"GET /api/v2/users/bench?pageSize=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+buf = b""
+for _ in range(n):
+    s.sendall(req)
+    while True:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+            if len(rest) >= length:
+                if not head.startswith(b"HTTP/1.1 200"):
+                    sys.exit(f"unexpected answer: {head[:40]!r}")
+                buf = rest[length:]
+                break
+        buf += s.recv(65536)
+s.close()
+PY
+}
 
 # Instructions of one gcpool run that serves $1 requests.
 count() {
@@ -50,29 +83,52 @@ EOF
     curl -sf "http://127.0.0.1:$admin/readyz" > /dev/null && break
     sleep 0.2
   done
-  python3 - "$api" "$n" << 'PY'
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-s = socket.create_connection(("127.0.0.1", port))
-req = b"GET /api/v2/users/bench?pageSize=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-buf = b""
-for _ in range(n):
-    s.sendall(req)
-    while True:
-        head, sep, rest = buf.partition(b"\r\n\r\n")
-        if sep:
-            length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
-            if len(rest) >= length:
-                if not head.startswith(b"HTTP/1.1 200"):
-                    sys.exit(f"unexpected answer: {head[:40]!r}")
-                buf = rest[length:]
-                break
-        buf += s.recv(65536)
-s.close()
-PY
+  send "$api" "$n"
   kill -TERM "$gc"
   wait "$gc" || true
   grep -m1 '^summary:' "$tmp/cg.$n" | awk '{print $2}'
+}
+
+# Instructions of one nginx run (the proxy, a single process) that serves $1 requests.
+count_nginx() {
+  local n=$1 port dir
+  port=$(free_port)
+  dir="$tmp/nginx.$n"
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" << EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream sim { server 127.0.0.1:$sim_port; keepalive 16; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://sim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer $token";
+        }
+    }
+}
+EOF
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.nginx.$n" \
+    "$NGINX_BIN" -p "$dir/" -c "$dir/nginx.conf" > /dev/null 2> "$dir/valgrind.log" &
+  local ng=$!
+  pids+=($ng)
+  for _ in $(seq 300); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/api/v2/users/warmup" && break
+    sleep 0.2
+  done
+  send "$port" "$n"
+  kill -QUIT "$ng"
+  wait "$ng" || true
+  grep -m1 '^summary:' "$tmp/cg.nginx.$n" | awk '{print $2}'
 }
 
 i1=$(count "$N1")
@@ -80,3 +136,16 @@ i2=$(count "$N2")
 per=$(( (i2 - i1) / (N2 - N1) ))
 echo "gcpool ($BIN): $i1 instructions for $N1 requests, $i2 for $N2"
 echo "instructions per proxied request: $per"
+
+if [[ -z "$NGINX_BIN" ]]; then
+  exit 0
+fi
+token=$(curl -sf -u sim-client-01:sim-secret-01 -d grant_type=client_credentials \
+  "http://127.0.0.1:$sim_port/oauth/token" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+j1=$(count_nginx "$N1")
+j2=$(count_nginx "$N2")
+nginx_per=$(( (j2 - j1) / (N2 - N1) ))
+echo "nginx ($NGINX_BIN): $j1 instructions for $N1 requests, $j2 for $N2"
+echo "nginx instructions per proxied request: $nginx_per"
+python3 -c "print(f'ratio gcpool/nginx (instructions per request) = {$per / $nginx_per:.2f}   (goal <= 1.00)')"
