@@ -13,6 +13,7 @@
 #   GCPOOL_BIN=/path/to/gcpool bench/instructions.sh
 #   N1=500 N2=2500 bench/instructions.sh
 #   NGINX=0 bench/instructions.sh                 # gcpool only
+#   KEEP=/tmp/cg bench/instructions.sh            # keep the callgrind files (callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-500}
@@ -86,6 +87,7 @@ EOF
   send "$api" "$n"
   kill -TERM "$gc"
   wait "$gc" || true
+  [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$tmp/cg.$n" "$KEEP/"
   grep -m1 '^summary:' "$tmp/cg.$n" | awk '{print $2}'
 }
 
@@ -128,6 +130,7 @@ EOF
   send "$port" "$n"
   kill -QUIT "$ng"
   wait "$ng" || true
+  [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$tmp/cg.nginx.$n" "$KEEP/"
   grep -m1 '^summary:' "$tmp/cg.nginx.$n" | awk '{print $2}'
 }
 
