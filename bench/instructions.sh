@@ -14,12 +14,22 @@
 #   N1=500 N2=2500 bench/instructions.sh
 #   NGINX=0 bench/instructions.sh                 # gcpool only
 #   KEEP=/tmp/cg bench/instructions.sh            # keep the callgrind files (callgrind_annotate)
+#   BARE=0 bench/instructions.sh                  # without the hyper floor (examples/bare_proxy.rs)
+#
+# The floor: `examples/bare_proxy.rs`, the least a hyper proxy does per request (hyper's
+# HTTP/1.1 server and client connections, one thread, no admission, no metrics), measured the
+# same way: what gcpool spends above it is gcpool's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-500}
 N2=${N2:-2500}
 if [[ -z "${SKIP_BUILD:-}" && -z "${GCPOOL_BIN:-}" ]]; then
   cargo build --release --quiet
+fi
+BARE_BIN=""
+if [[ "${BARE:-1}" != 0 ]]; then
+  [[ -n "${SKIP_BUILD:-}" ]] || cargo build --release --quiet --example bare_proxy
+  BARE_BIN=target/release/examples/bare_proxy
 fi
 BIN=${GCPOOL_BIN:-target/release/gcpool}
 command -v valgrind > /dev/null || { echo "valgrind is needed" >&2; exit 1; }
@@ -134,21 +144,53 @@ EOF
   grep -m1 '^summary:' "$tmp/cg.nginx.$n" | awk '{print $2}'
 }
 
+# Instructions of one bare hyper proxy run (examples/bare_proxy.rs) that serves $1 requests.
+count_bare() {
+  local n=$1 port
+  port=$(free_port)
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.bare.$n" \
+    "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$sim_port" "Bearer $token" > /dev/null 2> "$tmp/bare.$n.log" &
+  local bp=$!
+  pids+=($bp)
+  for _ in $(seq 300); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/api/v2/users/warmup" && break
+    sleep 0.2
+  done
+  send "$port" "$n"
+  kill -TERM "$bp"
+  wait "$bp" || true
+  [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$tmp/cg.bare.$n" "$KEEP/"
+  grep -m1 '^summary:' "$tmp/cg.bare.$n" | awk '{print $2}'
+}
+
 i1=$(count "$N1")
 i2=$(count "$N2")
 per=$(( (i2 - i1) / (N2 - N1) ))
 echo "gcpool ($BIN): $i1 instructions for $N1 requests, $i2 for $N2"
 echo "instructions per proxied request: $per"
 
-if [[ -z "$NGINX_BIN" ]]; then
+if [[ -z "$NGINX_BIN" && -z "$BARE_BIN" ]]; then
   exit 0
 fi
 token=$(curl -sf -u sim-client-01:sim-secret-01 -d grant_type=client_credentials \
   "http://127.0.0.1:$sim_port/oauth/token" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
-j1=$(count_nginx "$N1")
-j2=$(count_nginx "$N2")
-nginx_per=$(( (j2 - j1) / (N2 - N1) ))
-echo "nginx ($NGINX_BIN): $j1 instructions for $N1 requests, $j2 for $N2"
-echo "nginx instructions per proxied request: $nginx_per"
-python3 -c "print(f'ratio gcpool/nginx (instructions per request) = {$per / $nginx_per:.2f}   (goal <= 1.00)')"
+if [[ -n "$NGINX_BIN" ]]; then
+  j1=$(count_nginx "$N1")
+  j2=$(count_nginx "$N2")
+  nginx_per=$(( (j2 - j1) / (N2 - N1) ))
+  echo "nginx ($NGINX_BIN): $j1 instructions for $N1 requests, $j2 for $N2"
+  echo "nginx instructions per proxied request: $nginx_per"
+  python3 -c "print(f'ratio gcpool/nginx (instructions per request) = {$per / $nginx_per:.2f}   (goal <= 1.00)')"
+fi
+if [[ -n "$BARE_BIN" ]]; then
+  k1=$(count_bare "$N1")
+  k2=$(count_bare "$N2")
+  bare_per=$(( (k2 - k1) / (N2 - N1) ))
+  echo "bare hyper proxy ($BARE_BIN): $k1 instructions for $N1 requests, $k2 for $N2"
+  echo "bare hyper proxy instructions per proxied request: $bare_per (the floor with hyper)"
+  python3 -c "print(f'gcpool above the hyper floor: {$per - $bare_per} instructions per request ({$per / $bare_per:.2f} x the floor)')"
+  if [[ -n "$NGINX_BIN" ]]; then
+    python3 -c "print(f'ratio hyper floor/nginx = {$bare_per / $nginx_per:.2f}')"
+  fi
+fi

@@ -28,6 +28,8 @@ use crate::routes::{Operation, Route, RouteId, RouteMethod, RouteTable};
 
 /// The header callers may carry their key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
+/// [`API_KEY_HEADER`] as a header name (a lookup by `&str` parses the name every time).
+pub const API_KEY: http::HeaderName = http::HeaderName::from_static(API_KEY_HEADER);
 
 /// Why a caller's request is refused before anything is spent on it.
 #[derive(Debug, thiserror::Error)]
@@ -440,7 +442,7 @@ impl Authenticator {
 /// Keys from `X-API-Key` and from the password of HTTP Basic (Data Actions send either).
 fn presented_keys(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     let api_keys = headers
-        .get_all(API_KEY_HEADER)
+        .get_all(&API_KEY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned());

@@ -23,6 +23,9 @@ use crate::token::{Token, TokenSlot, TokenState};
 #[derive(Debug)]
 pub struct PoolClient {
     pub name: String,
+    /// `name` as a header value (`x-gcpool-client`), made once; `None` if the name cannot
+    /// be one.
+    pub name_header: Option<http::HeaderValue>,
     pub tokens: Arc<TokenSlot>,
     /// Shared with the client's successor after a secret rotation.
     counters: Arc<Counters>,
@@ -70,6 +73,7 @@ pub struct ClientStatus {
 impl PoolClient {
     pub fn new(name: String, tokens: Arc<TokenSlot>) -> Self {
         Self {
+            name_header: http::HeaderValue::from_str(&name).ok(),
             name,
             tokens,
             counters: Arc::default(),
@@ -80,6 +84,7 @@ impl PoolClient {
     pub fn with_tokens(&self, tokens: Arc<TokenSlot>) -> Self {
         Self {
             name: self.name.clone(),
+            name_header: self.name_header.clone(),
             tokens,
             counters: self.counters.clone(),
         }

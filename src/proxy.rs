@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use tokio::time::Instant;
@@ -36,12 +36,16 @@ use attempts::{Attempts, Verdict};
 use exchange::Exchange;
 pub use reject::{REASON_HEADER, Reject, ceil_secs, json_response};
 pub use rewrite::ApiTarget;
+use rewrite::UpstreamHead;
 
 /// Response header: the pool client that served the request.
 pub const CLIENT_HEADER: &str = "x-gcpool-client";
 
 /// Response header: milliseconds the request waited for admission.
 pub const WAIT_HEADER: &str = "x-gcpool-wait-ms";
+
+const CLIENT_HEADER_NAME: HeaderName = HeaderName::from_static(CLIENT_HEADER);
+const WAIT_HEADER_NAME: HeaderName = HeaderName::from_static(WAIT_HEADER);
 
 /// Body of every response gcpool sends: streamed from upstream, or written by gcpool.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
@@ -74,13 +78,13 @@ struct Admitted {
 impl Proxy {
     pub fn new(config: &Config, live: Arc<Live>, upstream: Upstream, metrics: Metrics) -> Self {
         let api = &config.genesys.api_base;
-        let target = ApiTarget {
-            scheme: api.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
-            authority: api
-                .authority()
+        let target = ApiTarget::new(
+            api.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS),
+            api.authority()
                 .cloned()
                 .expect("config validation guarantees api_base has a host"),
-        };
+        )
+        .expect("an authority is a valid header value");
         let body_aborts = BodyAborts {
             stalled: metrics
                 .response_aborted
@@ -148,11 +152,13 @@ impl Proxy {
         let deadline = started + generation.request_timeout;
         let checked = generation.inbound.check(request, deadline).await;
         drop(generation);
-        let caller = checked.map_err(|refused| {
+        let mut caller = checked.map_err(|refused| {
             exchange.route = refused.route;
             refused.refusal
         })?;
         exchange.route = caller.route.label();
+        let head = UpstreamHead::new(&mut caller.parts, &self.inner.target)
+            .map_err(|_| Refusal::BadPath)?;
         let mut attempts = Attempts::new(&caller.parts.method, started, deadline);
         while attempts.begin() {
             let (generation, permit) =
@@ -172,7 +178,9 @@ impl Proxy {
                 };
             exchange.admitted(permit.waited);
             let admitted = Admitted { generation, permit };
-            let (outcome, served) = self.attempt(&caller, admitted, deadline, exchange).await?;
+            let (outcome, served) = self
+                .attempt(&caller, &head, admitted, deadline, exchange)
+                .await;
             match attempts.judge(outcome.kind(), served.index, served.minted_at) {
                 Verdict::Done => return self.settle(outcome, &served, exchange),
                 Verdict::Retry { back_off } => {
@@ -205,19 +213,14 @@ impl Proxy {
     async fn attempt(
         &self,
         caller: &CallerRequest,
+        head: &UpstreamHead,
         admitted: Admitted,
         deadline: Instant,
         exchange: &mut Exchange<'_>,
-    ) -> Result<(Outcome, Served), Reject> {
+    ) -> (Outcome, Served) {
         let Admitted { generation, permit } = admitted;
         let (lease, route) = (&permit.lease, caller.route.id());
-        let request = rewrite::upstream_request(
-            &caller.parts,
-            caller.body.clone(),
-            &self.inner.target,
-            &lease.token.bearer,
-        )
-        .map_err(|_| Refusal::BadPath)?;
+        let request = head.request(caller.body.clone(), &lease.token.bearer);
         let sent = Instant::now();
         let outcome = self.upstream.attempt(request, deadline).await;
         exchange.attempted(&lease.client, outcome.status(), sent.elapsed());
@@ -250,7 +253,7 @@ impl Proxy {
             minted_at: lease.token.minted_at,
             request_timeout: generation.request_timeout,
         };
-        Ok((outcome, served))
+        (outcome, served)
     }
 
     /// The caller's answer from the last attempt's outcome.
@@ -276,28 +279,27 @@ impl Proxy {
             }),
             Outcome::Failed(error) => return Err(Reject::upstream(error)),
         };
-        Ok(finish_response(
-            response,
-            &served.client.name,
-            exchange.queued(),
-        ))
+        Ok(finish_response(response, &served.client, exchange.queued()))
     }
 }
 
 /// The upstream answer as the caller gets it: hop-by-hop headers removed, gcpool's added.
 fn finish_response(
-    response: Response<ProxyBody>,
-    client: &str,
+    mut response: Response<ProxyBody>,
+    client: &PoolClient,
     waited: Duration,
 ) -> Response<ProxyBody> {
-    let (mut parts, body) = response.into_parts();
-    rewrite::response_headers(&mut parts.headers);
-    if let Ok(value) = HeaderValue::from_str(client) {
-        parts.headers.insert(CLIENT_HEADER, value);
+    let headers = response.headers_mut();
+    rewrite::response_headers(headers);
+    if let Some(name) = &client.name_header {
+        headers.insert(CLIENT_HEADER_NAME, name.clone());
     }
-    parts.headers.insert(
-        WAIT_HEADER,
-        HeaderValue::from(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)),
-    );
-    Response::from_parts(parts, body)
+    let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+    let waited = match waited_ms {
+        // Most requests wait for nothing: no allocation for them.
+        0 => HeaderValue::from_static("0"),
+        ms => HeaderValue::from(ms),
+    };
+    headers.insert(WAIT_HEADER_NAME, waited);
+    response
 }

@@ -5,21 +5,36 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Uri, request};
+use http::{Method, Request, Uri, request};
 use http_body_util::Full;
 
-use crate::inbound::API_KEY_HEADER;
+use crate::inbound::API_KEY;
 
 /// Where requests go: scheme and authority of `genesys.api_base`.
 #[derive(Debug, Clone)]
 pub struct ApiTarget {
-    pub scheme: Scheme,
-    pub authority: Authority,
+    scheme: Scheme,
+    authority: Authority,
+    /// The `Host` header value requests to the target carry.
+    host: HeaderValue,
+}
+
+impl ApiTarget {
+    /// # Errors
+    /// When the authority cannot be a header value (an `Authority` always can).
+    pub fn new(scheme: Scheme, authority: Authority) -> Result<Self, http::Error> {
+        let host = HeaderValue::from_str(authority.as_str())?;
+        Ok(Self {
+            scheme,
+            authority,
+            host,
+        })
+    }
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus
 /// `proxy-*` and `expect` (gcpool has already read the body).
-const HOP_BY_HOP: &[HeaderName] = &[
+static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -28,10 +43,46 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::EXPECT,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// gcpool's own response headers: gcpool's to set, an upstream cannot forge them.
+static OWN: [HeaderName; 3] = [
+    HeaderName::from_static(super::CLIENT_HEADER),
+    HeaderName::from_static(super::WAIT_HEADER),
+    HeaderName::from_static(super::REASON_HEADER),
+];
+
+/// The caller's headers that never go upstream: what gcpool sets (the first two), and its
+/// credentials.
+static CALLER_ONLY: [HeaderName; 4] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    API_KEY,
+    header::CONTENT_LENGTH,
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+    // One match on the name's text (a length switch, then a compare) instead of ten
+    // `HeaderName` comparisons; the list above is what `remove` uses.
+    matches!(
+        name.as_str(),
+        "connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
+
+fn is_own(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-gcpool-") && OWN.contains(name)
 }
 
 /// Header names listed in `Connection: a, b` (also hop-by-hop).
@@ -45,72 +96,80 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Copies end-to-end headers from `from`, dropping hop-by-hop ones and those in `also_drop`.
-fn end_to_end(from: &HeaderMap, also_drop: &[HeaderName]) -> HeaderMap {
-    let listed = connection_listed(from);
-    let mut to = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        if is_hop_by_hop(name) || listed.contains(name) || also_drop.contains(name) {
-            continue;
+/// The caller's request as it goes upstream, prepared once: every attempt sends the same
+/// method, URI and headers, with its own client's token.
+#[derive(Debug)]
+pub(super) struct UpstreamHead {
+    method: Method,
+    /// Absolute: the target's scheme and authority, the caller's path and query.
+    uri: Uri,
+    /// End-to-end headers, `Host` set, and an `Authorization` slot each attempt fills.
+    headers: HeaderMap,
+}
+
+impl UpstreamHead {
+    /// The head for the caller's `parts`, whose header map it takes over (no copy; hyper
+    /// made it for this request): hop-by-hop headers and caller credentials removed,
+    /// `Host` set to the target.
+    ///
+    /// # Errors
+    /// Only when the pieces cannot form a URI, which validated config and hyper's parsing
+    /// rule out.
+    pub(super) fn new(parts: &mut request::Parts, target: &ApiTarget) -> Result<Self, http::Error> {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(path_and_query)
+            .build()?;
+        let mut headers = std::mem::take(&mut parts.headers);
+        // `Host` and `Authorization` are replaced below; the rest goes only if present (a
+        // lookup per name costs more than one pass over the few a request carries).
+        let strip = |name: &HeaderName| is_hop_by_hop(name) || CALLER_ONLY[2..].contains(name);
+        if headers.keys().any(strip) {
+            let mut doomed = connection_listed(&headers);
+            doomed.extend(headers.keys().filter(|name| strip(name)).cloned());
+            for name in &doomed {
+                headers.remove(name);
+            }
         }
-        to.append(name.clone(), value.clone());
+        headers.insert(header::HOST, target.host.clone());
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static(""));
+        Ok(Self {
+            method: parts.method.clone(),
+            uri,
+            headers,
+        })
     }
-    to
+
+    /// The request for one attempt: buffered `body`, `Authorization` the pool token's value
+    /// `bearer`.
+    pub(super) fn request(&self, body: Bytes, bearer: &HeaderValue) -> Request<Full<Bytes>> {
+        let mut headers = self.headers.clone();
+        // Replaces the slot in place: no growth, no reordering.
+        headers.insert(header::AUTHORIZATION, bearer.clone());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        request
+    }
 }
 
-/// The request sent upstream for the caller's `parts` and buffered `body`, carrying the
-/// pool token's `Authorization` value `bearer`.
-///
-/// # Errors
-/// Only when the pieces cannot form a URI, which validated config and hyper's parsing rule out.
-pub(super) fn upstream_request(
-    parts: &request::Parts,
-    body: Bytes,
-    target: &ApiTarget,
-    bearer: &HeaderValue,
-) -> Result<Request<Full<Bytes>>, http::Error> {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query)
-        .build()?;
-    let caller_credentials = [
-        header::HOST,
-        header::AUTHORIZATION,
-        HeaderName::from_static(API_KEY_HEADER),
-        header::CONTENT_LENGTH,
-    ];
-    let mut headers = end_to_end(&parts.headers, &caller_credentials);
-    headers.insert(header::AUTHORIZATION, bearer.clone());
-    let host = HeaderValue::from_str(target.authority.as_str())?;
-    headers.insert(header::HOST, host);
-
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    Ok(request)
-}
-
-/// Removes hop-by-hop headers from an upstream response before it goes back to the caller.
+/// Removes hop-by-hop headers, and gcpool's own, from an upstream response before it goes
+/// back to the caller.
 pub(super) fn response_headers(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers);
-    for name in HOP_BY_HOP.iter().chain(listed.iter()) {
-        headers.remove(name);
+    // Most answers carry none of them: one pass over the names, no lookups.
+    let strip = |name: &HeaderName| is_hop_by_hop(name) || is_own(name);
+    if !headers.keys().any(strip) {
+        return;
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    // gcpool's own headers are gcpool's to set: an upstream cannot forge them.
-    for name in [
-        super::CLIENT_HEADER,
-        super::WAIT_HEADER,
-        super::REASON_HEADER,
-    ] {
+    let listed = connection_listed(headers);
+    for name in HOP_BY_HOP.iter().chain(&OWN).chain(listed.iter()) {
         headers.remove(name);
     }
 }
@@ -136,18 +195,12 @@ mod tests {
             .header("accept-encoding", "gzip")
             .body(())
             .unwrap();
-        let (parts, ()) = caller.into_parts();
-        let target = ApiTarget {
-            scheme: Scheme::HTTPS,
-            authority: "api.mypurecloud.com".parse().unwrap(),
-        };
-        let up = upstream_request(
-            &parts,
+        let (mut parts, ()) = caller.into_parts();
+        let target = ApiTarget::new(Scheme::HTTPS, "api.mypurecloud.com".parse().unwrap()).unwrap();
+        let up = UpstreamHead::new(&mut parts, &target).unwrap().request(
             Bytes::from_static(b"{}"),
-            &target,
             &HeaderValue::from_static("Bearer tok"),
-        )
-        .unwrap();
+        );
         assert_eq!(
             up.uri(),
             "https://api.mypurecloud.com/api/v2/users/search?a=%2C&b=1"
@@ -162,5 +215,45 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         assert_eq!(h.get_all("x-custom").iter().count(), 2);
         assert_eq!(h["accept-encoding"], "gzip");
+    }
+
+    #[test]
+    fn the_hop_by_hop_match_and_list_agree() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in ["x-custom", "accept", "host", "authorization", "connections"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in &OWN {
+            assert!(is_own(name), "{name}");
+        }
+        assert!(!is_own(&HeaderName::from_static("x-gcpool-other")));
+    }
+
+    #[test]
+    fn an_answer_loses_hop_by_hop_and_forged_gcpool_headers_and_keeps_the_rest() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-gcpool-client", HeaderValue::from_static("forged"));
+        headers.insert("x-gcpool-wait-ms", HeaderValue::from_static("0"));
+        headers.insert("x-gcpool-reason", HeaderValue::from_static("forged"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("inin-correlation-id", HeaderValue::from_static("abc"));
+        response_headers(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "inin-correlation-id"]);
+
+        // An answer with nothing to strip is left as it is.
+        let mut clean = HeaderMap::new();
+        clean.insert("content-type", HeaderValue::from_static("application/json"));
+        response_headers(&mut clean);
+        assert_eq!(clean.len(), 1);
     }
 }
