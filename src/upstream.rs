@@ -223,9 +223,11 @@ impl Upstream {
 
         // A pooled connection may turn out closed; then the request comes back unsent and
         // goes once more, on a new connection.
+        // Connecting is rare (once per pooled connection) and its future holds a whole TLS
+        // stream: boxed, so it does not swell every request's future.
         let (sender, pooled) = match self.checkout(host).await {
             Some(sender) => (sender, true),
-            None => (self.connect(host).await?, false),
+            None => (Box::pin(self.connect(host)).await?, false),
         };
         let request = match self.send_on(sender, request, host).await {
             Err(Unsent::Request(request)) if pooled => {
@@ -237,7 +239,7 @@ impl Upstream {
             Err(Unsent::Failed(error)) => return Err(UpstreamError::Http(error)),
             Ok(response) => return Ok(response),
         };
-        let sender = self.connect(host).await?;
+        let sender = Box::pin(self.connect(host)).await?;
         match self.send_on(sender, request, host).await {
             Ok(response) => Ok(response),
             Err(Unsent::Request(_)) => Err(UpstreamError::Closed),

@@ -54,8 +54,8 @@ static OWN: [HeaderName; 3] = [
     HeaderName::from_static(super::REASON_HEADER),
 ];
 
-/// The caller's headers that never go upstream: what gcpool sets (the first two), and its
-/// credentials.
+/// The caller's headers that never go upstream: what gcpool sets (`Host` replaced, the
+/// rest removed), and its credentials.
 static CALLER_ONLY: [HeaderName; 4] = [
     header::HOST,
     header::AUTHORIZATION,
@@ -96,6 +96,10 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Headers an upstream answer may carry beyond those of the request it answers, plus
+/// gcpool's own (Genesys sends about 15).
+const ANSWER_ROOM: usize = 24;
+
 /// The caller's request as it goes upstream, prepared once: every attempt sends the same
 /// method, URI and headers, with its own client's token.
 #[derive(Debug)]
@@ -103,7 +107,7 @@ pub(super) struct UpstreamHead {
     method: Method,
     /// Absolute: the target's scheme and authority, the caller's path and query.
     uri: Uri,
-    /// End-to-end headers, `Host` set, and an `Authorization` slot each attempt fills.
+    /// End-to-end headers and `Host`; each attempt adds `Authorization`.
     headers: HeaderMap,
 }
 
@@ -127,9 +131,9 @@ impl UpstreamHead {
             .path_and_query(path_and_query)
             .build()?;
         let mut headers = std::mem::take(&mut parts.headers);
-        // `Host` and `Authorization` are replaced below; the rest goes only if present (a
-        // lookup per name costs more than one pass over the few a request carries).
-        let strip = |name: &HeaderName| is_hop_by_hop(name) || CALLER_ONLY[2..].contains(name);
+        // `Host` is replaced below; the rest goes only if present (a lookup per name costs
+        // more than one pass over the few a request carries).
+        let strip = |name: &HeaderName| is_hop_by_hop(name) || CALLER_ONLY[1..].contains(name);
         if headers.keys().any(strip) {
             let mut doomed = connection_listed(&headers);
             doomed.extend(headers.keys().filter(|name| strip(name)).cloned());
@@ -137,8 +141,8 @@ impl UpstreamHead {
                 headers.remove(name);
             }
         }
+        // Each attempt adds its own token.
         headers.insert(header::HOST, target.host.clone());
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static(""));
         Ok(Self {
             method: parts.method.clone(),
             uri,
@@ -149,9 +153,14 @@ impl UpstreamHead {
     /// The request for one attempt: buffered `body`, `Authorization` the pool token's value
     /// `bearer`.
     pub(super) fn request(&self, body: Bytes, bearer: &HeaderValue) -> Request<Full<Bytes>> {
-        let mut headers = self.headers.clone();
-        // Replaces the slot in place: no growth, no reordering.
-        headers.insert(header::AUTHORIZATION, bearer.clone());
+        // Not a clone (its capacity would be its length): hyper parses the upstream's answer
+        // into the map it has just sent, and gcpool adds its own headers to that answer, so
+        // room for them now saves growing it twice per request.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + ANSWER_ROOM);
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.append(header::AUTHORIZATION, bearer.clone());
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();

@@ -59,7 +59,8 @@ impl Outcome {
             Err(error) => return Self::Failed(error),
         };
         match response.status() {
-            StatusCode::TOO_MANY_REQUESTS => Self::rate_limited(response, deadline).await,
+            // Rare, and reading a body: boxed, so it does not swell every request's future.
+            StatusCode::TOO_MANY_REQUESTS => Box::pin(Self::rate_limited(response, deadline)).await,
             StatusCode::UNAUTHORIZED => Self::Unauthorized(response),
             StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
