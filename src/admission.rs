@@ -11,6 +11,7 @@
 //! request path may spend an attempt on.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,6 +97,20 @@ enum EndpointBudgets {
     Token(Vec<Option<BudgetId>>),
 }
 
+/// Candidate lists kept between requests, so that building a request's list allocates
+/// nothing once the lists have grown to the pool's size.
+#[derive(Debug, Default)]
+pub struct CandidateLists {
+    spare: Mutex<Vec<Vec<Candidate>>>,
+}
+
+/// One request's candidates (a slice); the list goes back to its [`CandidateLists`] on drop.
+#[derive(Debug)]
+pub struct CandidateList<'a> {
+    lists: &'a CandidateLists,
+    list: Vec<Candidate>,
+}
+
 /// Chooses a client and waits for its slot.
 #[derive(Debug)]
 pub struct Admission {
@@ -109,6 +124,7 @@ pub struct Admission {
     metrics: Metrics,
     /// Shared with the admissions of later configs (learned limits outlive a reload).
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
+    candidate_lists: CandidateLists,
 }
 
 /// Leave to use one client now, with its token (counted in flight while held).
@@ -273,8 +289,46 @@ impl BudgetTable {
     /// Budgets that apply when `client` serves `route`: shared ones first.
     pub fn for_client(&self, client: usize, route: Option<RouteId>) -> Vec<BudgetId> {
         let mut ids = Vec::with_capacity(3);
+        self.push_budgets(client, route.and_then(|r| self.endpoints.get(&r)), &mut ids);
+        ids
+    }
+
+    /// Makes `list` the candidates for `route` on `clients` (in order of preference), each
+    /// with the budgets of [`BudgetTable::for_client`], reusing the list's allocations.
+    pub fn fill_candidates(
+        &self,
+        clients: &[usize],
+        route: Option<RouteId>,
+        list: &mut Vec<Candidate>,
+    ) {
+        let endpoint = route.and_then(|r| self.endpoints.get(&r));
+        list.truncate(clients.len());
+        for (i, &client) in clients.iter().enumerate() {
+            match list.get_mut(i) {
+                Some(candidate) => {
+                    candidate.client = client;
+                    candidate.budgets.clear();
+                    self.push_budgets(client, endpoint, &mut candidate.budgets);
+                }
+                None => {
+                    let mut budgets = Vec::with_capacity(3);
+                    self.push_budgets(client, endpoint, &mut budgets);
+                    list.push(Candidate { client, budgets });
+                }
+            }
+        }
+    }
+
+    /// Appends the budgets that apply when `client` serves a route with budgets `endpoint`:
+    /// shared ones (org, route in org scope) first.
+    fn push_budgets(
+        &self,
+        client: usize,
+        endpoint: Option<&EndpointBudgets>,
+        ids: &mut Vec<BudgetId>,
+    ) {
         ids.push(self.org);
-        match route.and_then(|r| self.endpoints.get(&r)) {
+        match endpoint {
             Some(EndpointBudgets::Org(id)) => ids.push(*id),
             Some(EndpointBudgets::Token(per_client)) => {
                 ids.extend(per_client.get(client).copied().flatten());
@@ -282,7 +336,6 @@ impl BudgetTable {
             None => {}
         }
         ids.extend(self.token(client));
-        ids
     }
 
     pub fn token(&self, client: usize) -> Option<BudgetId> {
@@ -340,6 +393,48 @@ impl BudgetTable {
     }
 }
 
+// === impl CandidateLists ===
+
+impl CandidateLists {
+    /// Spare lists kept at most: enough for the requests that await a shared store at once
+    /// on a busy replica; more are dropped after use.
+    const KEPT: usize = 64;
+
+    /// The candidates for `route` on `clients` (in order of preference), in a spare list.
+    pub fn build<'a>(
+        &'a self,
+        table: &BudgetTable,
+        clients: &[usize],
+        route: Option<RouteId>,
+    ) -> CandidateList<'a> {
+        let mut list = self.lock().pop().unwrap_or_default();
+        table.fill_candidates(clients, route, &mut list);
+        CandidateList { lists: self, list }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<Candidate>>> {
+        // The spare lists stay usable whatever a panicking holder left: each is refilled.
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Deref for CandidateList<'_> {
+    type Target = [Candidate];
+
+    fn deref(&self) -> &[Candidate] {
+        &self.list
+    }
+}
+
+impl Drop for CandidateList<'_> {
+    fn drop(&mut self) {
+        let mut spare = self.lists.lock();
+        if spare.len() < CandidateLists::KEPT {
+            spare.push(std::mem::take(&mut self.list));
+        }
+    }
+}
+
 // === impl Admission ===
 
 impl Admission {
@@ -357,6 +452,7 @@ impl Admission {
             pending: Arc::default(),
             metrics,
             learned: Arc::default(),
+            candidate_lists: CandidateLists::default(),
         }
     }
 
@@ -371,6 +467,7 @@ impl Admission {
             pending: self.pending.clone(),
             metrics: self.metrics.clone(),
             learned: self.learned.clone(),
+            candidate_lists: CandidateLists::default(),
         }
     }
 
@@ -458,13 +555,7 @@ impl Admission {
         if self.pending.load(Ordering::Relaxed) >= self.max_pending {
             return Err(Refusal::QueueFull);
         }
-        let candidates: Vec<Candidate> = order
-            .iter()
-            .map(|&client| Candidate {
-                client,
-                budgets: self.table.for_client(client, route),
-            })
-            .collect();
+        let candidates = self.candidate_lists.build(&self.table, &order, route);
         let until_deadline = deadline.saturating_duration_since(now);
         let request = AdmitRequest {
             candidates: &candidates,

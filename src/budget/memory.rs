@@ -3,6 +3,14 @@
 //! Admission is a short critical section (no await inside), so one mutex over all budgets
 //! keeps "reserve in all or in none" trivially atomic. Time comes from `tokio::time`, so
 //! paused-time tests drive it.
+//!
+//! Choosing the candidate does not compute every candidate's instant. The budgets all
+//! candidates list first (the org cap, a route budget in org scope) are searched once: their
+//! joint instant is a floor under every candidate's. Candidates are then taken in order of
+//! preference, and a candidate's search stops as soon as it cannot beat the best so far
+//! (ties go to the earlier candidate); the first to reach the floor ends the choice. The
+//! chosen candidate's instant and binding are then computed exactly as for a lone candidate,
+//! so the decision is the full scan's (`tests::same_choice_as_the_full_scan`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::window::{Micros, Window, joint_earliest};
+use super::window::{Micros, Window, joint_earliest, joint_earliest_before};
 use super::{
     AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, Candidate,
     CoolDown, Decision, Refusal, Reservation, RouteKey, Slot, Snapshot,
@@ -23,7 +31,7 @@ pub struct MemoryStore {
     state: Mutex<State>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     windows: Vec<Window>,
     /// Each budget's configured limit (its window's may be lower: learned from a 429).
@@ -66,6 +74,71 @@ impl State {
             binding = Some(Binding::Budget(candidate.budgets[k]));
         }
         Some((at, binding))
+    }
+
+    /// The candidate with the soonest joint instant (the first of them on ties), as a scan
+    /// of every candidate with [`State::earliest`] would choose; `None` when none ever admits.
+    fn soonest(
+        &mut self,
+        candidates: &[Candidate],
+        now: Micros,
+        route_cool: Micros,
+    ) -> Option<usize> {
+        let (first, rest) = candidates.split_first()?;
+        if rest.is_empty() {
+            // A lone candidate is the choice; whether it ever admits is the caller's search.
+            return Some(0);
+        }
+        // Budgets every candidate lists first are the same for all: search them once.
+        let mut shared_len = first.budgets.len();
+        for candidate in rest {
+            if shared_len == 0 {
+                break;
+            }
+            shared_len = common_prefix_len(&first.budgets[..shared_len], &candidate.budgets);
+        }
+        let shared = &first.budgets[..shared_len];
+        let from = now.max(route_cool).max(self.pool_cool);
+        self.prune(shared, now);
+        // No candidate admits before the shared budgets do (or ever, if they never do).
+        let (floor, _) = joint_earliest(self.windows_of(shared), from)?;
+        let mut best: Option<(Micros, usize)> = None;
+        for (index, candidate) in candidates.iter().enumerate() {
+            let client_cool = self.client_cool.get(candidate.client).copied().unwrap_or(0);
+            let start = floor.max(client_cool);
+            let bound = best.map_or(Micros::MAX, |(at, _)| at);
+            if start >= bound {
+                continue;
+            }
+            let own = &candidate.budgets[shared_len..];
+            self.prune(own, now);
+            let windows = self.windows_of(own).chain(self.windows_of(shared));
+            let Some(at) = joint_earliest_before(windows, start, bound) else {
+                continue;
+            };
+            best = Some((at, index));
+            if at == floor {
+                break;
+            }
+        }
+        best.map(|(_, index)| index)
+    }
+
+    /// Forgets, in `budgets`, admissions that can share no window with `now` or later.
+    fn prune(&mut self, budgets: &[BudgetId], now: Micros) {
+        for &b in budgets {
+            if let Some(w) = self.windows.get_mut(b) {
+                w.prune(now);
+            }
+        }
+    }
+
+    /// The windows of `budgets` (unknown ids skipped).
+    fn windows_of<'a>(
+        &'a self,
+        budgets: &'a [BudgetId],
+    ) -> impl Iterator<Item = &'a Window> + Clone + 'a {
+        budgets.iter().filter_map(|&b| self.windows.get(b))
     }
 }
 
@@ -118,16 +191,15 @@ impl MemoryStore {
             .route
             .and_then(|r| state.route_cool.get(&r).copied())
             .unwrap_or(0);
-        let mut best: Option<(Micros, usize, Option<Binding>)> = None;
-        for (index, candidate) in request.candidates.iter().enumerate() {
-            let Some((at, binding)) = state.earliest(candidate, now, route_cool) else {
-                continue;
-            };
-            if best.as_ref().is_none_or(|(t, _, _)| at < *t) {
-                best = Some((at, index, binding));
-            }
-        }
-        let Some((at, index, binding)) = best else {
+        let chosen = state
+            .soonest(request.candidates, now, route_cool)
+            .and_then(|index| {
+                let candidate = request.candidates.get(index)?;
+                // The chosen one's instant and binding, computed as for a lone candidate.
+                let (at, binding) = state.earliest(candidate, now, route_cool)?;
+                Some((at, index, binding))
+            });
+        let Some((at, index, binding)) = chosen else {
             return Decision::Refused(Refusal {
                 wait: None,
                 binding: None,
@@ -343,8 +415,16 @@ fn micros(d: Duration) -> Micros {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// How many leading ids `a` and `b` have in common.
+fn common_prefix_len(a: &[BudgetId], b: &[BudgetId]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::prop;
+    use proptest::strategy::Strategy;
+
     use super::*;
     use crate::budget::BudgetKind;
 
@@ -459,6 +539,166 @@ mod tests {
         assert!(store.lower_limit_now(0, 1));
         assert!(!store.lower_limit_now(0, 5), "only ever lowered");
         assert_eq!(store.snapshot_now(&[0], 0).usage[0].1, 1);
+    }
+
+    /// The choice as it was made before the shared budgets were searched once: every
+    /// candidate's instant, the soonest, the first on ties.
+    fn full_scan(
+        state: &mut State,
+        candidates: &[Candidate],
+        now: Micros,
+        route_cool: Micros,
+    ) -> Option<(Micros, usize, Option<Binding>)> {
+        let mut best: Option<(Micros, usize, Option<Binding>)> = None;
+        for (index, candidate) in candidates.iter().enumerate() {
+            let Some((at, binding)) = state.earliest(candidate, now, route_cool) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(t, _, _)| at < *t) {
+                best = Some((at, index, binding));
+            }
+        }
+        best
+    }
+
+    /// `state` with windows rebuilt from their admissions (no remembered answers).
+    fn rebuilt(state: &State) -> State {
+        let mut fresh = state.clone();
+        for w in &mut fresh.windows {
+            let mut rebuilt = Window::new(w.limit(), w.length());
+            for t in w.times() {
+                rebuilt.reserve(t);
+            }
+            *w = rebuilt;
+        }
+        fresh
+    }
+
+    #[derive(Debug, Clone)]
+    struct Step {
+        dt: Micros,
+        /// Clients asked, in order of preference (indices into the pool, repeats dropped).
+        order: Vec<usize>,
+        /// Shared budgets (bits over the shared ids) listed first by every candidate.
+        shared: u8,
+        /// Each client's own budgets (bits over its own ids), by client.
+        own: Vec<u8>,
+        /// Lists with no common shape: each candidate's budgets are these bits over all ids.
+        arbitrary: Option<Vec<u16>>,
+        cool: Option<(u8, Micros)>,
+        route_cool: Micros,
+        /// Give back this earlier reservation instead (index into the live ones).
+        release: Option<usize>,
+    }
+
+    const SHARED: usize = 3;
+    const OWN: usize = 2;
+    const CLIENTS: usize = 5;
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0u64..15,
+            prop::collection::vec(0..CLIENTS, 1..=CLIENTS),
+            0u8..8,
+            prop::collection::vec(0u8..4, CLIENTS),
+            prop::option::weighted(0.2, prop::collection::vec(0u16..=u16::MAX, CLIENTS)),
+            prop::option::weighted(0.2, (0u8..7, 0u64..80)),
+            prop::sample::select(vec![0u64, 0, 0, 20, 60]),
+            prop::option::weighted(0.1, 0usize..8),
+        )
+            .prop_map(
+                |(dt, order, shared, own, arbitrary, cool, route_cool, release)| Step {
+                    dt,
+                    order,
+                    shared,
+                    own,
+                    arbitrary,
+                    cool,
+                    route_cool,
+                    release,
+                },
+            )
+    }
+
+    fn bits(mask: u16, ids: impl Iterator<Item = BudgetId>) -> Vec<BudgetId> {
+        ids.enumerate()
+            .filter(|&(k, _)| k < 16 && mask & (1 << k) != 0)
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// On random windows (future reservations, gaps, releases, limit 0), cool-downs and
+        /// candidate lists, the choice is the full scan's: same candidate, instant, binding.
+        #[test]
+        fn same_choice_as_the_full_scan(
+            limits in prop::collection::vec(
+                (prop::sample::select(vec![0u32, 1, 1, 2, 2, 3, 3]), 5u64..60),
+                SHARED + CLIENTS * OWN,
+            ),
+            steps in prop::collection::vec(step(), 1..60),
+        ) {
+            let mut state = State {
+                windows: limits.iter().map(|&(n, w)| Window::new(n, w)).collect(),
+                configured: limits.iter().map(|&(n, _)| n).collect(),
+                client_cool: vec![0; CLIENTS],
+                route_cool: HashMap::new(),
+                pool_cool: 0,
+            };
+            let own_ids = |c: usize| SHARED + c * OWN..SHARED + (c + 1) * OWN;
+            let mut live: Vec<(Micros, Vec<BudgetId>)> = Vec::new();
+            let mut now: Micros = 0;
+            for step in steps {
+                now += step.dt;
+                if let Some(k) = step.release
+                    && !live.is_empty()
+                {
+                    let (at, budgets) = live.remove(k % live.len());
+                    for b in budgets {
+                        state.windows[b].release(at);
+                    }
+                    continue;
+                }
+                match step.cool {
+                    Some((c, d)) if usize::from(c) < CLIENTS => state.client_cool[usize::from(c)] = now + d,
+                    Some((_, d)) if d > 60 => state.pool_cool = now + d,
+                    _ => {}
+                }
+                let mut order = step.order.clone();
+                order.dedup();
+                let candidates: Vec<Candidate> = order
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &client)| {
+                        let budgets = match &step.arbitrary {
+                            Some(masks) => bits(masks[i], 0..limits.len()),
+                            None => {
+                                let mut ids = bits(step.shared.into(), 0..SHARED);
+                                ids.extend(bits(step.own[client].into(), own_ids(client)));
+                                ids
+                            }
+                        };
+                        Candidate { client, budgets }
+                    })
+                    .collect();
+                let route_cool = now + step.route_cool;
+                let expected = full_scan(&mut rebuilt(&state), &candidates, now, route_cool);
+                let chosen = state.soonest(&candidates, now, route_cool).and_then(|index| {
+                    let (at, binding) = state.earliest(&candidates[index], now, route_cool)?;
+                    Some((at, index, binding))
+                });
+                proptest::prop_assert_eq!(chosen, expected, "candidates {:?} at {}", candidates, now);
+                if let Some((at, index, _)) = chosen {
+                    let budgets = candidates[index].budgets.clone();
+                    for &b in &budgets {
+                        state.windows[b].reserve(at);
+                    }
+                    live.push((at, budgets));
+                }
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

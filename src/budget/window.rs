@@ -10,7 +10,13 @@
 //! in a span shorter than `W`, i.e. when `hi - W < t < lo + W`. [`Window::earliest`] walks
 //! those forbidden intervals in order, so reservations may sit in the future (queued
 //! requests) and gaps between them are used, not wasted.
+//!
+//! A window remembers its last answer: `earliest(q) = r` means every instant of `[q, r)` is
+//! forbidden and `r` is free, so any later question `t` in `[q, r]` has the answer `r` until
+//! the admissions or the limit change. A pool whose budgets are spent asks the same windows
+//! again and again with a `now` that barely moves; they answer without a walk.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 /// Microseconds on the store's clock.
@@ -23,6 +29,9 @@ pub struct Window {
     length: Micros,
     /// Sorted ascending; may hold future instants (reservations of queued requests).
     times: VecDeque<Micros>,
+    /// The last walk's question and answer `(q, r)`: `earliest(t) = r` for every `t` in
+    /// `[q, r]`. Forgotten whenever `times` or `limit` change.
+    last_answer: Cell<Option<(Micros, Micros)>>,
 }
 
 impl Window {
@@ -32,6 +41,7 @@ impl Window {
             limit,
             length: length.max(1),
             times: VecDeque::new(),
+            last_answer: Cell::new(None),
         }
     }
 
@@ -46,6 +56,7 @@ impl Window {
     /// Changes the limit (a learned lower limit, or a reload). Reservations already made stay.
     pub fn set_limit(&mut self, limit: u32) {
         self.limit = limit;
+        self.last_answer.set(None);
     }
 
     /// Forgets admissions that can share no window with an instant `>= now`.
@@ -56,6 +67,7 @@ impl Window {
             .is_some_and(|&t| t.saturating_add(self.length) <= now)
         {
             self.times.pop_front();
+            self.last_answer.set(None);
         }
     }
 
@@ -69,6 +81,19 @@ impl Window {
         if self.times.len() < n {
             return Some(from);
         }
+        if let Some((asked, answer)) = self.last_answer.get()
+            && (asked..=answer).contains(&from)
+        {
+            return Some(answer);
+        }
+        let t = self.walk(from, n);
+        self.last_answer.set(Some((from, t)));
+        Some(t)
+    }
+
+    /// The walk over forbidden intervals behind [`Window::earliest`], for a window holding
+    /// at least `n = limit > 0` admissions.
+    fn walk(&self, from: Micros, n: usize) -> Micros {
         let w = self.length;
         let mut t = from;
         // The first group whose forbidden interval can still reach past `from`: lo + W > from.
@@ -87,16 +112,23 @@ impl Window {
             }
             t = lo + w;
         }
-        Some(t)
+        t
     }
 
     /// Forgets every admission (the limit stays).
     pub fn clear(&mut self) {
         self.times.clear();
+        self.last_answer.set(None);
     }
 
     /// Records an admission at `at` (which [`Window::earliest`] allowed).
     pub fn reserve(&mut self, at: Micros) {
+        self.last_answer.set(None);
+        // Admissions mostly come in time order: appending needs no search.
+        if self.times.back().is_none_or(|&last| last <= at) {
+            self.times.push_back(at);
+            return;
+        }
         let i = self.times.partition_point(|&t| t <= at);
         self.times.insert(i, at);
     }
@@ -106,6 +138,7 @@ impl Window {
         let i = self.times.partition_point(|&t| t < at);
         if self.times.get(i) == Some(&at) {
             self.times.remove(i);
+            self.last_answer.set(None);
             true
         } else {
             false
@@ -148,6 +181,36 @@ pub fn joint_earliest<'a>(
         }
         if !moved {
             return Some((t, binding));
+        }
+    }
+}
+
+/// [`joint_earliest`]'s instant when it lies before `bound`; `None` when it does not, or
+/// when some window never admits. Gives up as soon as the search reaches `bound`, so a
+/// caller looking for an instant sooner than one it has can skip a hopeless search cheaply.
+pub fn joint_earliest_before<'a>(
+    windows: impl Iterator<Item = &'a Window> + Clone,
+    from: Micros,
+    bound: Micros,
+) -> Option<Micros> {
+    let mut t = from;
+    loop {
+        if t >= bound {
+            return None;
+        }
+        let mut moved = false;
+        for window in windows.clone() {
+            let e = window.earliest(t)?;
+            if e > t {
+                if e >= bound {
+                    return None;
+                }
+                t = e;
+                moved = true;
+            }
+        }
+        if !moved {
+            return Some(t);
         }
     }
 }

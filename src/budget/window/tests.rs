@@ -163,3 +163,64 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum Change {
+    Ask(Micros),
+    Reserve(Micros),
+    Release(usize),
+    Prune(Micros),
+    SetLimit(u32),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        4 => (0u64..200).prop_map(Change::Ask),
+        3 => (0u64..200).prop_map(Change::Reserve),
+        1 => (0usize..16).prop_map(Change::Release),
+        1 => (0u64..200).prop_map(Change::Prune),
+        1 => (0u32..5).prop_map(Change::SetLimit),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The remembered answer never differs from a fresh walk, whatever changed in between.
+    #[test]
+    fn remembered_answers_match_a_fresh_walk(
+        limit in 0u32..5,
+        length in 1u64..60,
+        changes in prop::collection::vec(change(), 1..150),
+    ) {
+        let mut w = Window::new(limit, length);
+        let mut pruned_to = 0;
+        for change in changes {
+            match change {
+                Change::Ask(t) | Change::Reserve(t) => {
+                    // Callers ask from the last prune's instant on (memory.rs prunes at `now`).
+                    let t = t.max(pruned_to);
+                    let fresh = Window {
+                        last_answer: Cell::new(None),
+                        ..w.clone()
+                    };
+                    prop_assert_eq!(w.earliest(t), fresh.earliest(t), "asked from {}", t);
+                    if matches!(change, Change::Reserve(_)) {
+                        w.reserve(t);
+                    }
+                }
+                Change::Release(k) => {
+                    let times: Vec<Micros> = w.times().collect();
+                    if !times.is_empty() {
+                        prop_assert!(w.release(times[k % times.len()]));
+                    }
+                }
+                Change::Prune(t) => {
+                    pruned_to = pruned_to.max(t);
+                    w.prune(pruned_to);
+                }
+                Change::SetLimit(n) => w.set_limit(n),
+            }
+        }
+    }
+}
