@@ -860,3 +860,445 @@ async fn shared_store_epoch_settle_and_write_back() {
             .is_ok()
     );
 }
+
+// === the script's choice, against window.rs ===
+
+/// The admission script before issue 13 read every candidate (commit 3f7ea49), kept to
+/// show that the reference below is its behaviour too.
+const ADMIT_BEFORE: &str = include_str!("fixtures/admit_before_issue13.lua");
+
+fn us(d: Duration) -> Micros {
+    u64::try_from(d.as_micros()).expect("test durations are far below u64::MAX µs")
+}
+
+/// One random state of budgets and cool-downs, and a request against it.
+#[derive(Debug)]
+struct ChoiceCase {
+    defs: Vec<BudgetDef>,
+    clients: Vec<String>,
+    candidates: Vec<Candidate>,
+    /// Reserved instants of each budget (µs), past and future.
+    instants: Vec<Vec<Micros>>,
+    /// Learned lower limit of each budget, if any (0: admits nothing).
+    learned: Vec<Option<u32>>,
+    /// "Not before" (µs) of each client, of the route and of the pool.
+    client_cool: Vec<Option<Micros>>,
+    route_cool: Option<Micros>,
+    pool_cool: Option<Micros>,
+    max_wait: Duration,
+}
+
+/// What window.rs decides for `case` at `now`: the chosen candidate, its instant, the
+/// binding kind and position as the script numbers them (1 budget, 2 client, 3 route,
+/// 4 pool cool-down); `None` when no candidate is ever admitted.
+fn reference(case: &ChoiceCase, now: Micros) -> Option<(usize, Micros, i64, usize)> {
+    use gcpool::budget::window::{Window, joint_earliest};
+    let windows: Vec<Window> = case
+        .defs
+        .iter()
+        .enumerate()
+        .map(|(b, d)| {
+            let limit = case.learned[b].map_or(d.limit, |l| l.min(d.limit));
+            let length = us(d.window);
+            let mut w = Window::new(limit, length);
+            for &t in &case.instants[b] {
+                w.reserve(t);
+            }
+            w.prune(now);
+            w
+        })
+        .collect();
+    let mut best: Option<(usize, Micros, i64, usize)> = None;
+    for (c, candidate) in case.candidates.iter().enumerate() {
+        let (mut from, mut kind) = (now, 0);
+        for (cool, k) in [
+            (case.client_cool[candidate.client], 2),
+            (case.route_cool, 3),
+            (case.pool_cool, 4),
+        ] {
+            if let Some(until) = cool.filter(|&u| u > from) {
+                (from, kind) = (until, k);
+            }
+        }
+        let Some((at, binding)) =
+            joint_earliest(candidate.budgets.iter().map(|&b| &windows[b]), from)
+        else {
+            continue;
+        };
+        let (kind, pos) = binding.map_or((kind, 0), |pos| (1, pos));
+        if best.is_none_or(|(_, best_at, _, _)| at < best_at) {
+            best = Some((c, at, kind, pos));
+        }
+    }
+    best
+}
+
+/// A random case: 1–12 clients (or 50), each with a token budget, under 0–2 shared
+/// budgets (org, org-scope route), sometimes an own extra budget or its shared ones in
+/// another order; candidates a random subset in random order; windows full or not, with
+/// future reservations; learned limits; client, route and pool cool-downs.
+fn choice_case(seed: u64, now: Micros) -> ChoiceCase {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng, seq::SliceRandom};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = if rng.random_bool(0.25) {
+        50
+    } else {
+        rng.random_range(1..=12)
+    };
+    let clients: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+    let mut defs = Vec::new();
+    let budget = |defs: &mut Vec<BudgetDef>, rng: &mut StdRng, kind, name: String| {
+        let limit = rng.random_range(1..=5);
+        let window = Duration::from_millis(rng.random_range(100..2_000));
+        defs.push(def(kind, &name, limit, window));
+        defs.len() - 1
+    };
+    let shared: Vec<usize> = (0..rng.random_range(0..=2))
+        .map(|i| {
+            let (kind, name) = if i == 0 {
+                (BudgetKind::Org, "org".to_owned())
+            } else {
+                (BudgetKind::Endpoint, "endpoint:PUT /x/{id}".to_owned())
+            };
+            budget(&mut defs, &mut rng, kind, name)
+        })
+        .collect();
+    let tokens: Vec<usize> = (0..n)
+        .map(|c| {
+            budget(
+                &mut defs,
+                &mut rng,
+                BudgetKind::Token,
+                format!("token:c{c}"),
+            )
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order.truncate(rng.random_range(1..=n));
+    let candidates: Vec<Candidate> = order
+        .into_iter()
+        .map(|client| {
+            let mut budgets = shared.clone();
+            budgets.push(tokens[client]);
+            if rng.random_bool(0.1) {
+                let extra = budget(
+                    &mut defs,
+                    &mut rng,
+                    BudgetKind::Endpoint,
+                    format!("x:{client}"),
+                );
+                budgets.push(extra);
+            }
+            if rng.random_bool(0.1) {
+                budgets.shuffle(&mut rng);
+            }
+            Candidate { client, budgets }
+        })
+        .collect();
+    let instants = defs
+        .iter()
+        .map(|d| {
+            let w = us(d.window);
+            let count = rng.random_range(0..=d.limit as usize + 2);
+            (0..count)
+                .map(|_| now - w + rng.random_range(0..2 * w))
+                .collect()
+        })
+        .collect();
+    let learned = defs
+        .iter()
+        .map(|d| rng.random_bool(0.15).then(|| rng.random_range(0..=d.limit)))
+        .collect();
+    let cool = |p: f64, rng: &mut StdRng| {
+        rng.random_bool(p)
+            .then(|| now - 500_000 + rng.random_range(0..2_000_000))
+    };
+    ChoiceCase {
+        client_cool: (0..n).map(|_| cool(0.3, &mut rng)).collect(),
+        route_cool: cool(0.15, &mut rng),
+        pool_cool: cool(0.1, &mut rng),
+        max_wait: Duration::from_millis(rng.random_range(0..2_000)),
+        defs,
+        clients,
+        candidates,
+        instants,
+        learned,
+    }
+}
+
+/// Writes `case`'s state under `store`'s prefix.
+async fn write_state(
+    con: &mut redis::aio::MultiplexedConnection,
+    store: &RedisStore,
+    case: &ChoiceCase,
+    route: gcpool::routes::RouteId,
+) {
+    let [cool, limits, _] = store.shared_keys();
+    let mut pipe = redis::pipe();
+    for (b, instants) in case.instants.iter().enumerate() {
+        let key = store
+            .budget_key(b)
+            .expect("every budget of the case has a key");
+        for (i, &t) in instants.iter().enumerate() {
+            pipe.zadd(&key, format!("{t}-s{i}"), t).ignore();
+        }
+        if let Some(l) = case.learned[b] {
+            pipe.hset(limits, &case.defs[b].name, l).ignore();
+        }
+    }
+    for (c, until) in case.client_cool.iter().enumerate() {
+        if let Some(until) = until {
+            pipe.hset(cool, format!("client:c{c}"), until).ignore();
+        }
+    }
+    if let Some(until) = case.route_cool {
+        pipe.hset(cool, format!("route:{}", route.index()), until)
+            .ignore();
+    }
+    if let Some(until) = case.pool_cool {
+        pipe.hset(cool, "pool", until).ignore();
+    }
+    let () = pipe
+        .query_async(con)
+        .await
+        .expect("the test's redis-server takes the state");
+}
+
+/// `(count from now - window on, latest)` of each of `budgets` in `case` after an
+/// admission at `admitted` (if any), as the script reports them: a budget whose window it
+/// found full was pruned first, so its latest may be gone.
+fn expected_usage(
+    case: &ChoiceCase,
+    budgets: &[usize],
+    now: Micros,
+    admitted: Option<Micros>,
+) -> Vec<(u32, Micros)> {
+    budgets
+        .iter()
+        .map(|&b| {
+            let w = us(case.defs[b].window);
+            let limit = case.learned[b].map_or(case.defs[b].limit, |l| l.min(case.defs[b].limit));
+            let pruned = case.instants[b].len() >= limit as usize;
+            let all: Vec<Micros> = case.instants[b]
+                .iter()
+                .copied()
+                .filter(|&t| !pruned || t + w > now)
+                .chain(admitted)
+                .collect();
+            let count = all.iter().filter(|&&t| t + w > now).count();
+            (
+                u32::try_from(count).expect("a handful of instants"),
+                all.into_iter().max().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The old script on `case`, called as `RedisStore` called it (every candidate's budgets in
+/// full): its raw answer.
+async fn admit_before(
+    con: &mut redis::aio::MultiplexedConnection,
+    store: &RedisStore,
+    case: &ChoiceCase,
+    route: Option<gcpool::routes::RouteId>,
+) -> Vec<redis::Value> {
+    let [cool, limits, seq] = store.shared_keys();
+    let mut touched: Vec<usize> = Vec::new();
+    for c in &case.candidates {
+        for &b in &c.budgets {
+            if !touched.contains(&b) {
+                touched.push(b);
+            }
+        }
+    }
+    let position = |b: usize| touched.iter().position(|&t| t == b).expect("touched") + 1;
+    let script = redis::Script::new(ADMIT_BEFORE);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(cool)
+        .key(limits)
+        .key(seq)
+        .key(store.sync_key());
+    for &b in &touched {
+        invocation.key(
+            store
+                .budget_key(b)
+                .expect("every budget of the case has a key"),
+        );
+    }
+    invocation
+        .arg("*")
+        .arg(us(case.max_wait))
+        .arg(
+            route
+                .map(|r| format!("route:{}", r.index()))
+                .unwrap_or_default(),
+        )
+        .arg(touched.len());
+    for &b in &touched {
+        let d = &case.defs[b];
+        invocation.arg(&d.name).arg(d.limit).arg(us(d.window));
+    }
+    invocation.arg(case.candidates.len());
+    for c in &case.candidates {
+        invocation
+            .arg(format!("client:c{}", c.client))
+            .arg(c.budgets.len());
+        for &b in &c.budgets {
+            invocation.arg(position(b));
+        }
+    }
+    invocation
+        .invoke_async(con)
+        .await
+        .expect("the script before runs on the test's redis-server")
+}
+
+/// Reads an integer out of a script reply (an integer, or a number as a string).
+fn int_of(value: &redis::Value) -> i64 {
+    match value {
+        redis::Value::Int(i) => *i,
+        redis::Value::BulkString(b) => {
+            let text = std::str::from_utf8(b).expect("numbers are ASCII");
+            text.parse()
+                .unwrap_or_else(|_| text.parse::<f64>().expect("a number").round() as i64)
+        }
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// Issue 13 reads only the candidates that can win; the choice must stay the old one: on
+/// varied states (full and free windows, future reservations, learned limits, cool-downs,
+/// 1 to 50 candidates, shared budgets first or not), the store and the script it replaced
+/// both decide as window.rs does at the instant each read from Redis: the soonest joint
+/// instant, ties to the first candidate, the same binding, the same fleet-wide counts.
+#[tokio::test]
+async fn the_script_chooses_as_window_rs_and_as_the_script_before() {
+    let server = RedisServer::start();
+    let mut con = raw(&server).await;
+    let route = gcpool::routes::RouteTable::genesys()
+        .find_template(&http::Method::PUT, "/api/v2/architect/ivrs/{ivrId}")
+        .unwrap();
+    let mut read_more = 0;
+    for seed in 0..150u64 {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+        let case = choice_case(seed, secs * 1_000_000 + micros);
+        let route_asked = (seed % 3 == 0).then_some(route);
+        let ctx = format!("seed {seed}: {case:?}");
+
+        let store = connect(
+            &server,
+            &format!("choice-{seed}"),
+            &case.defs,
+            &case.clients,
+        )
+        .await;
+        write_state(&mut con, &store, &case, route).await;
+        let answer = store
+            .admit_shared(
+                AdmitRequest {
+                    candidates: &case.candidates,
+                    route: route_asked,
+                    max_wait: case.max_wait,
+                },
+                "*",
+            )
+            .await
+            .unwrap();
+        let SharedAdmit::Decided {
+            decision,
+            now,
+            usage,
+        } = answer
+        else {
+            panic!("{ctx}: a store on its own always decides, got {answer:?}");
+        };
+        let case_route = ChoiceCase {
+            route_cool: case.route_cool.filter(|_| route_asked.is_some()),
+            ..case
+        };
+        let case = &case_route;
+        let expected = reference(case, now);
+        let name = |c: usize, kind: i64, pos: usize| match kind {
+            1 => Some(Binding::Budget(case.candidates[c].budgets[pos])),
+            2 => Some(Binding::ClientCoolDown),
+            3 => Some(Binding::RouteCoolDown),
+            4 => Some(Binding::PoolCoolDown),
+            _ => None,
+        };
+        match (expected, &decision) {
+            (None, Decision::Refused(r)) => {
+                assert_eq!((r.wait, r.binding), (None, None), "{ctx}");
+                assert!(usage.is_empty(), "{ctx}");
+            }
+            (Some((c, at, kind, pos)), _) => {
+                let wait = Duration::from_micros(at - now);
+                let admitted = wait <= case.max_wait;
+                match &decision {
+                    Decision::Admitted(r) if admitted => {
+                        assert_eq!(r.candidate, c, "{ctx}");
+                        assert_eq!((r.at_micros(), r.wait), (at, wait), "{ctx}");
+                        let binding = if at > now { name(c, kind, pos) } else { None };
+                        assert_eq!(r.binding, binding, "{ctx}");
+                    }
+                    Decision::Refused(r) if !admitted => {
+                        assert_eq!(
+                            (r.wait, r.binding),
+                            (Some(wait), name(c, kind, pos)),
+                            "{ctx}"
+                        );
+                    }
+                    other => panic!("{ctx}: expected {expected:?} at now {now}, got {other:?}"),
+                }
+                let got: Vec<(u32, Micros)> = usage.iter().map(|u| (u.count, u.last)).collect();
+                assert_eq!(
+                    got,
+                    expected_usage(
+                        case,
+                        &case.candidates[c].budgets,
+                        now,
+                        admitted.then_some(at)
+                    ),
+                    "{ctx}"
+                );
+                if c > 0 {
+                    read_more += 1;
+                }
+            }
+            (None, other) => panic!("{ctx}: no candidate can ever be admitted, got {other:?}"),
+        }
+
+        let before = connect(
+            &server,
+            &format!("before-{seed}"),
+            &case.defs,
+            &case.clients,
+        )
+        .await;
+        write_state(&mut con, &before, case, route).await;
+        let reply = admit_before(&mut con, &before, case, route_asked).await;
+        let now = u64::try_from(int_of(&reply[7])).unwrap();
+        let status = int_of(&reply[0]);
+        match reference(case, now) {
+            None => assert_eq!(status, -1, "{ctx}"),
+            Some((c, at, kind, pos)) => {
+                let admitted = at - now <= us(case.max_wait);
+                let got: Vec<i64> = reply[..5].iter().map(int_of).collect();
+                let wanted = [
+                    i64::from(admitted),
+                    c as i64,
+                    (at - now) as i64,
+                    kind,
+                    pos as i64,
+                ];
+                assert_eq!(got, wanted, "{ctx}: the script before, at now {now}");
+            }
+        }
+    }
+    assert!(
+        read_more > 10,
+        "cases must also choose past the first candidate"
+    );
+}

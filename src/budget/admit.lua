@@ -8,8 +8,12 @@
 --
 -- ARGV[1] the epoch the replica wrote back into ('*': no check)   ARGV[2] max_wait µs
 -- ARGV[3] route cool-down field or ""   ARGV[4] K
--- then K triples: budget name, configured limit, window µs (guard included)
--- then M, and per candidate: client cool-down field or "", B, then B budget positions (1..K)
+-- ARGV[4+i] budget i: "<configured limit> <window µs (guard included)> <budget name>"
+-- ARGV[5+K] the budgets every candidate's list starts with: positions (1..K) joined by ','
+-- ARGV[6+K] M, then per candidate: "<its other budgets' positions, joined by ','> <client
+--           cool-down field or ''>" (a candidate's list: the shared ones, then its own)
+-- One argument per budget and per candidate: Redis parses every argument of every call,
+-- and the script reads only the budgets and candidates it reaches.
 --
 -- Returns {status, candidate (0-based), wait µs, binding kind, binding position (0-based),
 -- member, instant µs, now µs, ...}: status 1 admitted, 0 refused (waits too long), -1 never
@@ -50,57 +54,77 @@ local max_wait = tonumber(ARGV[2])
 local route_field = ARGV[3]
 local k = tonumber(ARGV[4])
 
+-- Budget i is read (its argument, then its learned limit) only when a candidate that has
+-- it is reached: names[i] set means read.
 local names, limits, lens = {}, {}, {}
-local p = 5
-for i = 1, k do
-  names[i] = ARGV[p]
-  limits[i] = tonumber(ARGV[p + 1])
-  lens[i] = math.max(tonumber(ARGV[p + 2]), 1)
-  p = p + 3
+
+-- Appends the positions of a ','-joined list to `into`.
+local function positions(text, into)
+  for i in string.gmatch(text, '%d+') do
+    into[#into + 1] = tonumber(i)
+  end
+  return into
 end
 
--- Effective limit = min(configured, learned).
-if k > 0 then
-  local learned = redis.call('HMGET', KEYS[2], unpack(names))
-  for i = 1, k do
-    local l = learned[i] and tonumber(learned[i])
-    if l and l < limits[i] then
-      limits[i] = l
+-- The budgets every candidate starts with (the org cap, an org-scope route budget).
+local shared = positions(ARGV[5 + k], {})
+local m = tonumber(ARGV[6 + k])
+
+-- Candidates, their learned limits and cool-downs are read as the walk over candidates
+-- reaches them: the first one alone, then, only if a later one may beat it, all the others
+-- at once (two HMGETs per read).
+local cands = {}
+local cool = {}
+local parsed = 0
+local function read(upto)
+  local fields, want = {}, {}
+  local function need(list)
+    for _, i in ipairs(list) do
+      if not names[i] then
+        local limit, len, name = string.match(ARGV[4 + i], '^(%d+) (%d+) (.*)$')
+        names[i], limits[i], lens[i] = name, tonumber(limit), math.max(tonumber(len), 1)
+        want[#want + 1] = i
+      end
     end
   end
-end
-
-local m = tonumber(ARGV[p])
-p = p + 1
-local cands = {}
-local fields = { 'pool' }
-if route_field ~= '' then
-  fields[#fields + 1] = route_field
-end
-for c = 1, m do
-  local field = ARGV[p]
-  local nb = tonumber(ARGV[p + 1])
-  p = p + 2
-  local list = {}
-  for j = 1, nb do
-    list[j] = tonumber(ARGV[p])
-    p = p + 1
+  if parsed == 0 then
+    fields[1] = 'pool'
+    if route_field ~= '' then
+      fields[2] = route_field
+    end
+    need(shared)
   end
-  cands[c] = { field = field, budgets = list }
-  if field ~= '' then
-    fields[#fields + 1] = field
+  for c = parsed + 1, upto do
+    local own, field = string.match(ARGV[6 + k + c], '^([%d,]*) (.*)$')
+    local list = positions(own, { unpack(shared) })
+    need(list)
+    cands[c] = { field = field, budgets = list }
+    if field ~= '' then
+      fields[#fields + 1] = field
+    end
   end
-end
-
-local cool_values = redis.call('HMGET', KEYS[1], unpack(fields))
-local cool = {}
-for i = 1, #fields do
-  cool[fields[i]] = (cool_values[i] and tonumber(cool_values[i])) or 0
-end
-local pool_cool = cool['pool']
-local route_cool = 0
-if route_field ~= '' then
-  route_cool = cool[route_field]
+  parsed = upto
+  -- Effective limit = min(configured, learned).
+  if #want > 0 then
+    local wanted = {}
+    for j = 1, #want do
+      wanted[j] = names[want[j]]
+    end
+    local learned = redis.call('HMGET', KEYS[2], unpack(wanted))
+    for j = 1, #want do
+      local i = want[j]
+      local l = learned[j] and tonumber(learned[j])
+      if l and l < limits[i] then
+        limits[i] = l
+      end
+    end
+  end
+  if #fields > 0 then
+    local values = redis.call('HMGET', KEYS[1], unpack(fields))
+    for j = 1, #fields do
+      cool[fields[j]] = (values[j] and tonumber(values[j])) or 0
+    end
+  end
 end
 
 -- Each budget is counted at most once per call (the org budget is shared by every
@@ -192,35 +216,58 @@ local function joint(list, from)
   end
 end
 
+-- No candidate is admitted before its shared budgets admit it (from `base`, the latest of
+-- now and the route and pool cool-downs): `bound`. A candidate admitted at `bound` is the
+-- soonest, and ties go to the first, so the rest need not be read. With no shared budget
+-- that binds, `bound` is now, as for a free candidate.
+read(math.min(m, 1))
+local pool_cool = cool['pool']
+local route_cool = 0
+if route_field ~= '' then
+  route_cool = cool[route_field]
+end
+local base = now
+if route_cool > base then
+  base = route_cool
+end
+if pool_cool > base then
+  base = pool_cool
+end
+local bound = joint(shared, base)
+
 local best_at, best_c, best_kind, best_pos = nil, nil, 0, 0
-for c = 1, m do
-  local cand = cands[c]
-  local from, kind = now, 0
-  local client_cool = 0
-  if cand.field ~= '' then
-    client_cool = cool[cand.field]
-  end
-  if client_cool > from then
-    from, kind = client_cool, 2
-  end
-  if route_cool > from then
-    from, kind = route_cool, 3
-  end
-  if pool_cool > from then
-    from, kind = pool_cool, 4
-  end
-  local at, moved_by = joint(cand.budgets, from)
-  if at then
-    local pos = 0
-    if moved_by then
-      kind, pos = 1, moved_by - 1
+if bound then
+  for c = 1, m do
+    if c > parsed then
+      read(m)
     end
-    if best_at == nil or at < best_at then
-      best_at, best_c, best_kind, best_pos = at, c, kind, pos
+    local cand = cands[c]
+    local from, kind = now, 0
+    local client_cool = 0
+    if cand.field ~= '' then
+      client_cool = cool[cand.field]
     end
-    -- Nothing is sooner than now, and ties go to the first: the rest need not be read.
-    if at == now then
-      break
+    if client_cool > from then
+      from, kind = client_cool, 2
+    end
+    if route_cool > from then
+      from, kind = route_cool, 3
+    end
+    if pool_cool > from then
+      from, kind = pool_cool, 4
+    end
+    local at, moved_by = joint(cand.budgets, from)
+    if at then
+      local pos = 0
+      if moved_by then
+        kind, pos = 1, moved_by - 1
+      end
+      if best_at == nil or at < best_at then
+        best_at, best_c, best_kind, best_pos = at, c, kind, pos
+      end
+      if at == bound then
+        break
+      end
     end
   end
 end

@@ -1,8 +1,9 @@
 //! `RedisStore`: the budgets and cool-downs of a whole fleet, kept in Redis (SPEC §8).
 //!
 //! One admission is one round trip: `EVALSHA` of `admit.lua`, which runs the rule of
-//! [`window`](super::window) over every key the request touches, picks the candidate and
-//! reserves its instant in all its budgets or none. Time is Redis `TIME`, so replicas'
+//! [`window`](super::window) over the keys the request touches, picks the candidate and
+//! reserves its instant in all its budgets or none. The budgets every candidate starts with
+//! are sent once, and the script reads a candidate only when an earlier one may be beaten. Time is Redis `TIME`, so replicas'
 //! clocks do not matter. Every key of a request carries the hash tag `{key_prefix}`, so the
 //! script also runs on Redis Cluster.
 //!
@@ -31,6 +32,7 @@
 //! here: when to use Redis, the local share and the journal (`budget::fallback`).
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,6 +170,8 @@ struct BudgetMeta {
     name: String,
     limit: u32,
     window: Micros,
+    /// `admit.lua`'s argument for it: `"<limit> <window µs> <name>"`.
+    admit_arg: String,
 }
 
 /// The script's answer to one admission.
@@ -200,6 +204,7 @@ impl Layout {
                     name: d.name.clone(),
                     limit: d.limit,
                     window: micros(d.window),
+                    admit_arg: format!("{} {} {}", d.limit, micros(d.window), d.name),
                 })
                 .collect(),
             client_fields: clients.iter().map(|c| format!("client:{c}")).collect(),
@@ -359,25 +364,35 @@ impl RedisStore {
             )
             .arg(touched.len());
         for &b in &touched {
-            let meta = &layout.budgets[b];
-            invocation.arg(&meta.name).arg(meta.limit).arg(meta.window);
+            invocation.arg(&layout.budgets[b].admit_arg);
         }
-        invocation.arg(request.candidates.len());
-        for candidate in request.candidates {
+        // Each candidate's list as the script numbers budgets (unknown ids are ignored, as
+        // in memory); the start all lists share goes once, then each candidate's rest with
+        // its cool-down field, one argument per candidate.
+        let lists: Vec<Vec<usize>> = request
+            .candidates
+            .iter()
+            .map(|c| {
+                c.budgets
+                    .iter()
+                    .filter_map(|&b| pos.get(b).copied())
+                    .collect()
+            })
+            .collect();
+        let shared = common_start(&lists);
+        let mut arg = String::new();
+        push_positions(&mut arg, shared);
+        invocation.arg(&arg).arg(request.candidates.len());
+        for (candidate, list) in request.candidates.iter().zip(&lists) {
             let field = layout
                 .client_fields
                 .get(candidate.client)
                 .map_or("", String::as_str);
-            // Unknown budget ids are ignored, as in memory.
-            let known: Vec<usize> = candidate
-                .budgets
-                .iter()
-                .filter_map(|&b| pos.get(b).copied())
-                .collect();
-            invocation.arg(field).arg(known.len());
-            for p in known {
-                invocation.arg(p);
-            }
+            arg.clear();
+            push_positions(&mut arg, &list[shared.len()..]);
+            arg.push(' ');
+            arg.push_str(field);
+            invocation.arg(&arg);
         }
         let mut con = s.con.clone();
         let value: Value = s
@@ -865,6 +880,32 @@ fn touched_budgets(candidates: &[Candidate], known: usize) -> (Vec<BudgetId>, Ve
     (touched, pos)
 }
 
+/// The longest start every list shares (empty when there is no list).
+fn common_start(lists: &[Vec<usize>]) -> &[usize] {
+    let Some((first, rest)) = lists.split_first() else {
+        return &[];
+    };
+    let len = rest.iter().fold(first.len(), |len, list| {
+        first[..len]
+            .iter()
+            .zip(list)
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    &first[..len]
+}
+
+/// Appends `positions` joined by `,` (as `admit.lua` reads lists).
+fn push_positions(out: &mut String, positions: &[usize]) {
+    for (j, p) in positions.iter().enumerate() {
+        if j > 0 {
+            out.push(',');
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{p}");
+    }
+}
+
 /// `sync.lua`'s answer; `usage` names the budgets its trailing pairs belong to.
 fn parse_sync(value: &Value, usage: &[(BudgetId, usize)]) -> Result<SyncReply, BudgetError> {
     let bad = || BudgetError::Protocol(format!("write-back script answered {}", describe(value)));
@@ -1128,6 +1169,26 @@ mod tests {
             bulk(""),
         ]);
         assert_eq!(AdmitReply::parse(&stale).unwrap().epoch, "");
+    }
+
+    #[test]
+    fn shared_budgets_are_the_start_every_list_has() {
+        let lists = |v: &[&[usize]]| v.iter().map(|l| l.to_vec()).collect::<Vec<_>>();
+        assert_eq!(common_start(&[]), [] as [usize; 0]);
+        assert_eq!(common_start(&lists(&[&[1, 2, 3]])), [1, 2, 3]);
+        assert_eq!(
+            common_start(&lists(&[&[1, 2, 3], &[1, 2, 4], &[1, 2]])),
+            [1, 2]
+        );
+        assert_eq!(
+            common_start(&lists(&[&[1, 2, 3], &[2, 1, 4]])),
+            [] as [usize; 0],
+            "the same budgets in another order are not a shared start"
+        );
+        assert_eq!(common_start(&lists(&[&[1, 2], &[]])), [] as [usize; 0]);
+        let mut arg = String::new();
+        push_positions(&mut arg, &[3, 17, 2]);
+        assert_eq!(arg, "3,17,2");
     }
 
     #[test]
