@@ -176,9 +176,7 @@ impl Upstream {
 
     /// Sends one request (absolute URI) by `deadline` and classifies the answer.
     pub async fn attempt(&self, request: Request<Full<Bytes>>, deadline: Instant) -> Outcome {
-        let sent = self
-            .send(request, deadline.saturating_duration_since(Instant::now()))
-            .await;
+        let sent = self.send_by(request, deadline).await;
         Outcome::classify(sent, deadline).await
     }
 
@@ -193,7 +191,16 @@ impl Upstream {
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.exchange(request)).await {
+        self.send_by(request, Instant::now() + timeout).await
+    }
+
+    /// [`send`](Self::send), answered by `deadline`.
+    async fn send_by(
+        &self,
+        request: Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout_at(deadline, self.exchange(request)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout),
         }
