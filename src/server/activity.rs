@@ -50,6 +50,9 @@ pub(crate) struct Activity {
     /// An HTTP/1 request head is on its way (or the first one is awaited): the connection
     /// does not count as rested (see [`Activity::rested_for`]).
     head_pending: AtomicBool,
+    /// hyper's HTTP/1 connection is being ended to park the caller's: the IO's shutdown is
+    /// skipped.
+    parking: AtomicBool,
     /// The stuck check's clock: advanced by the watcher every half idle timeout.
     tick: AtomicUsize,
     /// Bodies that handed hyper data (with more to come) and were not polled since, by
@@ -96,6 +99,7 @@ impl Activity {
             ended: Notify::new(),
             bodies: AtomicUsize::new(0),
             head_pending: AtomicBool::new(true),
+            parking: AtomicBool::new(false),
             tick: AtomicUsize::new(0),
             awaiting: Default::default(),
         })
@@ -109,6 +113,15 @@ impl Activity {
     /// Whether a request head is on its way (told by the connection's IO).
     pub(crate) fn reading_head(&self, pending: bool) {
         self.head_pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// Whether hyper's connection is being ended to park the caller's.
+    pub(crate) fn parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
     }
 
     /// A request head reached the service.

@@ -318,6 +318,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.is_parking() {
+            // hyper's connection ends, the caller's stays (see `server`).
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
