@@ -1,7 +1,7 @@
-//! The accept loop: one task per caller connection, HTTP/1.1 and HTTP/2 (hyper-util's auto
-//! builder), TLS when configured (handshake in the connection's task), the connection's
-//! deadlines (first head, slow heads, idle; see `conn_io` and `activity`), graceful drain
-//! on shutdown.
+//! The accept loop: one task per caller connection, HTTP/1.1 and HTTP/2 (hyper's builders;
+//! the protocol told by the first bytes, as hyper-util's auto builder does), TLS when
+//! configured (handshake in the connection's task), the connection's deadlines (first head,
+//! slow heads, idle; see `conn_io` and `activity`), graceful drain on shutdown.
 //!
 //! An HTTP/1 connection that has had nothing to do for [`PARK_AFTER`] is *parked*: hyper's
 //! connection (its read and write buffers, 8 KiB each, the box its request futures run in,
@@ -115,8 +115,8 @@ impl Drop for ConnectionSlot {
 }
 
 /// Read buffer limit while a request head is incomplete; hyper answers 431 (or closes) when
-/// a head is still unfinished past it. hyper-util's builder does not expose hyper's exact
-/// `max_header_size`, so a head that arrives in one read can be somewhat larger.
+/// a head is still unfinished past it. hyper's exact `max_header_size` is not set (as under
+/// hyper-util's builder before), so a head that arrives in one read can be somewhat larger.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most request headers; hyper answers 431 past it.
 const MAX_HEADERS: usize = 128;
