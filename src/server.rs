@@ -1,22 +1,32 @@
-//! The accept loop: one task per caller connection, HTTP/1.1 and HTTP/2 (hyper-util's auto
-//! builder), TLS when configured (handshake in the connection's task), the connection's
-//! deadlines (first head, slow heads, idle; see `conn_io` and `activity`), graceful drain
-//! on shutdown.
+//! The accept loop: one task per caller connection, HTTP/1.1 and HTTP/2 (hyper's builders;
+//! the protocol told by the first bytes, as hyper-util's auto builder does), TLS when
+//! configured (handshake in the connection's task), the connection's deadlines (first head,
+//! slow heads, idle; see `conn_io` and `activity`), graceful drain on shutdown.
+//!
+//! An HTTP/1 connection that has had nothing to do for [`PARK_AFTER`] is *parked*: hyper's
+//! connection (its read and write buffers, 8 KiB each, the box its request futures run in,
+//! its cached header map) is taken apart, and the connection waits for its next request
+//! holding little more than its socket; the next byte brings up a new hyper connection. The
+//! connection task itself stays small: hyper's connection is boxed, and so is a TLS
+//! connection's part.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -29,7 +39,7 @@ mod conn_io;
 pub use activity::TrackedBody;
 use activity::{Activity, Quiet};
 pub use conn_io::ConnCounters;
-use conn_io::{ConnIo, HeadTimer};
+use conn_io::{ConnIo, HeadTimer, Protocol};
 
 use crate::tls::TlsAcceptor;
 
@@ -105,8 +115,8 @@ impl Drop for ConnectionSlot {
 }
 
 /// Read buffer limit while a request head is incomplete; hyper answers 431 (or closes) when
-/// a head is still unfinished past it. hyper-util's builder does not expose hyper's exact
-/// `max_header_size`, so a head that arrives in one read can be somewhat larger.
+/// a head is still unfinished past it. hyper's exact `max_header_size` is not set (as under
+/// hyper-util's builder before), so a head that arrives in one read can be somewhat larger.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most request headers; hyper answers 431 past it. Not above 100: hyper parses a head into
 /// arrays of this many entries, on the stack up to 100 and on the heap above (two 4 KiB
@@ -116,6 +126,12 @@ const MAX_HEADERS: usize = 100;
 /// that does not acknowledge the GOAWAY (hyper waits for its PING ack) is then dropped,
 /// unless a request slipped in meanwhile.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long an HTTP/1 connection has nothing to do (no request in flight, no head on its
+/// way, no byte arriving) before it is parked (see the module doc). A caller sending
+/// requests back to back keeps its hyper connection; one that pauses longer pays a new one
+/// (a few allocations) with its next request. Short, because connections served at a high
+/// rate each hold ~20 KiB until they park, and glibc keeps the peak of that heap.
+const PARK_AFTER: Duration = Duration::from_millis(10);
 
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then stops accepting
 /// and waits up to `options.grace` for in-flight requests. With `tls`, every connection
@@ -142,7 +158,7 @@ where
 {
     // Shared with the connection tasks, which build their connection there (after the
     // TLS handshake, when there is one).
-    let builder = Arc::new(http_builder());
+    let builder = Arc::new(Builders::new());
     let connections = TaskTracker::new();
 
     loop {
@@ -194,7 +210,7 @@ where
 /// What a connection task needs besides its stream and handler.
 struct Connection {
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     options: ServeOptions,
     refusals: Option<ConnCounters>,
     stop: CancellationToken,
@@ -244,39 +260,99 @@ fn stuck(peer: SocketAddr, activity: &Activity, counters: Option<&ConnCounters>)
     }
 }
 
-/// hyper-util's builder for both protocols, with gcpool's limits.
-fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Heads are timed by `ConnIo`, idle connections by `Activity` (see their docs).
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    builder
+/// hyper's builders for both protocols, with gcpool's limits.
+#[derive(Debug)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // Heads are timed by `ConnIo`, idle connections by `Activity` (see their docs).
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Self { http1, http2 }
+    }
+}
+
+/// A service that is `Unpin` whatever it wraps (it is never pinned through), so hyper's
+/// HTTP/1 connection is `Unpin` (its request futures live in a box of its own) and can be
+/// taken apart (`into_parts`) once it has ended. Its futures are the wrapped service's:
+/// boxing them instead (for `poll_without_shutdown`) cost ~10,000 instructions a request,
+/// mostly copying the future into its box.
+#[derive(Clone)]
+struct Unpinned<S>(S);
+
+impl<S> Unpin for Unpinned<S> {}
+
+impl<S, R> Service<R> for Unpinned<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+/// What ended a connection's stretch of serving.
+enum Served {
+    /// hyper's connection ended (the peer closed, `Connection: close`, or an error).
+    Ended(hyper::Result<()>),
+    /// Nothing to do for a while: park it (HTTP/1) or close it gracefully.
+    Idle,
+    /// The caller takes none of its answers.
+    Stuck,
+    /// Shutdown: close it gracefully.
+    Stop,
 }
 
 impl Connection {
     /// Serves one accepted connection, after the TLS handshake when `tls` is set; `slot`
-    /// holds its place under the connection cap until it ends.
-    async fn start<H, F, B>(
+    /// holds its place under the connection cap until it ends. A plain connection's task
+    /// is [`run`](Self::run) itself; a TLS one's is boxed (a second allocation), so plain
+    /// ones are not made the size of TLS ones.
+    fn start<H, F, B>(
         self,
         stream: tokio::net::TcpStream,
         slot: Option<ConnectionSlot>,
         tls: Option<TlsAcceptor>,
+        handler: H,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: ResponseBody,
+    {
+        match tls {
+            None => Either::Left(self.run(stream, slot, handler)),
+            Some(tls) => Either::Right(Box::pin(self.start_tls(stream, slot, tls, handler))),
+        }
+    }
+
+    /// The TLS handshake, then [`run`](Self::run).
+    async fn start_tls<H, F, B>(
+        self,
+        stream: tokio::net::TcpStream,
+        slot: Option<ConnectionSlot>,
+        tls: TlsAcceptor,
         handler: H,
     ) where
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
         B: ResponseBody,
     {
-        let _slot = slot;
-        let Some(tls) = tls else {
-            return self.run(stream, handler).await;
-        };
         let stream = tokio::select! {
             accepted = tls.accept(stream) => match accepted {
                 Ok(stream) => stream,
@@ -287,36 +363,138 @@ impl Connection {
             },
             () = self.stop.cancelled() => return,
         };
-        self.run(stream, handler).await;
+        self.run(stream, slot, handler).await;
     }
 
     /// Serves one connection until the peer closes it, it idles out, or shutdown drains it.
-    async fn run<S, H, F, B>(self, stream: S, handler: H)
+    ///
+    /// HTTP/1 is served here (one function, so the task holds each of its parts once):
+    /// hyper's connection serves it until it rests for [`PARK_AFTER`]; then it is parked,
+    /// and a new hyper connection comes up with the next request's first byte.
+    async fn run<S, H, F, B>(self, stream: S, slot: Option<ConnectionSlot>, handler: H)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
         B: ResponseBody,
     {
-        let Self {
-            peer,
-            builder,
-            options,
-            refusals,
-            stop,
-        } = self;
+        let _slot = slot;
         let activity = Activity::new();
         let head_timer = Arc::new(HeadTimer::default());
-        let service = tracked(handler, peer, activity.clone(), head_timer.clone());
-        let io = ConnIo::new(
+        let service = tracked(handler, self.peer, activity.clone(), head_timer.clone());
+        let mut io = ConnIo::new(
             stream,
             head_timer,
             activity.clone(),
-            options.header_read_timeout,
-            options.idle_timeout,
-            refusals.clone(),
+            self.options.header_read_timeout,
+            self.options.idle_timeout,
+            self.refusals.clone(),
         );
-        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let protocol = tokio::select! {
+            protocol = sniff(&mut io) => protocol,
+            _ = activity.quiet_for(self.options.idle_timeout) => return,
+            () = self.stop.cancelled() => return,
+        };
+        match protocol {
+            Ok(Some(Protocol::Http1)) => {}
+            // Boxed: HTTP/2 connections are few, and their serving state is larger.
+            Ok(Some(Protocol::Http2)) => {
+                return Box::pin(self.serve_http2(io, service, &activity)).await;
+            }
+            Ok(None) => return,
+            Err(error) => {
+                return debug!(peer = %self.peer, %error, "connection ended with an error");
+            }
+        }
+        loop {
+            let mut connection = Box::new(
+                self.builder
+                    .http1
+                    .serve_connection(TokioIo::new(io), Unpinned(service.clone())),
+            );
+            let served = tokio::select! {
+                ended = &mut *connection => Served::Ended(ended),
+                quiet = activity.rested_for(PARK_AFTER.min(self.options.idle_timeout), self.options.idle_timeout) => match quiet {
+                    Quiet::Idle => Served::Idle,
+                    Quiet::Stuck => Served::Stuck,
+                },
+                () = self.stop.cancelled() => Served::Stop,
+            };
+            let parking = matches!(served, Served::Idle);
+            let ended = match served {
+                Served::Ended(ended) => ended,
+                Served::Stuck => return stuck(self.peer, &activity, self.refusals.as_ref()),
+                // Closes at once when idle, else after the response in progress (bounded by
+                // the writes' limit, or when stopping by the drain's grace period).
+                Served::Idle | Served::Stop => {
+                    // Parking: hyper's shutdown of the IO at its end is skipped.
+                    activity.parking(parking);
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    (&mut *connection).await
+                }
+            };
+            if let Err(error) = ended {
+                return debug!(peer = %self.peer, error = %error, "connection ended with an error");
+            }
+            if !parking {
+                // The peer closed, asked to (`Connection: close`), or shutdown: hyper has
+                // closed the connection.
+                return;
+            }
+            activity.parking(false);
+            // Its buffers go with it (`read_buf` holds the read buffer's allocation even when
+            // empty).
+            let http1::Parts {
+                io: parts_io,
+                read_buf,
+                ..
+            } = connection.into_parts();
+            io = parts_io.into_inner();
+            if !read_buf.is_empty() {
+                io.replay(read_buf);
+                continue;
+            }
+            drop(read_buf);
+            // Parked: no hyper connection until the next request's first byte.
+            let mut first = [0; 1];
+            let read = tokio::select! {
+                read = io.read(&mut first) => read,
+                _ = activity.quiet_for(self.options.idle_timeout) => {
+                    debug!(peer = %self.peer, "closing an idle connection");
+                    return close(io).await;
+                }
+                () = self.stop.cancelled() => return close(io).await,
+            };
+            match read {
+                Ok(0) => return close(io).await,
+                Ok(_) => io.replay(Bytes::copy_from_slice(&first)),
+                Err(error) => {
+                    return debug!(peer = %self.peer, error = %error, "connection ended with an error");
+                }
+            }
+        }
+    }
+
+    /// Serves an HTTP/2 connection until the peer closes it, it idles out, or shutdown
+    /// drains it.
+    async fn serve_http2<S, Svc, B>(&self, io: ConnIo<S>, service: Svc, activity: &Activity)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        Svc: Service<
+                Request<Incoming>,
+                Response = Response<B>,
+                Error = Infallible,
+                Future: Send + 'static,
+            > + Clone
+            + Send
+            + 'static,
+        B: ResponseBody,
+    {
+        let (peer, options) = (self.peer, self.options);
+        let connection = self
+            .builder
+            .http2
+            .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let idle = tokio::select! {
             ended = connection.as_mut() => {
@@ -327,12 +505,11 @@ impl Connection {
             }
             quiet = activity.quiet_for(options.idle_timeout) => match quiet {
                 Quiet::Idle => true,
-                Quiet::Stuck => return stuck(peer, &activity, refusals.as_ref()),
+                Quiet::Stuck => return stuck(peer, activity, self.refusals.as_ref()),
             },
-            () = stop.cancelled() => false,
+            () = self.stop.cancelled() => false,
         };
-        // HTTP/1: closes at once when idle, else after the response in progress;
-        // HTTP/2: GOAWAY, then the streams in progress finish.
+        // GOAWAY, then the streams in progress finish.
         connection.as_mut().graceful_shutdown();
         let ended = if idle {
             debug!(%peer, "closing an idle connection");
@@ -349,5 +526,63 @@ impl Connection {
         if let Err(error) = ended {
             debug!(%peer, error = %error, "connection ended with an error");
         }
+    }
+}
+
+/// Reads a connection's first bytes until they show its protocol (hyper-util's auto
+/// builder does the same), and hands them back to be read again; `None` if the peer closed
+/// first.
+async fn sniff<S: AsyncRead + Unpin>(io: &mut ConnIo<S>) -> std::io::Result<Option<Protocol>> {
+    let mut first = [0; 24];
+    let mut len = 0;
+    let protocol = loop {
+        if let Some(protocol) = io.protocol() {
+            break protocol;
+        }
+        // At most what is left of the HTTP/2 preface, so `first` always holds it all.
+        match io.read(&mut first[len..]).await? {
+            0 => return Ok(None),
+            n => len += n,
+        }
+    };
+    io.replay(Bytes::copy_from_slice(&first[..len]));
+    Ok(Some(protocol))
+}
+
+/// Closes a parked connection (TLS: with its close_notify).
+async fn close<S: AsyncWrite + Unpin>(mut io: ConnIo<S>) {
+    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, io.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open connection holds its task: a plain one's must stay small (it was 1,944
+    /// bytes in a test build before issue 13; each part of a connection is held once now).
+    #[tokio::test]
+    async fn a_plain_connections_task_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let connection = Connection {
+            peer,
+            builder: Arc::new(Builders::new()),
+            options: ServeOptions {
+                idle_timeout: Duration::from_secs(1),
+                grace: Duration::from_secs(1),
+                header_read_timeout: Duration::from_secs(1),
+            },
+            refusals: None,
+            stop: CancellationToken::new(),
+        };
+        let handler = |_: Request<Incoming>, _: SocketAddr| async {
+            Response::new(http_body_util::Empty::<Bytes>::new())
+        };
+        let task = connection.start(stream, None, None, handler);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1536, "a connection's task future is {size} bytes");
     }
 }

@@ -759,3 +759,30 @@ async fn one_untaken_h2_answer_is_cut_even_while_the_connection_is_busy() {
     );
     drop(untaken);
 }
+
+/// Issue 13 item 4: an HTTP/1 connection that rests is parked (hyper's buffers given back)
+/// and serves its next request as before, whether it arrives at once or dripped (a dripped
+/// head is not parked under, and its deadline still runs).
+#[tokio::test]
+async fn a_parked_connection_serves_its_next_requests() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  header_read_timeout: 5s\n  idle_timeout: 30s\n", "").await;
+    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    for round in 0..3 {
+        if round == 1 {
+            for byte in GET {
+                stream.write_all(&[*byte]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            stream.write_all(GET).await.unwrap();
+        }
+        let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: {answer}"
+        );
+        // Well past the parking delay.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -247,6 +247,8 @@ async fn https_is_served_over_tls13_and_tls12_with_alpn() {
         conn.tls.leaf, pki.leaf,
         "the configured certificate is served"
     );
+    // Past the parking delay: hyper's connection was taken apart and comes up anew.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(conn.get(PATH).await, StatusCode::OK, "keep-alive over TLS");
 
     let mut conn = Conn::open(addr, &[&pki.ca], TLS12_ONLY, &[b"http/1.1"]).await;

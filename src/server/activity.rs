@@ -47,6 +47,12 @@ pub(crate) struct Activity {
     ended: Notify,
     /// Response bodies handed to hyper and not yet ended or dropped.
     bodies: AtomicUsize,
+    /// An HTTP/1 request head is on its way (or the first one is awaited): the connection
+    /// does not count as rested (see [`Activity::rested_for`]).
+    head_pending: AtomicBool,
+    /// hyper's HTTP/1 connection is being ended to park the caller's: the IO's shutdown is
+    /// skipped.
+    parking: AtomicBool,
     /// The stuck check's clock: advanced by the watcher every half idle timeout.
     tick: AtomicUsize,
     /// Bodies that handed hyper data (with more to come) and were not polled since, by
@@ -92,6 +98,8 @@ impl Activity {
             watching: AtomicBool::new(false),
             ended: Notify::new(),
             bodies: AtomicUsize::new(0),
+            head_pending: AtomicBool::new(true),
+            parking: AtomicBool::new(false),
             tick: AtomicUsize::new(0),
             awaiting: Default::default(),
         })
@@ -100,6 +108,20 @@ impl Activity {
     /// Something arrived (an HTTP/1 connection read bytes).
     pub(crate) fn touch(&self) {
         self.last_us.store(self.now_us(), Ordering::Relaxed);
+    }
+
+    /// Whether a request head is on its way (told by the connection's IO).
+    pub(crate) fn reading_head(&self, pending: bool) {
+        self.head_pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// Whether hyper's connection is being ended to park the caller's.
+    pub(crate) fn parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
     }
 
     /// A request head reached the service.
@@ -122,6 +144,14 @@ impl Activity {
     /// arrived for `idle`, or with [`Quiet::Stuck`] once a response body has handed hyper
     /// data and not been polled again for at least `idle` (at most 1.5 × `idle`).
     pub(crate) async fn quiet_for(&self, idle: Duration) -> Quiet {
+        self.rested_for(idle, idle).await
+    }
+
+    /// As [`quiet_for`](Self::quiet_for), but resolves with [`Quiet::Idle`] once no request
+    /// has been in flight, no request head is on its way and nothing has arrived for `rest`
+    /// (an HTTP/1 connection then gives back its buffers; a head that trickles in keeps
+    /// them until it is answered); `idle` still bounds it all, and the stuck check.
+    pub(crate) async fn rested_for(&self, rest: Duration, idle: Duration) -> Quiet {
         loop {
             let ended = self.ended.notified();
             self.watching.store(true, Ordering::SeqCst);
@@ -140,8 +170,22 @@ impl Activity {
                 }
                 continue;
             }
+            if rest < idle && self.head_pending.load(Ordering::Relaxed) {
+                // Rested only once the head has been answered: the end of its request wakes
+                // this watcher again.
+                let deadline = self.at(&self.last_us) + idle;
+                if Instant::now() >= deadline {
+                    self.watching.store(false, Ordering::Relaxed);
+                    return Quiet::Idle;
+                }
+                tokio::select! {
+                    () = ended => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
+                continue;
+            }
             self.watching.store(false, Ordering::Relaxed);
-            let deadline = self.at(&self.last_us) + idle;
+            let deadline = self.at(&self.last_us) + rest;
             if Instant::now() >= deadline {
                 return Quiet::Idle;
             }

@@ -19,6 +19,10 @@
 //! blocks gcpool's writes; once they have made no progress for `server.idle_timeout`, the
 //! connection is closed (and counted), so slow readers cannot hold connections, and the
 //! upstream connections behind them, for ever.
+//!
+//! Bytes read once can be handed back ([`ConnIo::replay`]): the first bytes read to tell
+//! the protocol, and the first byte of a parked HTTP/1 connection's next request (see
+//! `server`). They are read again before the socket, without counting twice.
 
 use std::io;
 use std::pin::Pin;
@@ -27,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -90,6 +95,15 @@ pub(crate) struct ConnIo<T> {
     /// the protocol is known.
     preface_matched: Option<usize>,
     refusals: Option<ConnCounters>,
+    /// Bytes already read and handed back: read again before the socket.
+    replayed: Bytes,
+}
+
+/// The protocol a connection's first bytes show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
 }
 
 impl<T> ConnIo<T> {
@@ -114,6 +128,36 @@ impl<T> ConnIo<T> {
             write_stall: None,
             preface_matched: Some(0),
             refusals,
+            replayed: Bytes::new(),
+        }
+    }
+
+    /// Moves to `phase`, and tells the connection's [`Activity`] whether a head is on its
+    /// way (an HTTP/1 connection is not parked then).
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.activity.reading_head(phase == Phase::Head);
+    }
+
+    /// The protocol, once the first bytes read show it (the whole HTTP/2 preface, or a byte
+    /// that is not part of it).
+    pub(crate) fn protocol(&self) -> Option<Protocol> {
+        match (self.preface_matched, self.phase) {
+            (Some(_), _) => None,
+            (None, Phase::H2) => Some(Protocol::Http2),
+            (None, _) => Some(Protocol::Http1),
+        }
+    }
+
+    /// Hands back bytes already read: the next reads return them first.
+    pub(crate) fn replay(&mut self, bytes: Bytes) {
+        if self.replayed.is_empty() {
+            self.replayed = bytes;
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.replayed.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.replayed);
+            self.replayed = joined.freeze();
         }
     }
 
@@ -159,7 +203,7 @@ impl<T> ConnIo<T> {
                 }
             }
             // Answered: whatever comes next is a new head.
-            self.phase = Phase::Busy;
+            self.set_phase(Phase::Busy);
         }
     }
 
@@ -168,7 +212,7 @@ impl<T> ConnIo<T> {
     /// the timer of a later head.
     fn settle(&mut self) {
         if self.timer.head_done.swap(false, Ordering::Relaxed) && self.phase == Phase::Head {
-            self.phase = Phase::Busy;
+            self.set_phase(Phase::Busy);
         }
     }
 
@@ -184,7 +228,7 @@ impl<T> ConnIo<T> {
             self.preface_matched = None;
         } else if matched + n == H2_PREFACE.len() {
             self.preface_matched = None;
-            self.phase = Phase::H2;
+            self.set_phase(Phase::H2);
         } else {
             self.preface_matched = Some(matched + n);
         }
@@ -198,6 +242,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.replayed.is_empty() {
+            let n = this.replayed.len().min(buf.remaining());
+            buf.put_slice(&this.replayed[..n]);
+            this.replayed.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         this.settle();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
@@ -208,7 +258,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
                 this.activity.touch();
             }
             if this.phase == Phase::Busy && this.activity.in_flight() == 0 {
-                this.phase = Phase::Head;
+                this.set_phase(Phase::Head);
                 let deadline = Instant::now() + this.limit;
                 this.deadline.as_mut().reset(deadline);
             }
@@ -220,7 +270,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
             if let Some(refusals) = &this.refusals {
                 refusals.timeout.inc();
             }
-            this.phase = Phase::Busy;
+            this.set_phase(Phase::Busy);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request head not received within header_read_timeout",
@@ -268,6 +318,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.is_parking() {
+            // hyper's connection ends, the caller's stays (see `server`).
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
