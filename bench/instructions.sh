@@ -15,6 +15,7 @@
 #   NGINX=0 bench/instructions.sh                 # gcpool only
 #   KEEP=/tmp/cg bench/instructions.sh            # keep the callgrind files (callgrind_annotate)
 #   BARE=0 bench/instructions.sh                  # without the hyper floor (examples/bare_proxy.rs)
+#   GAP_MS=20 N1=100 N2=300 bench/instructions.sh # a pause between requests (connections that idle)
 #
 # The floor: `examples/bare_proxy.rs`, the least a hyper proxy does per request (hyper's
 # HTTP/1.1 server and client connections, one thread, no admission, no metrics), measured the
@@ -51,13 +52,15 @@ sleep 0.5
 
 # $2 keep-alive GETs on one connection to 127.0.0.1:$1, each answered 200 before the next.
 send() {
-  python3 - "$1" "$2" << 'PY'
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+  python3 - "$1" "$2" "${GAP_MS:-0}" << 'PY'
+import socket, sys, time
+port, n, gap = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) / 1000
 s = socket.create_connection(("127.0.0.1", port))
 req = b"GET /api/v2/users/bench?pageSize=1 HTTP/1.1\r\nHost: x\r\n\r\n"
 buf = b""
 for _ in range(n):
+    if gap:
+        time.sleep(gap)
     s.sendall(req)
     while True:
         head, sep, rest = buf.partition(b"\r\n\r\n")
