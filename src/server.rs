@@ -3,7 +3,7 @@
 //! configured (handshake in the connection's task), the connection's deadlines (first head,
 //! slow heads, idle; see `conn_io` and `activity`), graceful drain on shutdown.
 //!
-//! An HTTP/1 connection that has had nothing to do for [`PARK_AFTER`] is *parked*: hyper's
+//! An HTTP/1 connection that has had nothing to do for `PARK_AFTER` (10 ms) is *parked*: hyper's
 //! connection (its read and write buffers, 8 KiB each, the box its request futures run in,
 //! its cached header map) is taken apart, and the connection waits for its next request
 //! holding little more than its socket; the next byte brings up a new hyper connection. The
