@@ -430,7 +430,15 @@ impl Connection {
                     // Parking: hyper's shutdown of the IO at its end is skipped.
                     activity.parking(parking);
                     Pin::new(&mut *connection).graceful_shutdown();
-                    (&mut *connection).await
+                    // hyper ends at once when idle, after the answer in progress otherwise,
+                    // and waits for a head it has begun: bounded by the head deadline, and
+                    // here by the idle timeout should nothing move at all.
+                    tokio::select! {
+                        ended = &mut *connection => ended,
+                        _ = activity.quiet_for(self.options.idle_timeout) => {
+                            return debug!(peer = %self.peer, "closing a connection that stayed quiet while closing");
+                        }
+                    }
                 }
             };
             if let Err(error) = ended {
@@ -451,7 +459,8 @@ impl Connection {
             } = connection.into_parts();
             io = parts_io.into_inner();
             if !read_buf.is_empty() {
-                io.replay(read_buf);
+                // The start of a pipelined head: its deadline runs from now.
+                io.replay_partial_head(read_buf);
                 continue;
             }
             drop(read_buf);

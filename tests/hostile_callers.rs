@@ -786,3 +786,76 @@ async fn a_parked_connection_serves_its_next_requests() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Issue 13 item 4, found by the attack on parking: a request with the start of a second
+/// head behind it in the same write, then silence. The half head must be cut by
+/// `header_read_timeout`, as any slow head is. (Parked with its half head handed back, the
+/// connection ran no head deadline and was never cut: a few hundred such sockets held
+/// every connection slot.)
+#[tokio::test]
+async fn a_half_head_pipelined_behind_a_request_is_cut() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  header_read_timeout: 1s\n  idle_timeout: 3s\n", "").await;
+    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(&[GET, &GET[..10]].concat()).await.unwrap();
+    let (seen, closed) = read_until_closed(&mut stream, Duration::from_secs(8)).await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        closed,
+        "still open after {:?}: the half head was never cut",
+        started.elapsed()
+    );
+    // Cut by the head deadline (1 s), well before the idle timeout would have (3 s).
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    let exposition = metrics(&gcpool).await;
+    assert_eq!(
+        metric(
+            &exposition,
+            r#"gcpool_rejections_total{reason="header_timeout"}"#
+        ),
+        1.0
+    );
+}
+
+/// The same half head behind a refused request (no API key), then shutdown: the connection
+/// is gone by then, and the drain does not wait for it.
+#[tokio::test]
+async fn a_half_head_behind_a_refused_request_does_not_hold_shutdown() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let yaml = support::config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &support::THREE_CLIENTS,
+        "",
+    )
+    .replace(
+        "allow_anonymous: true",
+        "allow_anonymous: false\n  api_keys:\n    - name: app\n      key: \"k-0123456789abcdef0123456789abcdef\"",
+    )
+    .replace(
+        "server:\n",
+        "server:\n  header_read_timeout: 1s\n  idle_timeout: 2s\n",
+    );
+    let gcpool = support::start_config(support::config(&yaml)).await;
+    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    stream.write_all(&[GET, &GET[..10]].concat()).await.unwrap();
+    let (seen, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(seen.starts_with("HTTP/1.1 401"), "{seen}");
+    assert!(closed, "an unauthenticated caller held its connection");
+    let started = Instant::now();
+    gcpool.shutdown().trigger();
+    tokio::time::timeout(Duration::from_secs(20), gcpool.wait())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+}

@@ -149,6 +149,18 @@ impl<T> ConnIo<T> {
         }
     }
 
+    /// Hands back the start of a request head a hyper connection read but did not finish
+    /// (pipelined behind a request, then the connection parked): the next reads return it
+    /// first, and the rest of the head is due within the head limit from now.
+    pub(crate) fn replay_partial_head(&mut self, bytes: Bytes) {
+        self.replay(bytes);
+        if self.phase != Phase::H2 {
+            self.set_phase(Phase::Head);
+            let deadline = Instant::now() + self.limit;
+            self.deadline.as_mut().reset(deadline);
+        }
+    }
+
     /// Hands back bytes already read: the next reads return them first.
     pub(crate) fn replay(&mut self, bytes: Bytes) {
         if self.replayed.is_empty() {
