@@ -85,14 +85,14 @@ fn is_own(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-gcpool-") && OWN.contains(name)
 }
 
-/// Header names listed in `Connection: a, b` (also hop-by-hop).
+/// Header names listed in `Connection: a, b` (also hop-by-hop). Read as bytes: a value with
+/// a non-ASCII byte somewhere still names the headers it lists.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect()
 }
 
@@ -264,5 +264,27 @@ mod tests {
         clean.insert("content-type", HeaderValue::from_static("application/json"));
         response_headers(&mut clean);
         assert_eq!(clean.len(), 1);
+    }
+
+    #[test]
+    fn a_connection_value_with_non_ascii_bytes_still_names_its_headers() {
+        let caller = Request::builder()
+            .uri("/api/v2/users/me")
+            .header(
+                "connection",
+                HeaderValue::from_bytes(b"x-secret, x-\xff").unwrap(),
+            )
+            .header("x-secret", "hop-only")
+            .header("x-kept", "1")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = caller.into_parts();
+        let target = ApiTarget::new(Scheme::HTTPS, "api.mypurecloud.com".parse().unwrap()).unwrap();
+        let up = UpstreamHead::new(&mut parts, &target)
+            .unwrap()
+            .request(Bytes::new(), &HeaderValue::from_static("Bearer tok"));
+        assert!(up.headers().get("x-secret").is_none());
+        assert!(up.headers().get("connection").is_none());
+        assert_eq!(up.headers()["x-kept"], "1");
     }
 }
