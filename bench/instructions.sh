@@ -104,6 +104,21 @@ EOF
   grep -m1 '^summary:' "$tmp/cg.$n" | awk '{print $2}'
 }
 
+# Sends $3 requests through the proxy on port $2 once it answers (process $1, under callgrind
+# writing $5), stops it with signal $4 and prints its instruction count.
+serve_and_count() {
+  local pid=$1 port=$2 n=$3 signal=$4 out=$5
+  for _ in $(seq 300); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/api/v2/users/warmup" && break
+    sleep 0.2
+  done
+  send "$port" "$n"
+  kill "-$signal" "$pid"
+  wait "$pid" || true
+  [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
+  grep -m1 '^summary:' "$out" | awk '{print $2}'
+}
+
 # Instructions of one nginx run (the proxy, a single process) that serves $1 requests.
 count_nginx() {
   local n=$1 port dir
@@ -134,17 +149,8 @@ http {
 EOF
   valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.nginx.$n" \
     "$NGINX_BIN" -p "$dir/" -c "$dir/nginx.conf" > /dev/null 2> "$dir/valgrind.log" &
-  local ng=$!
-  pids+=($ng)
-  for _ in $(seq 300); do
-    curl -sf -o /dev/null "http://127.0.0.1:$port/api/v2/users/warmup" && break
-    sleep 0.2
-  done
-  send "$port" "$n"
-  kill -QUIT "$ng"
-  wait "$ng" || true
-  [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$tmp/cg.nginx.$n" "$KEEP/"
-  grep -m1 '^summary:' "$tmp/cg.nginx.$n" | awk '{print $2}'
+  pids+=($!)
+  serve_and_count $! "$port" "$n" QUIT "$tmp/cg.nginx.$n"
 }
 
 # Instructions of one bare hyper proxy run (examples/bare_proxy.rs) that serves $1 requests.
@@ -153,17 +159,8 @@ count_bare() {
   port=$(free_port)
   valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.bare.$n" \
     "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$sim_port" "Bearer $token" > /dev/null 2> "$tmp/bare.$n.log" &
-  local bp=$!
-  pids+=($bp)
-  for _ in $(seq 300); do
-    curl -sf -o /dev/null "http://127.0.0.1:$port/api/v2/users/warmup" && break
-    sleep 0.2
-  done
-  send "$port" "$n"
-  kill -TERM "$bp"
-  wait "$bp" || true
-  [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$tmp/cg.bare.$n" "$KEEP/"
-  grep -m1 '^summary:' "$tmp/cg.bare.$n" | awk '{print $2}'
+  pids+=($!)
+  serve_and_count $! "$port" "$n" TERM "$tmp/cg.bare.$n"
 }
 
 i1=$(count "$N1")
