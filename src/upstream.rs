@@ -17,7 +17,8 @@
 //! are dropped, the upstream has closed them too).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +46,12 @@ pub use outcome::{Outcome, OutcomeKind};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Idle connections kept per host.
 const MAX_IDLE_PER_HOST: usize = 1024;
+/// Idle connections nobody needs are closed (each holds ~25 KB: hyper's buffers and task).
+const REAPING: Reaping = Reaping {
+    spare_after: Duration::from_secs(5),
+    warm: 8,
+    every: Duration::from_secs(1),
+};
 /// How long a response body may send nothing while it is read, unless
 /// [`UpstreamBody::stall_limit`] sets another bound.
 const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(30);
@@ -94,9 +101,28 @@ pub struct Upstream {
 /// a short list searched in order beats a hash map: hashing an `Authority` lowercases it byte
 /// by byte through SipHash, about 1,000 instructions per lookup, twice per request. Hosts
 /// are only ever added, so a host's index names it for the pool's life.
-#[derive(Debug, Default)]
+///
+/// While it holds idle connections a reaper task closes those nobody needs (see
+/// [`Reaping`]): a burst leaves as many idle connections as it had requests in flight.
+#[derive(Debug)]
 struct Pool {
     hosts: Mutex<Vec<Host>>,
+    reaping: Reaping,
+    /// A reaper task runs; set and cleared with `hosts` locked.
+    reaper: AtomicBool,
+}
+
+/// When idle connections are closed before their [`IDLE_TIMEOUT`]. The pool hands out its
+/// newest idle connection first, so one idle for `spare_after` was not needed by the load
+/// of that whole while: it is spare (HAProxy's `pool-purge-delay` is 5 s too). The `warm`
+/// newest of a host stay until the idle timeout, so a quiet sidecar does not open a new
+/// TLS connection to Genesys after every lull.
+#[derive(Debug, Clone, Copy)]
+struct Reaping {
+    spare_after: Duration,
+    warm: usize,
+    /// How often the reaper looks.
+    every: Duration,
 }
 
 /// Index of a host in [`Pool::hosts`].
@@ -170,7 +196,7 @@ impl Upstream {
             .wrap_connector(http);
         Self {
             connector,
-            pool: Arc::default(),
+            pool: Arc::new(Pool::new(REAPING)),
         }
     }
 
@@ -330,6 +356,14 @@ impl Default for Upstream {
 // === impl Pool ===
 
 impl Pool {
+    fn new(reaping: Reaping) -> Self {
+        Self {
+            hosts: Mutex::default(),
+            reaping,
+            reaper: AtomicBool::new(false),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Host>> {
         self.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -358,6 +392,59 @@ impl Pool {
             host.idle.clear();
         }
     }
+
+    /// Starts the reaper unless it runs (`hosts`: the pool's, locked). Outside a runtime
+    /// (a pool dropped with its last body) there is none; the next give-back starts it.
+    fn wake_reaper(self: &Arc<Self>, _locked: &[Host]) {
+        if self.reaper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(reap(Arc::downgrade(self)));
+            }
+            Err(_) => self.reaper.store(false, Ordering::Relaxed),
+        }
+    }
+}
+
+/// The reaper: every `reaping.every`, closes the spare and expired idle connections; ends
+/// once none is left (or the pool is gone).
+async fn reap(pool: Weak<Pool>) {
+    loop {
+        let Some(every) = pool.upgrade().map(|pool| pool.reaping.every) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut hosts = pool.lock();
+        let now = Instant::now();
+        let mut left = 0;
+        for host in hosts.iter_mut() {
+            host.reap(now, &pool.reaping);
+            left += host.idle.len();
+        }
+        if left == 0 {
+            pool.reaper.store(false, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+impl Host {
+    /// Drops the idle connections that are closed, past the idle timeout, or spare (but
+    /// the warm ones).
+    fn reap(&mut self, now: Instant, reaping: &Reaping) {
+        // Newest last: the warm ones are the last `warm`.
+        let warm_from = self.idle.len().saturating_sub(reaping.warm);
+        let mut index = 0;
+        self.idle.retain(|idle| {
+            let warm = index >= warm_from;
+            index += 1;
+            let age = now.saturating_duration_since(idle.since);
+            !idle.sender.is_closed() && age <= IDLE_TIMEOUT && (warm || age < reaping.spare_after)
+        });
+    }
 }
 
 // === impl Loan ===
@@ -375,6 +462,7 @@ impl Loan {
                 sender: self.sender,
                 since: Instant::now(),
             });
+            self.pool.wake_reaper(&hosts);
         }
     }
 }
@@ -500,17 +588,30 @@ mod tests {
 
     /// A server answering every connection by `script`; counts connections accepted.
     async fn server(script: Script) -> (String, Arc<AtomicUsize>) {
+        let (base, accepted, _) = server_counting_closes(script).await;
+        (base, accepted)
+    }
+
+    /// [`server`], also counting the connections the client closed.
+    async fn server_counting_closes(
+        script: Script,
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, closes) = (accepted.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, script));
+                let closes = closes.clone();
+                tokio::spawn(async move {
+                    serve(stream, script).await;
+                    closes.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
-        (base, accepted)
+        (base, accepted, closed)
     }
 
     async fn serve(mut stream: TcpStream, script: Script) {
@@ -699,6 +800,74 @@ mod tests {
             assert_eq!(idle(&upstream), 0, "the loan is not given back");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Waits (at most 5 s) until `count` reaches `want`.
+    async fn reaches(count: &AtomicUsize, want: usize) -> bool {
+        for _ in 0..500 {
+            if count.load(Ordering::SeqCst) == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn idle_connections_nobody_needs_are_closed_but_the_warm_ones_until_the_idle_timeout() {
+        let (base, accepted, closed) = server_counting_closes(Script::KeepAlive).await;
+        let mut upstream = Upstream::new();
+        upstream.pool = Arc::new(Pool::new(Reaping {
+            spare_after: Duration::from_millis(200),
+            warm: 2,
+            every: Duration::from_millis(20),
+        }));
+        // A burst of 6 at once: 6 connections, all idle once their answers are read.
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let (upstream, request) = (upstream.clone(), get(&base));
+            sends.spawn(async move { upstream.send(request, SECOND).await.unwrap() });
+        }
+        let responses = sends.join_all().await;
+        for response in responses {
+            assert_eq!(body(response).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 6);
+        assert_eq!(idle(&upstream), 6);
+        // Used again within `spare_after`: nothing is spare yet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(idle(&upstream), 6);
+        assert_eq!(closed.load(Ordering::SeqCst), 0);
+        // Past it: the 4 oldest are closed, the 2 newest kept.
+        assert!(reaches(&closed, 4).await, "closed: {closed:?}");
+        assert_eq!(idle(&upstream), 2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(closed.load(Ordering::SeqCst), 4, "the warm ones stay");
+        // The warm ones go at the idle timeout; then the reaper ends.
+        for idle in &mut upstream.pool.hosts.lock().unwrap()[0].idle {
+            idle.since = Instant::now().checked_sub(IDLE_TIMEOUT + SECOND).unwrap();
+        }
+        assert!(reaches(&closed, 6).await, "closed: {closed:?}");
+        assert_eq!(idle(&upstream), 0);
+        assert!(
+            reaches_false(&upstream.pool.reaper).await,
+            "the reaper ends"
+        );
+        // And starts again with the next connection pooled.
+        let response = upstream.send(get(&base), SECOND).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "ok");
+        assert!(upstream.pool.reaper.load(Ordering::Relaxed));
+        assert_eq!(accepted.load(Ordering::SeqCst), 7);
+    }
+
+    async fn reaches_false(flag: &AtomicBool) -> bool {
+        for _ in 0..500 {
+            if !flag.load(Ordering::Relaxed) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 
     #[tokio::test]

@@ -53,6 +53,9 @@ pub(crate) struct Activity {
     /// hyper's HTTP/1 connection is being ended to park the caller's: the IO's shutdown is
     /// skipped.
     parking: AtomicBool,
+    /// The service got a request head, not yet taken by the connection's IO (which stops
+    /// the head's timer then).
+    head_done: AtomicBool,
     /// The stuck check's clock: advanced by the watcher every half idle timeout.
     tick: AtomicUsize,
     /// Bodies that handed hyper data (with more to come) and were not polled since, by
@@ -100,6 +103,7 @@ impl Activity {
             bodies: AtomicUsize::new(0),
             head_pending: AtomicBool::new(true),
             parking: AtomicBool::new(false),
+            head_done: AtomicBool::new(false),
             tick: AtomicUsize::new(0),
             awaiting: Default::default(),
         })
@@ -110,9 +114,26 @@ impl Activity {
         self.last_us.store(self.now_us(), Ordering::Relaxed);
     }
 
+    /// The last moment something arrived or a request ended.
+    pub(crate) fn last_active(&self) -> Instant {
+        self.at(&self.last_us)
+    }
+
     /// Whether a request head is on its way (told by the connection's IO).
     pub(crate) fn reading_head(&self, pending: bool) {
         self.head_pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// The service got a complete request head.
+    pub(crate) fn head_done(&self) {
+        self.head_done.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a head reached the service since the last call. Consumed every time (a
+    /// pipelined head raises it while the connection is busy), so it never switches off
+    /// the timer of a later head.
+    pub(crate) fn take_head_done(&self) -> bool {
+        self.head_done.swap(false, Ordering::Relaxed)
     }
 
     /// Whether hyper's connection is being ended to park the caller's.

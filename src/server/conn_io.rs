@@ -27,7 +27,6 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,10 +40,15 @@ use super::activity::Activity;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Shared between the connection's IO and its service.
-#[derive(Debug, Default)]
-pub(crate) struct HeadTimer {
-    head_done: AtomicBool,
+/// A listener's head and write limits and its refusal counters, shared by its
+/// connections' IO.
+#[derive(Debug)]
+pub(crate) struct IoRules {
+    /// A request head is due within this (`server.header_read_timeout`).
+    pub(crate) head_limit: Duration,
+    /// How long a write may wait for the caller to read (`server.idle_timeout`).
+    pub(crate) write_limit: Duration,
+    pub(crate) refusals: Option<ConnCounters>,
 }
 
 /// Counters of what a listener's connections did wrong (a listener's).
@@ -58,13 +62,6 @@ pub struct ConnCounters {
     pub malformed: IntCounter,
     /// The caller read nothing of an answer for the write limit.
     pub caller_stalled: IntCounter,
-}
-
-impl HeadTimer {
-    /// The service got a complete request head.
-    pub(crate) fn head_done(&self) {
-        self.head_done.store(true, Ordering::Relaxed);
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,22 +79,41 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct ConnIo<T> {
     io: T,
-    timer: Arc<HeadTimer>,
     activity: Arc<Activity>,
-    limit: Duration,
+    rules: Arc<IoRules>,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
-    /// How long a write may wait for the caller to read.
-    write_limit: Duration,
     /// Armed while a write waits; reset by any progress.
     write_stall: Option<Pin<Box<Sleep>>>,
     /// How many leading bytes of the connection matched the HTTP/2 preface; `None` once
     /// the protocol is known.
     preface_matched: Option<usize>,
-    refusals: Option<ConnCounters>,
     /// Bytes already read and handed back: read again before the socket.
     replayed: Bytes,
 }
+
+/// What ended a parked connection's wait ([`ConnIo::parked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// A byte arrived: the start of the next request, handed back to be read again.
+    Byte,
+    /// The peer closed the connection.
+    Closed,
+    /// Nothing arrived by the deadline.
+    Idle,
+}
+
+/// Every byte value, so a parked connection's first byte is handed back without an
+/// allocation.
+static BYTE_VALUES: [u8; 256] = {
+    let mut values = [0; 256];
+    let mut i = 0;
+    while i < 256 {
+        values[i] = i as u8;
+        i += 1;
+    }
+    values
+};
 
 /// The protocol a connection's first bytes show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,27 +123,16 @@ pub(crate) enum Protocol {
 }
 
 impl<T> ConnIo<T> {
-    /// Wraps a connection that starts now: its first head is due within `limit`, and a
-    /// write may wait at most `write_limit` for the caller to read.
-    pub(crate) fn new(
-        io: T,
-        timer: Arc<HeadTimer>,
-        activity: Arc<Activity>,
-        limit: Duration,
-        write_limit: Duration,
-        refusals: Option<ConnCounters>,
-    ) -> Self {
+    /// Wraps a connection that starts now: its first head is due within the head limit.
+    pub(crate) fn new(io: T, activity: Arc<Activity>, rules: Arc<IoRules>) -> Self {
         Self {
             io,
-            timer,
             activity,
-            limit,
+            deadline: Box::pin(tokio::time::sleep(rules.head_limit)),
+            rules,
             phase: Phase::Head,
-            deadline: Box::pin(tokio::time::sleep(limit)),
-            write_limit,
             write_stall: None,
             preface_matched: Some(0),
-            refusals,
             replayed: Bytes::new(),
         }
     }
@@ -156,9 +161,54 @@ impl<T> ConnIo<T> {
         self.replay(bytes);
         if self.phase != Phase::H2 {
             self.set_phase(Phase::Head);
-            let deadline = Instant::now() + self.limit;
+            let deadline = Instant::now() + self.rules.head_limit;
             self.deadline.as_mut().reset(deadline);
         }
+    }
+
+    /// A parked connection's wait for its next request, until `idle_deadline` (no request is
+    /// in flight and no head on its way, so the head deadline's timer is free to time it).
+    pub(crate) async fn parked(&mut self, idle_deadline: Instant) -> io::Result<Wake>
+    where
+        T: AsyncRead + Unpin,
+    {
+        self.deadline.as_mut().reset(idle_deadline);
+        std::future::poll_fn(|cx| {
+            let mut first = [0; 1];
+            let mut buf = ReadBuf::new(&mut first);
+            // Through `poll_read`: a byte arms the head deadline, as any other would.
+            match Pin::new(&mut *self).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(match buf.filled() {
+                    [] => Wake::Closed,
+                    [byte, ..] => {
+                        let byte = usize::from(*byte);
+                        self.replay(Bytes::from_static(&BYTE_VALUES[byte..=byte]));
+                        Wake::Byte
+                    }
+                })),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending if self.phase == Phase::Busy => {
+                    self.deadline.as_mut().poll(cx).map(|()| Ok(Wake::Idle))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Shuts the connection down (TLS: with its close_notify), waiting at most `grace`.
+    pub(crate) async fn close(&mut self, grace: Duration)
+    where
+        T: AsyncWrite + Unpin,
+    {
+        self.deadline.as_mut().reset(Instant::now() + grace);
+        std::future::poll_fn(|cx| {
+            if Pin::new(&mut *self).poll_shutdown(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            self.deadline.as_mut().poll(cx)
+        })
+        .await;
     }
 
     /// Hands back bytes already read: the next reads return them first.
@@ -184,7 +234,7 @@ impl<T> ConnIo<T> {
             self.write_stall = None;
             return polled;
         }
-        let limit = self.write_limit;
+        let limit = self.rules.write_limit;
         let stall = self
             .write_stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
@@ -192,7 +242,7 @@ impl<T> ConnIo<T> {
             return Poll::Pending;
         }
         self.write_stall = None;
-        if let Some(counters) = &self.refusals {
+        if let Some(counters) = &self.rules.refusals {
             let answers = self.activity.answers_open().max(1) as u64;
             counters.caller_stalled.inc_by(answers);
         }
@@ -207,7 +257,7 @@ impl<T> ConnIo<T> {
     fn before_write(&mut self, first_bytes: &[u8]) {
         self.settle();
         if self.phase == Phase::Head {
-            if let Some(refusals) = &self.refusals {
+            if let Some(refusals) = &self.rules.refusals {
                 if first_bytes.starts_with(b"HTTP/1.1 431") {
                     refusals.too_large.inc();
                 } else {
@@ -223,7 +273,7 @@ impl<T> ConnIo<T> {
     /// (a pipelined head raises it while the connection is busy), so it never switches off
     /// the timer of a later head.
     fn settle(&mut self) {
-        if self.timer.head_done.swap(false, Ordering::Relaxed) && self.phase == Phase::Head {
+        if self.activity.take_head_done() && self.phase == Phase::Head {
             self.set_phase(Phase::Busy);
         }
     }
@@ -258,6 +308,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
             let n = this.replayed.len().min(buf.remaining());
             buf.put_slice(&this.replayed[..n]);
             this.replayed.advance(n);
+            if this.replayed.is_empty() {
+                // Its allocation goes now, not with the next replay.
+                this.replayed = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.settle();
@@ -271,7 +325,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
             }
             if this.phase == Phase::Busy && this.activity.in_flight() == 0 {
                 this.set_phase(Phase::Head);
-                let deadline = Instant::now() + this.limit;
+                let deadline = Instant::now() + this.rules.head_limit;
                 this.deadline.as_mut().reset(deadline);
             }
         }
@@ -279,7 +333,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
             && polled.is_pending()
             && this.deadline.as_mut().poll(cx).is_ready()
         {
-            if let Some(refusals) = &this.refusals {
+            if let Some(refusals) = &this.rules.refusals {
                 refusals.timeout.inc();
             }
             this.set_phase(Phase::Busy);
@@ -343,14 +397,12 @@ mod tests {
     use super::*;
 
     fn io() -> ConnIo<tokio::io::Empty> {
-        ConnIo::new(
-            tokio::io::empty(),
-            Arc::default(),
-            Activity::new(),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            None,
-        )
+        let rules = IoRules {
+            head_limit: Duration::from_secs(1),
+            write_limit: Duration::from_secs(1),
+            refusals: None,
+        };
+        ConnIo::new(tokio::io::empty(), Activity::new(), Arc::new(rules))
     }
 
     #[tokio::test]
