@@ -233,6 +233,7 @@ impl ListenerRules {
             options,
             io: Arc::new(IoRules {
                 head_limit: options.header_read_timeout,
+                first_head_limit: options.header_read_timeout.min(options.idle_timeout),
                 write_limit: options.idle_timeout,
                 refusals,
             }),
@@ -352,6 +353,19 @@ where
         B: ResponseBody,
     {
         let Some(io) = self.io.as_mut() else { return };
+        // Silent so far: it waits as a parked connection does, bounded by its first head's
+        // deadline, and the sniff's box comes with its first byte.
+        let woke = tokio::select! {
+            woke = io.next_byte() => woke,
+            () = self.connection.stop.cancelled() => return,
+        };
+        match woke {
+            Ok(Wake::Byte) => {}
+            Ok(Wake::Closed | Wake::Idle) => return,
+            Err(error) => {
+                return debug!(peer = %self.connection.peer, %error, "connection ended with an error");
+            }
+        }
         let protocol = Box::pin(self.connection.first_bytes(io, &self.activity)).await;
         match protocol {
             Some(Protocol::Http1) => {}

@@ -46,6 +46,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(crate) struct IoRules {
     /// A request head is due within this (`server.header_read_timeout`).
     pub(crate) head_limit: Duration,
+    /// The first head is due within this: the head limit, or the idle timeout when that is
+    /// shorter (a connection silent from its start is idle too).
+    pub(crate) first_head_limit: Duration,
     /// How long a write may wait for the caller to read (`server.idle_timeout`).
     pub(crate) write_limit: Duration,
     pub(crate) refusals: Option<ConnCounters>,
@@ -128,7 +131,7 @@ impl<T> ConnIo<T> {
         Self {
             io,
             activity,
-            deadline: Box::pin(tokio::time::sleep(rules.head_limit)),
+            deadline: Box::pin(tokio::time::sleep(rules.first_head_limit)),
             rules,
             phase: Phase::Head,
             write_stall: None,
@@ -173,6 +176,17 @@ impl<T> ConnIo<T> {
         T: AsyncRead + Unpin,
     {
         self.deadline.as_mut().reset(idle_deadline);
+        self.next_byte().await
+    }
+
+    /// Waits for the connection's next byte with no buffer but a byte on the stack, and hands
+    /// it back to be read again. While a head is due (a new connection), the head deadline
+    /// bounds the wait as it bounds any read (`TimedOut`, counted); otherwise the timer as
+    /// last set does ([`Wake::Idle`]).
+    pub(crate) async fn next_byte(&mut self) -> io::Result<Wake>
+    where
+        T: AsyncRead + Unpin,
+    {
         std::future::poll_fn(|cx| {
             let mut first = [0; 1];
             let mut buf = ReadBuf::new(&mut first);
@@ -399,6 +413,7 @@ mod tests {
     fn io() -> ConnIo<tokio::io::Empty> {
         let rules = IoRules {
             head_limit: Duration::from_secs(1),
+            first_head_limit: Duration::from_secs(1),
             write_limit: Duration::from_secs(1),
             refusals: None,
         };
