@@ -604,3 +604,82 @@ async fn idle_h2_over_tls_lives_until_idle_timeout_with_goaway() {
         "{metrics}"
     );
 }
+
+/// A parked HTTP/1 connection over TLS: woken by a request whose first record holds one
+/// byte (the rest a record later, after the parking delay), served, then closed at
+/// `idle_timeout` with a close_notify (a clean end of stream, not a cut), counting no head
+/// timeout.
+#[tokio::test]
+async fn a_parked_http1_tls_connection_wakes_and_idles_out_with_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("h1-parked");
+    pki.write(dir.path());
+    let yaml = tls_yaml(&sim, dir.path()).replacen(
+        "server:\n",
+        "server:\n  header_read_timeout: 1s\n  idle_timeout: 3s\n",
+        1,
+    );
+    let gcpool = support::start_config(config(&yaml)).await;
+    let mut stream = tls_connect(gcpool.api_addr(), &[&pki.ca], ANY_VERSION, &[b"http/1.1"])
+        .await
+        .expect("TLS handshake");
+    let get = format!("GET {PATH} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut buf = vec![0u8; 16 * 1024];
+    for round in 0..3 {
+        // Past the parking delay.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.write_all(&get.as_bytes()[..1]).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.write_all(&get.as_bytes()[1..]).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+                .await
+                .expect("answered")
+                .expect("read");
+            assert!(n > 0, "round {round}: closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            seen.starts_with(b"HTTP/1.1 200"),
+            "round {round}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    // The rest of the last answer's body, then nothing until the idle timeout ends it.
+    let idle_from = tokio::time::Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(6), stream.read(&mut buf)).await {
+            Err(_) => panic!("a parked TLS connection was not closed by idle_timeout"),
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => break Err(error),
+        }
+    };
+    let idle = idle_from.elapsed();
+    assert!(
+        ended.is_ok(),
+        "closed with a close_notify, not cut: {ended:?}"
+    );
+    assert!(
+        idle >= Duration::from_millis(2500) && idle < Duration::from_millis(4500),
+        "closed after {idle:?}, want ≈ 3 s"
+    );
+    let metrics = HttpClient::new()
+        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
+        .await
+        .text();
+    assert_eq!(
+        support::metric_value(
+            &metrics,
+            r#"gcpool_rejections_total{reason="header_timeout"}"#
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+}
