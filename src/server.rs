@@ -8,7 +8,7 @@
 //! its cached header map) is taken apart, and the connection waits for its next request
 //! holding little more than its socket; the next byte brings up a new hyper connection.
 //!
-//! The connection task is what a parked connection holds, so it stays small ([`Open`]): it
+//! The connection task is what a parked connection holds, so it stays small (`Open`): it
 //! holds the connection's parts once and waits, parked, on the IO's own timer; everything
 //! larger (the protocol sniff, a stretch of HTTP/1 serving with hyper's connection, HTTP/2,
 //! the TLS handshake) runs in a box of its own that goes when it ends. What a parked plain
