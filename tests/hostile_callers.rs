@@ -147,6 +147,32 @@ async fn silent_connections_are_closed_and_cannot_lock_callers_out() {
     assert_eq!(sim.stats().accepted, 2);
 }
 
+#[tokio::test]
+async fn a_silent_connection_is_closed_by_the_idle_timeout_when_it_is_the_shorter() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  header_read_timeout: 5s\n  idle_timeout: 1s\n", "").await;
+    let mut silent = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    let started = Instant::now();
+    let (bytes, closed) = read_until_closed(&mut silent, Duration::from_secs(4)).await;
+    let after = started.elapsed();
+    assert!(
+        closed,
+        "still open after {after:?}: silent from its start, it is idle too"
+    );
+    assert!(bytes.is_empty(), "nothing is answered to silence: {bytes}");
+    assert!(
+        after >= Duration::from_millis(900),
+        "not before idle_timeout: {after:?}"
+    );
+    // Cut as a head that did not come, as with the head deadline.
+    let text = metrics(&gcpool).await;
+    assert_eq!(
+        metric(&text, r#"gcpool_rejections_total{reason="header_timeout"}"#),
+        1.0,
+        "{text}"
+    );
+}
+
 /// An HTTP/2 (prior knowledge) connection to gcpool.
 async fn h2_connect(
     addr: std::net::SocketAddr,
