@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::Method;
 use sha2::{Digest, Sha256};
 use support::redis::RedisServer;
-use support::{GcpoolProcess, HttpClient, eventually, free_port, wait_ready};
+use support::{GcpoolProcess, HttpClient, eventually, free_port};
 
 /// The API key the examples with `inbound.api_keys` are given (its sha256 is exported).
 const API_KEY: &str = "example-api-key";
@@ -164,8 +164,8 @@ async fn every_example_runs_against_the_simulator() {
     let client = HttpClient::new();
     for name in EXAMPLES {
         let text = std::fs::read_to_string(examples_dir().join(name)).expect("read example");
-        let gcpool = GcpoolProcess::spawn(&with_free_ports(&text), &env);
-        wait_ready(gcpool.admin).await;
+        let mut gcpool = GcpoolProcess::spawn(&with_free_ports(&text), &env);
+        gcpool.wait_ready().await;
         // `GET /api/v2/users/{userId}` is on the gateway's allow-list; the others allow all.
         let url = format!("http://{}/api/v2/users/example-user-id", gcpool.api);
         let answer = client

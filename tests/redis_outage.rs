@@ -14,9 +14,7 @@ use std::time::Duration;
 use gcpool::sim::{SimOptions, SimStats, Simulator};
 use http::StatusCode;
 use support::redis::RedisServer;
-use support::{
-    GcpoolProcess, HttpClient, TestClient, config_yaml, eventually, metric_value, wait_ready,
-};
+use support::{GcpoolProcess, HttpClient, TestClient, config_yaml, eventually, metric_value};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::info;
@@ -76,9 +74,10 @@ async fn wait_shared_up(admin: SocketAddr, want: f64, within: Duration) {
 
 /// `n` replicas of `yaml`, each ready and on the shared budgets.
 async fn start_fleet(yaml: &str, n: usize) -> Vec<GcpoolProcess> {
-    let replicas: Vec<GcpoolProcess> = (0..n).map(|_| GcpoolProcess::spawn(yaml, &[])).collect();
-    for r in &replicas {
-        wait_ready(r.admin).await;
+    let mut replicas: Vec<GcpoolProcess> =
+        (0..n).map(|_| GcpoolProcess::spawn(yaml, &[])).collect();
+    for r in &mut replicas {
+        r.wait_ready().await;
         wait_shared_up(r.admin, 1.0, Duration::from_secs(10)).await;
     }
     replicas
@@ -286,8 +285,8 @@ async fn a_replica_started_during_an_outage_takes_no_unknown_share() {
     let _ = load.await.expect("load task");
     info!("the org window is used up; Redis stops and a third replica starts");
     redis.pause();
-    let late = GcpoolProcess::spawn(&yaml, &[]);
-    wait_ready(late.admin).await;
+    let mut late = GcpoolProcess::spawn(&yaml, &[]);
+    late.wait_ready().await;
     let mut apis: Vec<SocketAddr> = running.iter().map(|r| r.api).collect();
     apis.push(late.api);
     let load = offer(apis, 18, Duration::from_secs(2));

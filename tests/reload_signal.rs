@@ -11,9 +11,7 @@ use std::time::{Duration, SystemTime};
 use gcpool::sim::{SimOptions, Simulator};
 use http::{Method, StatusCode};
 use serde_json::Value;
-use support::{
-    GcpoolProcess, HttpClient, THREE_CLIENTS, TestClient, config_yaml, eventually, wait_ready,
-};
+use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, TestClient, config_yaml, eventually};
 use tokio::time::Instant;
 
 /// How long any one step may take to show its effect.
@@ -39,10 +37,10 @@ impl Harness {
         let sim_url = sim.base_url();
         let mut yaml = config_yaml(&sim_url, "{API}", "{ADMIN}", clients, "");
         yaml.extend(std::iter::repeat_n('\n', PADDING));
-        let process = GcpoolProcess::spawn(&yaml, &[]);
+        let mut process = GcpoolProcess::spawn(&yaml, &[]);
+        process.wait_ready().await;
         let meta = std::fs::metadata(&process.config_path).expect("config metadata");
         let (len, mtime) = (meta.len(), meta.modified().expect("config mtime"));
-        wait_ready(process.admin).await;
         Self {
             process,
             sim_url,

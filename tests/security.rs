@@ -133,7 +133,7 @@ async fn no_secret_in_logs_status_metrics_or_answers() {
     let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
     let yaml = keyed_yaml(&sim.base_url(), "{API}", "{ADMIN}", "");
     let mut process = GcpoolProcess::spawn(&yaml, &[("RUST_LOG", "debug")]);
-    support::wait_ready(process.admin).await;
+    process.wait_ready().await;
     let client = HttpClient::new();
     let mut seen = String::new();
     let mut tokens = std::collections::BTreeSet::new();

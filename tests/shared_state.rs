@@ -8,7 +8,7 @@ use std::time::Duration;
 use gcpool::sim::{SimOptions, Simulator};
 use http::StatusCode;
 use support::redis::RedisServer;
-use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, config_yaml, eventually, wait_ready};
+use support::{GcpoolProcess, HttpClient, THREE_CLIENTS, config_yaml, eventually};
 use tokio::time::Instant;
 
 /// gcpool config for one replica: 3 clients × 5 per 2 s window, shared through `redis`.
@@ -45,10 +45,11 @@ async fn wait_metric(
 
 /// `n` gcpool processes on `yaml`, each ready and connected to Redis.
 async fn start_fleet(yaml: &str, n: usize) -> (Vec<GcpoolProcess>, HttpClient) {
-    let replicas: Vec<GcpoolProcess> = (0..n).map(|_| GcpoolProcess::spawn(yaml, &[])).collect();
+    let mut replicas: Vec<GcpoolProcess> =
+        (0..n).map(|_| GcpoolProcess::spawn(yaml, &[])).collect();
     let client = HttpClient::new();
-    for r in &replicas {
-        wait_ready(r.admin).await;
+    for r in &mut replicas {
+        r.wait_ready().await;
         wait_metric(
             &client,
             r.admin,

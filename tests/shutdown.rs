@@ -13,7 +13,7 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
     let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
     let yaml = config_yaml(&sim.base_url(), "{API}", "{ADMIN}", &THREE_CLIENTS, "");
     let mut process = support::GcpoolProcess::spawn(&yaml, &[]);
-    support::wait_ready(process.admin).await;
+    process.wait_ready().await;
     let api = process.api;
 
     // A request that takes 1.5 s upstream is in flight when SIGTERM arrives.

@@ -465,7 +465,7 @@ async fn binary_reloads_on_sighup() {
     write_unchanged_stamp(&crt, &first.chain_pem, 8192, mtime);
     write_unchanged_stamp(&key, &first.key_pem, 4096, mtime);
     let mut gcpool = GcpoolProcess::spawn(&binary_config(&sim, dir.path()), &[]);
-    wait_ready(gcpool.admin).await;
+    gcpool.wait_ready().await;
     let roots = [&first.ca, &second.ca];
 
     let mut before = Conn::open(gcpool.api, &roots, ANY_VERSION, &[]).await;

@@ -103,7 +103,7 @@ async fn wrong_secret_client_is_left_out_and_nothing_secret_is_printed() {
     ];
     let yaml = config_yaml(&sim.base_url(), "{API}", "{ADMIN}", &clients, "");
     let mut process = support::GcpoolProcess::spawn(&yaml, &[("RUST_LOG", "debug")]);
-    support::wait_ready(process.admin).await;
+    process.wait_ready().await;
 
     let client = HttpClient::new();
     let mut tokens_seen = std::collections::BTreeSet::new();

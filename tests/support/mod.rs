@@ -318,6 +318,9 @@ pub struct GcpoolProcess {
     pub stderr_path: std::path::PathBuf,
     /// The config file the binary runs on (tests may rewrite it to exercise reloads).
     pub config_path: std::path::PathBuf,
+    /// What it was spawned with, to start it again on other ports (see `wait_ready`).
+    template: String,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -325,16 +328,38 @@ impl GcpoolProcess {
     /// Writes `yaml` (with `{API}` / `{ADMIN}` replaced by free ports) and runs
     /// `gcpool run --config` on it.
     pub fn spawn(yaml_template: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, api, admin) = Self::run(yaml_template, &env, dir.path());
+        Self {
+            child,
+            api,
+            admin,
+            stderr_path: dir.path().join("stderr.log"),
+            config_path: dir.path().join("gcpool.yaml"),
+            template: yaml_template.to_owned(),
+            env,
+            _dir: dir,
+        }
+    }
+
+    /// Writes the config with free ports into `dir` and starts the binary on it.
+    fn run(
+        template: &str,
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> (Child, SocketAddr, SocketAddr) {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let yaml = yaml_template
+        let yaml = template
             .replace("{API}", &api.to_string())
             .replace("{ADMIN}", &admin.to_string());
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config_path = dir.path().join("gcpool.yaml");
+        let config_path = dir.join("gcpool.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
-        let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
+        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("create stderr log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_gcpool"));
         command
             .arg("run")
@@ -347,14 +372,50 @@ impl GcpoolProcess {
             command.env(k, v);
         }
         let child = command.spawn().expect("spawn gcpool binary");
-        Self {
-            child,
-            api,
-            admin,
-            stderr_path,
-            config_path,
-            _dir: dir,
+        (child, api, admin)
+    }
+
+    /// Waits (up to 10 s) until `/readyz` answers 200. A port `free_port` picked can be
+    /// bound by another test before this process binds it: the process then exits at start
+    /// (and `/readyz` on that port may be the other test's). It is started again on new
+    /// ports, at most 3 times; `api`, `admin` and the config file are then the new ones.
+    pub async fn wait_ready(&mut self) {
+        let client = HttpClient::new();
+        for _ in 0..3 {
+            let url = format!("http://{}/readyz", self.admin);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let exited = loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait") {
+                    break status;
+                }
+                if let Ok(answer) = client.try_get(&url).await
+                    && answer.status == StatusCode::OK
+                {
+                    // Ours: another process would not have exited ours.
+                    if self.child.try_wait().expect("try_wait").is_none() {
+                        return;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gcpool at admin {} did not become ready within 10 s:\n{}",
+                    self.admin,
+                    self.stderr()
+                );
+                tokio::time::sleep(POLL_EVERY).await;
+            };
+            let stderr = self.stderr();
+            assert!(
+                stderr.contains("in use"),
+                "gcpool exited at start ({exited}):\n{stderr}"
+            );
+            let dir = self._dir.path().to_owned();
+            (self.child, self.api, self.admin) = Self::run(&self.template, &self.env, &dir);
         }
+        panic!(
+            "gcpool could not bind free ports three times:\n{}",
+            self.stderr()
+        );
     }
 
     pub fn stderr(&self) -> String {
