@@ -245,37 +245,6 @@ impl ListenerRules {
     }
 }
 
-/// `handler` as a hyper service whose requests and answers `activity` follows: a request
-/// ends the head in progress, and counts in flight until its answer's body is written or
-/// dropped (also when the caller leaves and the handler is dropped).
-fn tracked<H, F, B>(
-    handler: H,
-    peer: SocketAddr,
-    activity: Arc<Activity>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<TrackedBody<B>>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: ResponseBody,
-{
-    service_fn(move |request| {
-        activity.head_done();
-        let in_flight = activity.begin();
-        let response = handler(request, peer);
-        async move {
-            let response = response.await;
-            Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
-        }
-    })
-}
-
 /// The caller takes none of its answers (HTTP/2 flow control held shut, or a full socket):
 /// its connection is dropped, and with it the upstream exchanges behind its requests; the
 /// answers cut count as `caller_stalled`.
@@ -318,8 +287,10 @@ where
         async move { self.run().await }
     }
 
-    /// The service for a stretch of serving: the handler, followed by the connection's
-    /// activity.
+    /// The handler as a hyper service for a stretch of serving, its requests and answers
+    /// followed by the connection's activity: a request ends the head in progress, and
+    /// counts in flight until its answer's body is written or dropped (also when the caller
+    /// leaves and the handler is dropped).
     fn service<F, B>(
         &self,
     ) -> impl Service<
@@ -335,11 +306,20 @@ where
         F: Future<Output = Response<B>> + Send + 'static,
         B: ResponseBody,
     {
-        tracked(
+        let (handler, peer, activity) = (
             self.handler.clone(),
             self.connection.peer,
             self.activity.clone(),
-        )
+        );
+        service_fn(move |request| {
+            activity.head_done();
+            let in_flight = activity.begin();
+            let response = handler(request, peer);
+            async move {
+                let response = response.await;
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
+            }
+        })
     }
 
     /// Serves the connection until the peer closes it, it idles out, or shutdown drains it.

@@ -11,7 +11,7 @@ use gcpool::sim::{SimOptions, Simulator};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{HttpClient, eventually};
+use support::{HttpClient, eventually, metrics, read_until_closed, rejections};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -24,40 +24,10 @@ async fn start(sim: &Simulator, server_keys: &str, inbound_keys: &str) -> gcpool
     support::start_with_keys(&sim.base_url(), server_keys, inbound_keys).await
 }
 
-async fn metrics(gcpool: &gcpool::app::Gcpool) -> String {
-    HttpClient::new()
-        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
-        .await
-        .text()
-}
-
 /// The value of `series`; fails the test when it is not exported.
 fn metric(exposition: &str, series: &str) -> f64 {
     support::metric_value(exposition, series)
         .unwrap_or_else(|| panic!("{series} must be exported:\n{exposition}"))
-}
-
-/// `gcpool_rejections_total{reason}`, 0 while absent: its series appears at the first
-/// rejection for `reason`. Tests here see `bad_request` and `header_timeout` counted, so a 0
-/// for those is not a misspelt label; no test here sees `header_too_large` counted.
-fn rejections(exposition: &str, reason: &str) -> f64 {
-    let series = format!(r#"gcpool_rejections_total{{reason="{reason}"}}"#);
-    support::metric_value(exposition, &series).unwrap_or(0.0)
-}
-
-/// Reads until the peer closes (or `limit` passes); returns what arrived and whether the
-/// connection was closed (EOF or reset) within `limit`.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
-    let deadline = Instant::now() + limit;
-    let mut seen = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
-            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Reads one HTTP/1.1 answer head (and whatever body bytes came with it) within `limit`.

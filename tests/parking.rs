@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use gcpool::sim::{SimOptions, Simulator};
-use support::HttpClient;
+use support::{metrics, read_until_closed, rejections};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -18,34 +18,6 @@ const GET: &[u8] = b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n\r\n";
 /// gcpool in front of `sim` with `server_keys` added under `server:`.
 async fn start(sim: &Simulator, server_keys: &str) -> gcpool::app::Gcpool {
     support::start_with_keys(&sim.base_url(), server_keys, "").await
-}
-
-async fn metrics(gcpool: &gcpool::app::Gcpool) -> String {
-    HttpClient::new()
-        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
-        .await
-        .text()
-}
-
-/// `gcpool_rejections_total{reason}`, 0 while absent.
-fn rejections(exposition: &str, reason: &str) -> f64 {
-    let series = format!(r#"gcpool_rejections_total{{reason="{reason}"}}"#);
-    support::metric_value(exposition, &series).unwrap_or(0.0)
-}
-
-/// Reads until the peer closes (or `limit` passes); returns what arrived and whether the
-/// connection was closed (EOF or reset) within `limit`.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
-    let deadline = Instant::now() + limit;
-    let mut seen = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
-            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// Reads one whole answer (head and `Content-Length` body) within `limit`.

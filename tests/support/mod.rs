@@ -505,3 +505,38 @@ pub async fn dump_dom(chromium: &Path, url: &str) -> String {
     );
     String::from_utf8(output.stdout).expect("the DOM must be UTF-8")
 }
+
+/// gcpool's `/metrics` exposition.
+pub async fn metrics(gcpool: &gcpool::app::Gcpool) -> String {
+    HttpClient::new()
+        .get(&format!("http://{}/metrics", gcpool.admin_addr()))
+        .await
+        .text()
+}
+
+/// `gcpool_rejections_total{reason}`, 0 while absent: its series appears at the first
+/// rejection for `reason`. Tests here see `bad_request` and `header_timeout` counted, so a 0
+/// for those is not a misspelt label; no test here sees `header_too_large` counted.
+pub fn rejections(exposition: &str, reason: &str) -> f64 {
+    let series = format!(r#"gcpool_rejections_total{{reason="{reason}"}}"#);
+    metric_value(exposition, &series).unwrap_or(0.0)
+}
+
+/// Reads until the peer closes (or `limit` passes); returns what arrived and whether the
+/// connection was closed (EOF or reset) within `limit`.
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
