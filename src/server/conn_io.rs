@@ -126,7 +126,7 @@ pub(crate) enum Protocol {
 }
 
 impl<T> ConnIo<T> {
-    /// Wraps a connection that starts now: its first head is due within the head limit.
+    /// Wraps a connection that starts now: its first head is due within `first_head_limit`.
     pub(crate) fn new(io: T, activity: Arc<Activity>, rules: Arc<IoRules>) -> Self {
         Self {
             io,
