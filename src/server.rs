@@ -598,7 +598,8 @@ impl Connection {
                 ..
             } = connection.into_parts();
             io = parts_io.into_inner();
-            if read_buf.is_empty() {
+            // Empty lines left behind a request are no head (see `conn_io::is_blank`).
+            if conn_io::is_blank(&read_buf) {
                 return Stretch::Parked(io);
             }
             // The start of a pipelined head: its deadline runs from now, on a new hyper

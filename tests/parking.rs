@@ -197,3 +197,67 @@ async fn split_and_pipelined_heads_across_parks_are_served() {
     assert!(e.starts_with("HTTP/1.1 200") && closed, "{e} {closed}");
     assert_eq!(rejections(&metrics(&gcpool).await, "header_timeout"), 0.0);
 }
+
+/// Empty lines after a request (some clients end a POST body with an extra CRLF) are
+/// ignored, as RFC 9112 §2.2 asks of a server: they start no head, so a keep-alive
+/// connection is not cut by `header_read_timeout`, in the request's own segment or later.
+/// Dripped, they keep nothing open past `idle_timeout`.
+#[tokio::test]
+async fn empty_lines_between_requests_start_no_head() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let gcpool = start(&sim, "  header_read_timeout: 1s\n  idle_timeout: 3s\n").await;
+    const GET: &[u8] = b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut same_segment = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    same_segment
+        .write_all(&[GET, b"\r\n"].concat())
+        .await
+        .unwrap();
+    let mut later = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    later.write_all(GET).await.unwrap();
+    for caller in [&mut same_segment, &mut later] {
+        let answer = read_answer(caller, Duration::from_secs(3)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // Parked by now: the empty line wakes it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    later.write_all(b"\r\n").await.unwrap();
+    // Past header_read_timeout, within idle_timeout: both still serve.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    for caller in [&mut same_segment, &mut later] {
+        caller.write_all(GET).await.unwrap();
+        let again = read_answer(caller, Duration::from_secs(3)).await;
+        assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    }
+
+    // Dripped every 300 ms, empty lines do not hold a connection past idle_timeout.
+    let mut dripper = TcpStream::connect(gcpool.api_addr()).await.unwrap();
+    dripper.write_all(GET).await.unwrap();
+    let answer = read_answer(&mut dripper, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let idle_from = Instant::now();
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if dripper.write_all(b"\r\n").await.is_err() || idle_from.elapsed() > Duration::from_secs(6)
+        {
+            break read_until_closed(&mut dripper, Duration::from_millis(500))
+                .await
+                .1;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), dripper.read(&mut byte)).await
+        {
+            break true;
+        }
+    };
+    let after = idle_from.elapsed();
+    assert!(closed, "still open after {after:?} of empty lines");
+    assert!(
+        after >= Duration::from_millis(2800) && after < Duration::from_millis(4500),
+        "closed after {after:?}, want ≈ idle_timeout (3 s)"
+    );
+
+    let text = metrics(&gcpool).await;
+    assert_eq!(rejections(&text, "header_timeout"), 0.0, "{text}");
+}

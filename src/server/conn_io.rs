@@ -311,6 +311,11 @@ impl<T> ConnIo<T> {
     }
 }
 
+/// Whether `bytes` are only line ends: empty lines, which may come before a request line.
+pub(crate) fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(|byte| matches!(byte, b'\r' | b'\n'))
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -334,10 +339,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for ConnIo<T> {
         let read = &buf.filled()[before..];
         if !read.is_empty() {
             this.detect_protocol(read);
-            if this.phase != Phase::H2 {
+            // Between requests, empty lines are not the start of a head (RFC 9112 §2.2: a
+            // server ignores them before a request line, as hyper's parser does): they arm
+            // no head deadline, and count as no activity (so dripping them keeps nothing open).
+            let between = this.phase == Phase::Busy && this.activity.in_flight() == 0;
+            let blank = between && is_blank(read);
+            if this.phase != Phase::H2 && !blank {
                 this.activity.touch();
             }
-            if this.phase == Phase::Busy && this.activity.in_flight() == 0 {
+            if between && !blank {
                 this.set_phase(Phase::Head);
                 let deadline = Instant::now() + this.rules.head_limit;
                 this.deadline.as_mut().reset(deadline);
