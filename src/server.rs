@@ -62,6 +62,27 @@ impl<B> ResponseBody for B where
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The service a connection is served with (the handler, tracked: see `Open::service`).
+trait ConnService<B>:
+    Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Connection settings of a listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -531,14 +552,7 @@ impl Connection {
     ) -> Stretch<S>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        Svc: Service<
-                Request<Incoming>,
-                Response = Response<B>,
-                Error = Infallible,
-                Future: Send + 'static,
-            > + Clone
-            + Send
-            + 'static,
+        Svc: ConnService<B>,
         B: ResponseBody,
     {
         loop {
@@ -638,14 +652,7 @@ impl Connection {
     async fn serve_http2<S, Svc, B>(&self, io: ConnIo<S>, service: Svc, activity: &Activity)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        Svc: Service<
-                Request<Incoming>,
-                Response = Response<B>,
-                Error = Infallible,
-                Future: Send + 'static,
-            > + Clone
-            + Send
-            + 'static,
+        Svc: ConnService<B>,
         B: ResponseBody,
     {
         let (peer, options) = (self.peer, self.rules.options);

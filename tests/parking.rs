@@ -45,6 +45,18 @@ async fn read_answer(stream: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// A connection that served one request and has been parked since (300 ms, past the 10 ms).
+async fn parked(gcpool: &gcpool::app::Gcpool) -> TcpStream {
+    let mut stream = TcpStream::connect(gcpool.api_addr())
+        .await
+        .expect("connect to gcpool");
+    stream.write_all(GET).await.expect("send the request");
+    let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+}
+
 /// The parked wait runs on the head deadline's timer, set to the idle deadline: the first
 /// byte of the next head must set it back to `header_read_timeout`, so a head dripped into
 /// a parked connection is cut (and counted) as any slow head is, not at `idle_timeout`.
@@ -52,11 +64,7 @@ async fn read_answer(stream: &mut TcpStream, limit: Duration) -> String {
 async fn slow_loris_after_a_park_is_cut_by_the_head_deadline() {
     let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
     let gcpool = start(&sim, "  header_read_timeout: 1s\n  idle_timeout: 30s\n").await;
-    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
-    stream.write_all(GET).await.unwrap();
-    let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = parked(&gcpool).await;
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     let mut cut = false;
@@ -87,11 +95,7 @@ async fn slow_loris_after_a_park_is_cut_by_the_head_deadline() {
 async fn half_close_while_parked_closes() {
     let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
     let gcpool = start(&sim, "  header_read_timeout: 1s\n  idle_timeout: 30s\n").await;
-    let mut stream = TcpStream::connect(gcpool.api_addr()).await.unwrap();
-    stream.write_all(GET).await.unwrap();
-    let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = parked(&gcpool).await;
     stream.shutdown().await.unwrap();
     let (rest, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
     assert!(closed && rest.is_empty(), "{rest:?} {closed}");
