@@ -119,6 +119,7 @@ fn spawn_workers(
                         }
                     };
                     runtime.block_on(async move {
+                        tokio::spawn(crate::upkeep::run(stop.clone()));
                         let listener = match TcpListener::from_std(listener) {
                             Ok(listener) => listener,
                             Err(error) => {
@@ -244,6 +245,9 @@ impl Gcpool {
             grace: config.server.shutdown_grace,
             header_read_timeout: config.server.header_read_timeout,
         };
+        // The main runtime's threads allocate too (token refreshes, admin, Redis answers):
+        // one of them calls the upkeep hook; the API workers each call it (`spawn_workers`).
+        shutdown.spawn(crate::upkeep::run(shutdown.token()));
         if let Some(tls) = &tls {
             shutdown.spawn(
                 tls.clone()

@@ -35,7 +35,8 @@
 //!
 //! 1. Leaves: [`secret`] (redacting wrapper), [`routes`] (the Platform API operation
 //!    table), [`metrics`], [`telemetry`], [`shutdown`], [`upstream`] (the HTTP client to
-//!    Genesys, its connection pool, and what an answer means: [`upstream::Outcome`]).
+//!    Genesys, its connection pool, and what an answer means: [`upstream::Outcome`]),
+//!    [`upkeep`] (a per-thread hook the binary installs for its allocator).
 //! 2. [`config`] (YAML → validated [`config::Config`]); [`token`] (one OAuth client's
 //!    tokens and their refresher).
 //! 3. One step each: [`budget`] (sliding-window budgets and the store trait; no HTTP),
@@ -69,4 +70,5 @@ pub mod sim;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod upkeep;
 pub mod upstream;

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "telemetry",
         "shutdown",
         "upstream",
+        "upkeep",
     ],
     &["config", "token"],
     // One step of the request path each, over the leaves.

@@ -164,3 +164,64 @@ async fn a_silent_connection_holds_under_1536_bytes_of_heap() {
     );
     drop(callers);
 }
+
+/// Bytes in the caches of freed blocks of every thread that uses `arena`.
+fn cached_in_arena(arena: u32) -> usize {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    tikv_jemalloc_ctl::epoch::advance().expect("jemalloc's epoch");
+    let name = format!("stats.arenas.{arena}.tcache_bytes\0");
+    name.as_bytes()
+        .name()
+        .read()
+        .expect("jemalloc's cache stats")
+}
+
+/// Allocates and frees 200 blocks of each size from 64 bytes to 16 KiB: this thread's
+/// cache keeps some of each.
+fn fill_the_cache() {
+    let blocks: Vec<Vec<u8>> = (6..=14)
+        .flat_map(|shift| (0..200).map(move |i| vec![i as u8; 1 << shift]))
+        .collect();
+    drop(std::hint::black_box(blocks));
+}
+
+/// The upkeep hook the binary installs (`gcpool::upkeep`): a thread that allocated nothing
+/// between two calls returns its cache of freed blocks, so the background thread can give
+/// the pages back once a burst is over; a thread that allocated keeps it. Without the hook
+/// (before it) the cache stayed with a quiet thread for good.
+#[test]
+fn a_quiet_thread_returns_its_cache_of_freed_blocks_and_a_busy_one_keeps_it() {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let _alone = ONE_AT_A_TIME.blocking_lock();
+    std::thread::spawn(|| {
+        let arena: u32 = b"thread.arena\0"
+            .name()
+            .read()
+            .expect("this thread's arena");
+
+        fill_the_cache();
+        let full = cached_in_arena(arena);
+        assert!(
+            full >= 64 * 1024,
+            "the cache holds {full} bytes after a fill"
+        );
+        gcpool::upkeep::return_jemalloc_cache_when_quiet();
+        fill_the_cache();
+        gcpool::upkeep::return_jemalloc_cache_when_quiet();
+        let busy = cached_in_arena(arena);
+        assert!(
+            busy >= full / 2,
+            "a thread that allocated between two calls kept {busy} of {full} bytes"
+        );
+
+        gcpool::upkeep::return_jemalloc_cache_when_quiet();
+        gcpool::upkeep::return_jemalloc_cache_when_quiet();
+        let quiet = cached_in_arena(arena);
+        assert!(
+            quiet + 64 * 1024 <= busy,
+            "a quiet thread kept {quiet} of {busy} bytes"
+        );
+    })
+    .join()
+    .expect("the test thread");
+}
