@@ -14,6 +14,7 @@
 #   bench/memory.sh                      # CONNS=10000, PHASES="used unused"
 #   PHASES=used CONNS=5000 bench/memory.sh
 #   LATER=0 bench/memory.sh              # skips the late figure (a minute shorter)
+#   TLS=1 bench/memory.sh                # callers connect with TLS (a self-signed P-256 certificate)
 #   GCPOOL_BIN=/path/to/gcpool SKIP_BUILD=1 bench/memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ PHASES=${PHASES:-used unused}
 # about 1 s after they are freed (src/upstream.rs, src/main.rs).
 SETTLE=${SETTLE:-8}
 LATER=${LATER:-65}
+TLS=${TLS:-}
 if [[ -z "${SKIP_BUILD:-}" ]]; then
   cargo build --release --quiet
 fi
@@ -35,10 +37,17 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sim_port=$(free_port); api_port=$(free_port); admin_port=$(free_port)
 
+if [[ -n "$TLS" ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2> /dev/null
+fi
 {
   printf 'server:\n  listen: "127.0.0.1:%s"\n  admin_listen: "127.0.0.1:%s"\n' "$api_port" "$admin_port"
   # Opening 10,000 connections takes a few seconds: the never-used ones must outlive it.
   printf '  header_read_timeout: 60s\n'
+  if [[ -n "$TLS" ]]; then
+    printf '  tls:\n    cert_file: %s/cert.pem\n    key_file: %s/key.pem\n' "$tmp" "$tmp"
+  fi
   printf 'genesys:\n  api_base: http://127.0.0.1:%s\n  login_base: http://127.0.0.1:%s\n' "$sim_port" "$sim_port"
   printf 'inbound:\n  allow_anonymous: true\nbudgets:\n  org_per_minute: 1000000\nclients:\n'
   for i in $(seq -w 1 50); do
@@ -55,9 +64,14 @@ for _ in $(seq 50); do
 done
 sleep 1
 
-python3 - "$api_port" "$CONNS" "$gc" "$SETTLE" "$LATER" "$tmp/gcpool.log" $PHASES <<'PY'
-import asyncio, os, resource, subprocess, sys
-port, n, gc, settle, later, log, phases = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), sys.argv[6], sys.argv[7:]
+python3 - "$api_port" "$CONNS" "$gc" "$SETTLE" "$LATER" "$tmp/gcpool.log" "${TLS:-0}" $PHASES <<'PY'
+import asyncio, os, resource, ssl, subprocess, sys
+port, n, gc, settle, later, log, tls, phases = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), sys.argv[6], sys.argv[7] != "0", sys.argv[8:]
+context = None
+if tls:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1000)), hard))
 REQUEST = b"GET /api/v2/users/me HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -92,7 +106,7 @@ async def phase(name, base):
     sem = asyncio.Semaphore(200)
     async def open_one():
         async with sem:
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=context)
             if used:
                 code = await one_answer(r, w)
                 codes[code] = codes.get(code, 0) + 1
@@ -122,7 +136,7 @@ async def phase(name, base):
 
 async def main():
     base = status("VmRSS")
-    print(f"gcpool idle with 50 clients: RSS {base:.1f} MiB", flush=True)
+    print(f"gcpool idle with 50 clients{', TLS' if tls else ''}: RSS {base:.1f} MiB", flush=True)
     results = {}
     for name in phases:
         results[name] = await phase(name, base)
