@@ -40,6 +40,8 @@
 //! 2. [`config`] (YAML → validated [`config::Config`]); [`token`] (one OAuth client's
 //!    tokens and their refresher).
 //! 3. One step each: [`budget`] (sliding-window budgets and the store trait; no HTTP),
+//!    [`cache`] (the response cache: keys, what may be kept, the bounded store, coalescing;
+//!    not on the request path yet),
 //!    [`pool`] (clients, health, in flight), [`inbound`] (caller checks), [`tls`].
 //! 4. [`admission`]: client choice and waiting over [`pool`] and [`budget`].
 //! 5. [`generation`]: what one config decides for the request path, built the same way at
@@ -53,6 +55,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod budget;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["config", "token"],
     // One step of the request path each, over the leaves.
-    &["budget", "tls", "pool", "inbound"],
+    &["budget", "cache", "tls", "pool", "inbound"],
     &["admission"],
     &["generation"],
     &["reload", "proxy", "server"],

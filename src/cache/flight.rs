@@ -1,0 +1,163 @@
+//! Coalescing (SPEC §11): of concurrent identical requests one, the leader, calls upstream;
+//! the others follow and get its answer.
+//!
+//! A leader that fails, or whose caller goes away, lands nothing: each follower then joins
+//! again, and the first of them leads. No follower waits on a leader that is gone, since a
+//! dropped [`Lead`] lands `Failed`; how long a follower waits at all is its own deadline,
+//! which the caller of [`Follow::wait`] puts around it.
+//!
+//! The map of flights is a `Mutex<HashMap>`: it is touched twice per cacheable miss (join,
+//! land), never on a hit or an uncached route, and each touch is a hash and an insert or
+//! remove. Per-key locking (dashmap's shards) would pay off only if misses of many keys
+//! came in at the rate hits do.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+use super::{Entry, Key};
+
+/// The requests in flight upstream, one per key.
+#[derive(Debug, Default)]
+pub struct Flights {
+    flying: Mutex<HashMap<Key, watch::Sender<Landing>>>,
+}
+
+/// What a flight ends with, as its followers see it.
+#[derive(Debug, Clone)]
+enum Landing {
+    Flying,
+    /// The answer, for every follower (stored or not).
+    Answered(Arc<Entry>),
+    /// The leader's answer cannot be shared (e.g. a body too large to hold): each follower
+    /// calls upstream on its own.
+    Declined,
+    /// The leader failed or was cancelled: join again.
+    Failed,
+}
+
+/// A request's part in a flight.
+#[derive(Debug)]
+pub enum Role {
+    /// Call upstream, then [`Lead::land`] (or [`Lead::decline`]; dropping it fails it).
+    Leader(Lead),
+    /// Wait for the leader's answer.
+    Follower(Follow),
+}
+
+/// The leader's side: lands the flight once.
+#[derive(Debug)]
+pub struct Lead {
+    flights: Arc<Flights>,
+    key: Key,
+    landing: watch::Sender<Landing>,
+}
+
+/// A follower's side.
+#[derive(Debug)]
+pub struct Follow {
+    landing: watch::Receiver<Landing>,
+}
+
+/// How a follower's wait ended.
+#[derive(Debug)]
+pub enum Waited {
+    Answered(Arc<Entry>),
+    /// Call upstream alone, without a flight.
+    OnYourOwn,
+    /// The leader is gone: join again.
+    LeaderLost,
+}
+
+impl Flights {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Leads the flight for `key` when none flies, else follows it.
+    pub fn join(self: &Arc<Self>, key: &Key) -> Role {
+        let mut flying = self.flying.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(landing) = flying.get(key) {
+            return Role::Follower(Follow {
+                landing: landing.subscribe(),
+            });
+        }
+        let (landing, _) = watch::channel(Landing::Flying);
+        flying.insert(key.clone(), landing.clone());
+        Role::Leader(Lead {
+            flights: self.clone(),
+            key: key.clone(),
+            landing,
+        })
+    }
+
+    /// Flights in the air (for tests and `/status`).
+    pub fn flying(&self) -> usize {
+        self.flying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Lead {
+    /// Hands `answer` to every follower. Store it before landing, when it is to be stored:
+    /// a request that comes once the flight is gone finds it there.
+    pub fn land(self, answer: Arc<Entry>) {
+        self.end(Landing::Answered(answer));
+    }
+
+    /// Sends every follower upstream on its own.
+    pub fn decline(self) {
+        self.end(Landing::Declined);
+    }
+
+    fn end(self, landing: Landing) {
+        // Out of the map first: whoever comes next starts a new flight or finds the store.
+        self.leave();
+        self.landing.send_replace(landing);
+        // `Drop` sees the landing and sends nothing more.
+    }
+
+    fn leave(&self) {
+        let mut flying = self
+            .flights
+            .flying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if flying
+            .get(&self.key)
+            .is_some_and(|landing| landing.same_channel(&self.landing))
+        {
+            flying.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if matches!(*self.landing.borrow(), Landing::Flying) {
+            self.leave();
+            self.landing.send_replace(Landing::Failed);
+        }
+    }
+}
+
+impl Follow {
+    /// Waits for the leader's landing.
+    pub async fn wait(mut self) -> Waited {
+        let landed = self
+            .landing
+            .wait_for(|landing| !matches!(landing, Landing::Flying))
+            .await
+            .map(|landing| landing.clone());
+        match landed {
+            Ok(Landing::Answered(answer)) => Waited::Answered(answer),
+            Ok(Landing::Declined) => Waited::OnYourOwn,
+            // A sender gone without a landing cannot happen (`Drop` lands `Failed`); if it
+            // did, joining again is the safe answer.
+            Ok(Landing::Failed | Landing::Flying) | Err(_) => Waited::LeaderLost,
+        }
+    }
+}
