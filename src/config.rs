@@ -115,7 +115,7 @@ pub struct BudgetsConfig {
     pub token_per_minute: NonZeroU32,
     pub org_per_minute: NonZeroU32,
     pub window: Duration,
-    /// Safety margin added between gcpool's window and the upstream's (`budgets.guard`, default 5ms).
+    /// Safety margin added between gcpool's window and the upstream's (`budgets.guard`, default 50ms).
     pub guard: Duration,
     pub endpoints: Vec<EndpointBudget>,
     pub queue: QueueConfig,
