@@ -39,30 +39,43 @@ pub async fn run(stop: CancellationToken) {
     }
 }
 
+/// Bytes a thread must have allocated or freed since its cache was last returned before a
+/// quiet second returns it again. Below it the cache holds little, and returning it would
+/// cost more than it gives: an idle process allocates a little now and then (the config
+/// file's check every 2 s), and returning its cache each time woke jemalloc's background
+/// thread to purge pages every few seconds, and made the next request refill the cache.
+const RETURN_AFTER_BYTES: u64 = 64 * 1024;
+
 thread_local! {
-    /// This thread's `thread.allocated` at the last upkeep, and whether its cache has been
-    /// returned since it last allocated.
-    static QUIET_SINCE: std::cell::Cell<(u64, bool)> = const { std::cell::Cell::new((0, false)) };
+    /// This thread's bytes allocated plus freed at the last upkeep, and at the last return
+    /// of its cache.
+    static SEEN: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 /// The binary's hook, for a process whose global allocator is jemalloc: a thread that
-/// allocated nothing since the last call returns its cache of freed blocks to its arena,
-/// once, by turning the cache off and on (what `thread.tcache.flush` does, through the safe
-/// API); jemalloc's background thread then gives the pages back. A busy thread keeps its
-/// cache: it is what makes its allocations cheap (without caches a request costs 30 % more
-/// instructions, `bench/instructions.sh`).
+/// allocated and freed nothing since the last call returns its cache of freed blocks to
+/// its arena, by turning the cache off and on (what `thread.tcache.flush` does, through the
+/// safe API), once it moved [`RETURN_AFTER_BYTES`] since the last return; jemalloc's
+/// background thread then gives the pages back. Frees count as much as allocations: they
+/// are what fills the cache (a worker whose idle connections close only frees). A busy
+/// thread keeps its cache: it is what makes its allocations cheap (without caches a request
+/// costs 30 % more instructions, `bench/instructions.sh`).
 pub fn return_jemalloc_cache_when_quiet() {
     use tikv_jemalloc_ctl::{Access, AsName};
-    let Ok(allocated) = tikv_jemalloc_ctl::thread::allocatedp::read() else {
+    let (Ok(allocated), Ok(freed)) = (
+        tikv_jemalloc_ctl::thread::allocatedp::read(),
+        tikv_jemalloc_ctl::thread::deallocatedp::read(),
+    ) else {
         return;
     };
-    let now = allocated.get();
-    let (then, returned) = QUIET_SINCE.get();
-    if now != then {
-        QUIET_SINCE.set((now, false));
+    let moved = || allocated.get().wrapping_add(freed.get());
+    let now = moved();
+    let (last, returned_at) = SEEN.get();
+    if now != last {
+        SEEN.set((now, returned_at));
         return;
     }
-    if returned {
+    if now.wrapping_sub(returned_at) < RETURN_AFTER_BYTES {
         return;
     }
     let cache = b"thread.tcache.enabled\0".name();
@@ -71,8 +84,9 @@ pub fn return_jemalloc_cache_when_quiet() {
         let _ = cache.write(false);
         let _ = cache.write(true);
     }
-    // Turning the cache on again allocates: count from after it.
-    QUIET_SINCE.set((allocated.get(), true));
+    // Turning the cache off and on frees and allocates: count from after it.
+    let after = moved();
+    SEEN.set((after, after));
 }
 
 #[cfg(test)]

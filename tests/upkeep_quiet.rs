@@ -1,4 +1,5 @@
-//! Attacks on `gcpool::upkeep::return_jemalloc_cache_when_quiet` (commit ee974b0).
+//! Attacks on `gcpool::upkeep::return_jemalloc_cache_when_quiet` (commit ee974b0), each
+//! a regression test now.
 //!
 //! The hook decides "quiet" from `thread.allocated` only. A thread's cache of freed blocks
 //! fills on *frees* too: blocks allocated earlier (or on another thread) and freed on this
@@ -79,6 +80,51 @@ fn a_thread_that_only_frees_after_its_cache_was_returned_returns_it_again() {
         assert!(
             after + 64 * 1024 <= refilled,
             "a thread that only freed since its cache was returned kept {after} of {refilled} bytes"
+        );
+    })
+    .join()
+    .expect("the test thread");
+}
+
+/// An idle process allocates a little now and then (the config file's check every 2 s).
+/// Returning the cache for each such trickle woke jemalloc's background thread every few
+/// seconds and made the next request refill the cache (the attack on ee974b0 counted 24
+/// `madvise` calls in 30 s idle, none before). Under 64 KiB moved since the last return, a
+/// quiet thread keeps its cache; past it, it returns it.
+#[test]
+fn a_trickle_of_allocations_does_not_return_the_cache_each_time() {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    std::thread::spawn(|| {
+        let arena: u32 = b"thread.arena\0"
+            .name()
+            .read()
+            .expect("this thread's arena");
+        let stat = cache_stat(arena);
+        drop(std::hint::black_box(blocks()));
+        for _ in 0..3 {
+            gcpool::upkeep::return_jemalloc_cache_when_quiet();
+        }
+        let returned = cached(&stat);
+        // A trickle: 4 KiB allocated and freed (into the cache), two quiet calls, again.
+        for round in 0..4 {
+            drop(std::hint::black_box(vec![round as u8; 4096]));
+            gcpool::upkeep::return_jemalloc_cache_when_quiet();
+            gcpool::upkeep::return_jemalloc_cache_when_quiet();
+            let kept = cached(&stat);
+            assert!(
+                kept >= returned + 4096,
+                "round {round}: the cache was returned for 4 KiB ({returned} -> {kept} bytes)"
+            );
+        }
+        // Past 64 KiB it is returned.
+        drop(std::hint::black_box(blocks()));
+        let full = cached(&stat);
+        gcpool::upkeep::return_jemalloc_cache_when_quiet();
+        gcpool::upkeep::return_jemalloc_cache_when_quiet();
+        let after = cached(&stat);
+        assert!(
+            after + 64 * 1024 <= full,
+            "returned after a fill: {full} -> {after} bytes"
         );
     })
     .join()
