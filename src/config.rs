@@ -32,6 +32,7 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     pub inbound: InboundConfig,
     pub shared_state: Option<SharedStateConfig>,
+    pub cache: CacheConfig,
     /// Things that are allowed but probably not meant (e.g. Σ client budgets > org cap).
     pub warnings: Vec<String>,
     /// The config file, when loaded from one (what a reload re-reads).
@@ -160,6 +161,35 @@ pub struct SharedStateConfig {
     /// How long one Redis call may take before this replica decides on its local share
     /// (`shared_state.timeout`).
     pub timeout: Duration,
+}
+
+/// The response cache (SPEC §11, `cache`): no routes, no cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// At most this many answers kept (`cache.max_entries`, default 10000).
+    pub max_entries: u64,
+    /// At most this many bytes of keys and answers kept (`cache.max_bytes`, default 64 MiB).
+    pub max_bytes: u64,
+    pub routes: Vec<CacheRoute>,
+}
+
+/// One cached route (`cache.routes[i]`).
+#[derive(Debug, Clone)]
+pub struct CacheRoute {
+    /// `GET` or `HEAD`.
+    pub method: Method,
+    /// Path template, e.g. `/api/v2/routing/queues/{queueId}`.
+    pub path: String,
+    /// The operation `method path` names in [`RouteTable::genesys`](crate::routes::RouteTable::genesys).
+    pub route: RouteId,
+    /// How long an answer is fresh; zero coalesces concurrent requests and keeps nothing.
+    pub ttl: Duration,
+    /// How long past `ttl` an answer may still stand in for a 429 or an upstream failure
+    /// (`stale_if_limited`); zero is off.
+    pub stale_if_limited: Duration,
+    /// Keep answers whatever their `Cache-Control`, `Set-Cookie` and `Vary` say (the
+    /// operator's decision; Genesys marks every answer `no-store`).
+    pub ignore_upstream_cache_headers: bool,
 }
 
 /// Every error found while loading a config; each names its key path.

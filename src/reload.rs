@@ -258,6 +258,7 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
         budgets,
         inbound: _,
         shared_state,
+        cache: _,
         warnings: _,
         source: _,
         files: _,

@@ -21,6 +21,7 @@ pub(super) struct File {
     pub(super) budgets: Option<Budgets>,
     pub(super) inbound: Option<Inbound>,
     pub(super) shared_state: Option<SharedState>,
+    pub(super) cache: Option<Cache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +118,23 @@ pub(super) struct SharedState {
     pub(super) timeout: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Cache {
+    pub(super) max_entries: Option<String>,
+    pub(super) max_bytes: Option<String>,
+    pub(super) routes: Option<Vec<CacheRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheRoute {
+    pub(super) route: Option<String>,
+    pub(super) ttl: Option<String>,
+    pub(super) stale_if_limited: Option<String>,
+    pub(super) ignore_upstream_cache_headers: Option<String>,
+}
+
 // === output mirror (what `gcpool check` prints; secrets already redacted) ===
 
 #[derive(Debug, Serialize)]
@@ -127,6 +145,7 @@ pub(super) struct Resolved {
     pub(super) budgets: ResolvedBudgets,
     pub(super) inbound: ResolvedInbound,
     pub(super) shared_state: Option<ResolvedSharedState>,
+    pub(super) cache: ResolvedCache,
 }
 
 #[derive(Debug, Serialize)]
@@ -207,6 +226,21 @@ pub(super) struct ResolvedSharedState {
     pub(super) key_prefix: String,
     pub(super) replicas_hint: u32,
     pub(super) timeout: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ResolvedCache {
+    pub(super) max_entries: u64,
+    pub(super) max_bytes: u64,
+    pub(super) routes: Vec<ResolvedCacheRoute>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ResolvedCacheRoute {
+    pub(super) route: String,
+    pub(super) ttl: String,
+    pub(super) stale_if_limited: String,
+    pub(super) ignore_upstream_cache_headers: bool,
 }
 
 // === parse / print ===

@@ -17,9 +17,9 @@ use super::duration::{format_duration, parse_duration};
 use super::expand::{expand, lower_first, read_secret_file, resolve_path};
 use super::file::{self, FILE_PATH};
 use super::{
-    ApiKey, BudgetScope, BudgetsConfig, ClientConfig, Config, ConfigError, ConfigErrors,
-    EndpointBudget, Env, GenesysConfig, InboundConfig, QueueConfig, RouteRule, ServerConfig,
-    SharedStateConfig, TlsConfig,
+    ApiKey, BudgetScope, BudgetsConfig, CacheConfig, CacheRoute, ClientConfig, Config, ConfigError,
+    ConfigErrors, EndpointBudget, Env, GenesysConfig, InboundConfig, QueueConfig, RouteRule,
+    ServerConfig, SharedStateConfig, TlsConfig,
 };
 use crate::routes::{RouteId, RouteTable};
 use crate::secret::Secret;
@@ -49,6 +49,8 @@ const MAX_WINDOW: Duration = Duration::from_secs(3600);
 const DEFAULT_GUARD: Duration = Duration::from_millis(50);
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_PENDING: usize = 10_000;
+const DEFAULT_CACHE_MAX_ENTRIES: u64 = 10_000;
+const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_KEY_PREFIX: &str = "gcpool";
 const DEFAULT_REPLICAS_HINT: NonZeroU32 = NonZeroU32::MIN;
 /// A loopback or same-zone round trip is well under a millisecond (p99 of one admission
@@ -114,13 +116,14 @@ pub(super) fn from_yaml(
 
 /// Position of an error's top-level section in the documented order of the file.
 fn section_rank(path: &str) -> usize {
-    const SECTIONS: [&str; 6] = [
+    const SECTIONS: [&str; 7] = [
         "server",
         "genesys",
         "clients",
         "budgets",
         "inbound",
         "shared_state",
+        "cache",
     ];
     let top = path.split(['.', '[']).next().unwrap_or_default();
     SECTIONS
@@ -210,6 +213,21 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
             replicas_hint: s.replicas_hint.get(),
             timeout: format_duration(s.timeout),
         }),
+        cache: file::ResolvedCache {
+            max_entries: c.cache.max_entries,
+            max_bytes: c.cache.max_bytes,
+            routes: c
+                .cache
+                .routes
+                .iter()
+                .map(|r| file::ResolvedCacheRoute {
+                    route: format!("{} {}", r.method, r.path),
+                    ttl: format_duration(r.ttl),
+                    stale_if_limited: format_duration(r.stale_if_limited),
+                    ignore_upstream_cache_headers: r.ignore_upstream_cache_headers,
+                })
+                .collect(),
+        },
     };
     file::print(&resolved)
 }
@@ -244,6 +262,7 @@ impl Validator<'_> {
             listen_ok.then_some(server.listen),
         );
         let shared_state = f.shared_state.map(|s| self.shared_state(s));
+        let cache = self.cache(f.cache.unwrap_or_default());
 
         let mut warnings = Vec::new();
         let pool: u64 = clients
@@ -258,6 +277,17 @@ impl Validator<'_> {
             ));
         }
 
+        for route in &cache.routes {
+            if !route.ttl.is_zero() && !route.ignore_upstream_cache_headers {
+                warnings.push(format!(
+                    "cache route \"{} {}\" keeps nothing from Genesys, which marks its answers \
+                     Cache-Control: no-store; it only coalesces concurrent requests unless \
+                     ignore_upstream_cache_headers: true",
+                    route.method, route.path
+                ));
+            }
+        }
+
         Config {
             server,
             genesys,
@@ -265,6 +295,7 @@ impl Validator<'_> {
             budgets,
             inbound,
             shared_state,
+            cache,
             warnings,
             source: None,
             files: std::mem::take(&mut self.files),
@@ -657,6 +688,57 @@ impl Validator<'_> {
                 max_wait: or_default(max_wait, DEFAULT_MAX_WAIT),
                 max_pending: or_default(max_pending, DEFAULT_MAX_PENDING),
             },
+        }
+    }
+
+    fn cache(&mut self, c: file::Cache) -> CacheConfig {
+        let max_entries = self.parse("cache.max_entries", c.max_entries, parse_positive_u64);
+        let max_bytes = self.parse("cache.max_bytes", c.max_bytes, parse_positive_u64);
+        let mut routes = Vec::new();
+        let mut seen: HashMap<RouteId, usize> = HashMap::new();
+        for (i, r) in c.routes.unwrap_or_default().into_iter().enumerate() {
+            let p = format!("cache.routes[{i}]");
+            let route_path = format!("{p}.route");
+            let route = self.required(&route_path, r.route, parse_cache_route);
+            if let Some(rule) = &route {
+                if let Some(first) = seen.get(&rule.route) {
+                    self.error(
+                        &route_path,
+                        format!(
+                            "duplicate route {} {} (also cache.routes[{first}].route)",
+                            rule.method, rule.path
+                        ),
+                    );
+                } else {
+                    seen.insert(rule.route, i);
+                }
+            }
+            let ttl = self.required(&format!("{p}.ttl"), r.ttl, parse_duration);
+            let stale = self.parse(
+                &format!("{p}.stale_if_limited"),
+                r.stale_if_limited,
+                parse_duration,
+            );
+            let ignore = self.parse(
+                &format!("{p}.ignore_upstream_cache_headers"),
+                r.ignore_upstream_cache_headers,
+                parse_bool,
+            );
+            if let (Some(rule), Some(ttl)) = (route, ttl) {
+                routes.push(CacheRoute {
+                    method: rule.method,
+                    path: rule.path,
+                    route: rule.route,
+                    ttl,
+                    stale_if_limited: or_default(stale, Duration::ZERO),
+                    ignore_upstream_cache_headers: or_default(ignore, false),
+                });
+            }
+        }
+        CacheConfig {
+            max_entries: or_default(max_entries, DEFAULT_CACHE_MAX_ENTRIES),
+            max_bytes: or_default(max_bytes, DEFAULT_CACHE_MAX_BYTES),
+            routes,
         }
     }
 
@@ -1110,6 +1192,26 @@ fn parse_route(s: &str) -> Result<RouteRule, String> {
         }),
         None => Err(unknown_route(table, &method, &path)),
     }
+}
+
+/// A route the cache may keep answers of: a `GET` or `HEAD` operation whose answer does not
+/// depend on which pool client asks (SPEC §11).
+fn parse_cache_route(s: &str) -> Result<RouteRule, String> {
+    let rule = parse_route(s)?;
+    if rule.method != Method::GET && rule.method != Method::HEAD {
+        return Err(format!(
+            "{} {} cannot be cached: only GET and HEAD answers are",
+            rule.method, rule.path
+        ));
+    }
+    if rule.path.split('/').any(|segment| segment == "me") {
+        return Err(format!(
+            "{} {} answers about the calling token's own identity (its `me` segment): each \
+             pool client gets its own answer, so one cannot stand in for another",
+            rule.method, rule.path
+        ));
+    }
+    Ok(rule)
 }
 
 /// Why `method path` is not a route, with the operation it probably means.
@@ -1978,5 +2080,89 @@ inbound:
             let damaged = format!("{}{}", &text[..i], &text[i + next..]);
             let _ = from_yaml(&damaged, &dir, &env);
         }
+    }
+
+    #[test]
+    fn the_cache_is_off_by_default_and_its_routes_are_read() {
+        let c = ok(&format!("{CLIENT}{ANON}"));
+        assert!(c.cache.routes.is_empty());
+        assert_eq!(c.cache.max_entries, 10_000);
+        assert_eq!(c.cache.max_bytes, 64 * 1024 * 1024);
+
+        let c = ok(&format!(
+            "{CLIENT}{ANON}cache:\n  max_entries: 50\n  max_bytes: 1048576\n  routes:\n    \
+             - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      ttl: 30s\n      \
+             stale_if_limited: 5m\n      ignore_upstream_cache_headers: true\n    \
+             - route: \"GET /api/v2/users/{{userId}}\"\n      ttl: 0s\n"
+        ));
+        assert_eq!(c.cache.max_entries, 50);
+        assert_eq!(c.cache.max_bytes, 1_048_576);
+        let [queues, users] = &c.cache.routes[..] else {
+            panic!("two routes, got {:?}", c.cache.routes);
+        };
+        assert_eq!(queues.path, "/api/v2/routing/queues/{queueId}");
+        assert_eq!(queues.ttl, Duration::from_secs(30));
+        assert_eq!(queues.stale_if_limited, Duration::from_secs(300));
+        assert!(queues.ignore_upstream_cache_headers);
+        assert_eq!(users.ttl, Duration::ZERO, "coalesce only");
+        assert_eq!(users.stale_if_limited, Duration::ZERO, "off");
+        assert!(!users.ignore_upstream_cache_headers);
+        // A coalesce-only route keeps nothing anyway: no warning for it.
+        assert!(
+            c.warnings.iter().all(|w| !w.contains("cache route")),
+            "{:?}",
+            c.warnings
+        );
+        let printed = redacted_yaml(&c);
+        assert!(printed.contains("stale_if_limited: 5m"), "{printed}");
+    }
+
+    #[test]
+    fn a_cache_route_that_would_keep_nothing_from_genesys_is_warned_about() {
+        let c = ok(&format!(
+            "{CLIENT}{ANON}cache:\n  routes:\n    \
+             - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      ttl: 30s\n"
+        ));
+        let warning = c
+            .warnings
+            .iter()
+            .find(|w| w.contains("cache route"))
+            .expect("a warning");
+        assert!(
+            warning.contains("ignore_upstream_cache_headers"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn cache_routes_must_be_reads_that_do_not_depend_on_the_token() {
+        let errs = errors(&format!(
+            "{CLIENT}{ANON}cache:\n  max_entries: 0\n  max_bytes: lots\n  routes:\n    \
+             - route: \"POST /api/v2/routing/queues\"\n      ttl: 1s\n    \
+             - route: \"GET /api/v2/users/me\"\n      ttl: 1s\n    \
+             - route: \"GET /api/v2/tokens/me\"\n      ttl: 1s\n    \
+             - route: \"GET /api/v2/routing/queue/{{queueId}}\"\n      ttl: 1s\n    \
+             - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n    \
+             - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      ttl: 1s\n      \
+             ignore_upstream_cache_headers: maybe\n      stale_if_limited: soon\n"
+        ));
+        assert!(
+            error_at(&errs, "cache.max_entries").contains("greater than 0")
+                || error_at(&errs, "cache.max_entries").contains("positive"),
+            "{errs:#?}"
+        );
+        error_at(&errs, "cache.max_bytes");
+        assert!(error_at(&errs, "cache.routes[0].route").contains("only GET and HEAD"));
+        assert!(error_at(&errs, "cache.routes[1].route").contains("`me` segment"));
+        assert!(error_at(&errs, "cache.routes[2].route").contains("`me` segment"));
+        assert!(
+            error_at(&errs, "cache.routes[3].route")
+                .contains("did you mean \"GET /api/v2/routing/queues/{queueId}\""),
+            "{errs:#?}"
+        );
+        assert!(error_at(&errs, "cache.routes[4].ttl").contains("required"));
+        assert!(error_at(&errs, "cache.routes[5].route").contains("duplicate"));
+        error_at(&errs, "cache.routes[5].ignore_upstream_cache_headers");
+        error_at(&errs, "cache.routes[5].stale_if_limited");
     }
 }
