@@ -11,6 +11,7 @@
 //! store of small entries holds `max_entries` of them and one of large entries
 //! `max_bytes` of them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,11 +21,73 @@ use http::header::{CACHE_CONTROL, CONTENT_ENCODING, SET_COOKIE, VARY};
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
+use crate::config::CacheConfig;
+use crate::routes::RouteId;
+
 mod flight;
 mod key;
 
-pub use flight::{Flights, Follow, Lead, Role};
+pub use flight::{Flights, Follow, Lead, Role, Waited};
 pub use key::Key;
+
+/// The cache of one config generation: which routes are cached and how, over a store and
+/// flights that a reload keeps while the bounds stay the same.
+#[derive(Debug)]
+pub struct Cache {
+    routes: HashMap<RouteId, RoutePolicy>,
+    pub store: Arc<Store>,
+    pub flights: Arc<Flights>,
+    bounds: (u64, u64),
+}
+
+/// How one route is cached (`cache.routes[i]`).
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePolicy {
+    pub ttl: Duration,
+    pub stale_if_limited: Duration,
+    pub ignore_upstream_cache_headers: bool,
+}
+
+impl Cache {
+    /// The cache `config` describes, `None` without routes. With `previous` of the same
+    /// bounds, its store and flights go on (a reload does not empty the cache).
+    pub fn build(config: &CacheConfig, previous: Option<&Cache>) -> Option<Arc<Self>> {
+        if config.routes.is_empty() {
+            return None;
+        }
+        let bounds = (config.max_entries, config.max_bytes);
+        let (store, flights) = match previous {
+            Some(p) if p.bounds == bounds => (p.store.clone(), p.flights.clone()),
+            _ => (
+                Arc::new(Store::new(config.max_entries, config.max_bytes)),
+                Flights::new(),
+            ),
+        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let policy = RoutePolicy {
+                    ttl: r.ttl,
+                    stale_if_limited: r.stale_if_limited,
+                    ignore_upstream_cache_headers: r.ignore_upstream_cache_headers,
+                };
+                (r.route, policy)
+            })
+            .collect();
+        Some(Arc::new(Self {
+            routes,
+            store,
+            flights,
+            bounds,
+        }))
+    }
+
+    /// How `route` is cached, if it is.
+    pub fn policy(&self, route: RouteId) -> Option<RoutePolicy> {
+        self.routes.get(&route).copied()
+    }
+}
 
 /// An answer, as the cache keeps it and as a flight hands it to the requests that waited.
 #[derive(Debug)]
@@ -153,7 +216,7 @@ pub struct Store {
     /// Bytes of keys and entries held, kept by the insert and eviction callbacks.
     bytes: Arc<AtomicU64>,
     /// The largest entry kept: a sixteenth of `max_bytes`.
-    max_entry_bytes: u64,
+    pub max_entry_bytes: u64,
 }
 
 impl std::fmt::Debug for Store {

@@ -28,6 +28,7 @@ use tracing::{Instrument, info_span};
 
 use crate::admission::{Admission, BudgetTable, Permit, Refusal, Registry};
 use crate::budget::BudgetStore;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::inbound::Policy;
 use crate::metrics::Metrics;
@@ -47,6 +48,8 @@ pub struct Generation {
     /// Every check on the caller's request.
     pub inbound: Policy,
     pub request_timeout: Duration,
+    /// The response cache; `None` when no route is cached.
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// The current generation, swapped whole by a reload.
@@ -197,6 +200,7 @@ impl Builder {
             admission,
             inbound: Policy::new(config, self.body_memory.clone()),
             request_timeout: config.server.request_timeout,
+            cache: Cache::build(&config.cache, previous.and_then(|p| p.cache.as_deref())),
         };
         (generation, summary)
     }

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
     pub build_info: IntGaugeVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_entries: IntGauge,
+    pub cache_bytes: IntGauge,
 }
 
 // === impl Metrics ===
@@ -189,6 +192,22 @@ impl Metrics {
                 "gcpool_build_info",
                 "Always 1; the version label carries the build.",
                 &["version"],
+            )?,
+            cache_requests: counter(
+                "gcpool_cache_requests_total",
+                "Requests on cached routes, by route template and result (hit, miss, coalesced, stale, bypass).",
+                &["route", "result"],
+            )?,
+            cache_entries: reg(
+                registry,
+                IntGauge::new("gcpool_cache_entries", "Answers the response cache holds.")?,
+            )?,
+            cache_bytes: reg(
+                registry,
+                IntGauge::new(
+                    "gcpool_cache_bytes",
+                    "Bytes of keys and answers the response cache holds.",
+                )?,
             )?,
         };
         metrics

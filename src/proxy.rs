@@ -28,11 +28,13 @@ use crate::pool::PoolClient;
 use crate::upstream::{BodyAborts, Outcome, Upstream, UpstreamBody};
 
 mod attempts;
+mod cached;
 mod exchange;
 mod reject;
 mod rewrite;
 
 use attempts::{Attempts, Verdict};
+pub use cached::CACHE_HEADER;
 use exchange::Exchange;
 pub use reject::{REASON_HEADER, Reject, ceil_secs, json_response};
 pub use rewrite::ApiTarget;
@@ -118,7 +120,26 @@ impl Proxy {
         B: Body<Data = Bytes> + Unpin,
     {
         let mut exchange = Exchange::new(&self.inner.metrics, request.method());
-        match self.forward(request, &mut exchange).await {
+        let mut response = self.answer(request, &mut exchange).await;
+        if let Some(result) = exchange.cache {
+            response.headers_mut().insert(
+                cached::CACHE_HEADER_NAME,
+                HeaderValue::from_static(result.label()),
+            );
+            exchange.cached(result);
+        }
+        response
+    }
+
+    async fn answer<B>(
+        &self,
+        request: Request<B>,
+        exchange: &mut Exchange<'_>,
+    ) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        match self.forward(request, exchange).await {
             Ok(response) => {
                 exchange.answered(response.status(), exchange::Outcome::Forwarded);
                 response
@@ -151,14 +172,37 @@ impl Proxy {
         let generation = self.inner.live.current();
         let deadline = started + generation.request_timeout;
         let checked = generation.inbound.check(request, deadline).await;
+        let cache = generation.cache.clone();
         drop(generation);
         let mut caller = checked.map_err(|refused| {
             exchange.route = refused.route;
             refused.refusal
         })?;
         exchange.route = caller.route.label();
+        // Before the head takes the caller's headers over: the key reads some of them.
+        let cached = cached::Cached::of(cache.as_ref(), &caller);
         let head = UpstreamHead::new(&mut caller.parts, &self.inner.target)
             .map_err(|_| Refusal::BadPath)?;
+        if let Some(cached) = cached {
+            return self
+                .forward_cached(cached, &caller, &head, started, deadline, exchange)
+                .await;
+        }
+        let (outcome, served) = self
+            .spend_attempts(&caller, &head, started, deadline, exchange)
+            .await?;
+        self.settle(outcome, &served, exchange)
+    }
+
+    /// Spends attempts on the checked request until one yields an answer to pass on.
+    async fn spend_attempts(
+        &self,
+        caller: &CallerRequest,
+        head: &UpstreamHead,
+        started: Instant,
+        deadline: Instant,
+        exchange: &mut Exchange<'_>,
+    ) -> Result<(Outcome, Served), Reject> {
         let mut attempts = Attempts::new(&caller.parts.method, started, deadline);
         while attempts.begin() {
             let (generation, permit) =
@@ -179,10 +223,10 @@ impl Proxy {
             exchange.admitted(permit.waited);
             let admitted = Admitted { generation, permit };
             let (outcome, served) = self
-                .attempt(&caller, &head, admitted, deadline, exchange)
+                .attempt(caller, head, admitted, deadline, exchange)
                 .await;
             match attempts.judge(outcome.kind(), served.index, served.minted_at) {
-                Verdict::Done => return self.settle(outcome, &served, exchange),
+                Verdict::Done => return Ok((outcome, served)),
                 Verdict::Retry { back_off } => {
                     debug!(client = %served.client.name, outcome = ?outcome.kind(), "retrying");
                     drop((outcome, served));

@@ -19,6 +19,31 @@ pub(super) struct Exchange<'a> {
     pub(super) route: &'static str,
     /// Time spent waiting for admission, over all attempts (`x-gcpool-wait-ms`).
     queued: Duration,
+    /// How the cache answered, on a cached route.
+    pub(super) cache: Option<CacheResult>,
+}
+
+/// What the cache did for a request of a cached route (`x-gcpool-cache`,
+/// `gcpool_cache_requests_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CacheResult {
+    Hit,
+    Miss,
+    Coalesced,
+    Stale,
+    Bypass,
+}
+
+impl CacheResult {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+            Self::Stale => "stale",
+            Self::Bypass => "bypass",
+        }
+    }
 }
 
 /// How the request was answered, for `gcpool_requests_total{outcome}`.
@@ -38,6 +63,7 @@ impl<'a> Exchange<'a> {
             method: method_label(method),
             route: "other",
             queued: Duration::ZERO,
+            cache: None,
         }
     }
 
@@ -74,6 +100,14 @@ impl<'a> Exchange<'a> {
     /// Time spent waiting for admission, over all attempts.
     pub(super) fn queued(&self) -> Duration {
         self.queued
+    }
+
+    /// The cache's part in the answer.
+    pub(super) fn cached(&self, result: CacheResult) {
+        self.metrics
+            .cache_requests
+            .with_label_values(&[self.route, result.label()])
+            .inc();
     }
 
     /// The request was answered with `status`.

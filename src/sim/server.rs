@@ -541,6 +541,11 @@ fn json_response_with_id(status: StatusCode, body: Bytes, id: &str) -> Response<
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // As Genesys marks its answers (genesys-facts §2.1; SPEC §11).
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
     if let Ok(id) = HeaderValue::from_str(id) {
         headers.insert("inin-correlation-id", id);
     }

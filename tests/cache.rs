@@ -1,0 +1,355 @@
+//! The response cache (SPEC §11) from outside: the real server type in front of the
+//! simulator, real sockets on 127.0.0.1. The simulator counts the calls that reach it and,
+//! like Genesys, marks its answers `Cache-Control: no-cache, no-store, must-revalidate`.
+
+mod support;
+
+use std::time::Duration;
+
+use gcpool::sim::{SimOptions, Simulator};
+use http::{Method, StatusCode};
+use support::{Answer, HttpClient, THREE_CLIENTS, start_gcpool};
+
+const QUEUE: &str = "/api/v2/routing/queues/q-1";
+
+/// `cache:` with the queue route at `ttl` and `stale`, ignoring upstream cache headers
+/// (Genesys' `no-store`) unless `honour_upstream`.
+fn cache_yaml(ttl: &str, stale: &str, honour_upstream: bool) -> String {
+    format!(
+        "cache:\n  routes:\n    - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      \
+         ttl: {ttl}\n      stale_if_limited: {stale}\n      \
+         ignore_upstream_cache_headers: {}\n",
+        !honour_upstream
+    )
+}
+
+async fn get(client: &HttpClient, api: std::net::SocketAddr, headers: &[(&str, &str)]) -> Answer {
+    client
+        .request(Method::GET, &format!("http://{api}{QUEUE}"), headers, "")
+        .await
+}
+
+fn cache_result(answer: &Answer) -> &str {
+    answer.header("x-gcpool-cache")
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_identical_gets_make_one_upstream_call_and_then_hit() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let gcpool = start_gcpool(
+        &sim.base_url(),
+        &THREE_CLIENTS,
+        &cache_yaml("30s", "0s", false),
+    )
+    .await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+
+    let answers = futures_join_all((0..100).map(|_| {
+        let client = client.clone();
+        // The upstream takes 300 ms: every request arrives while the first is in flight.
+        async move { get(&client, api, &[("x-sim-delay-ms", "300")]).await }
+    }))
+    .await;
+    assert_eq!(
+        sim.stats().accepted,
+        1,
+        "one upstream call for 100 requests"
+    );
+    let first = &answers[0];
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, first.body, "every caller gets the same answer");
+    }
+    let results: Vec<&str> = answers.iter().map(cache_result).collect();
+    assert_eq!(
+        results.iter().filter(|r| **r == "miss").count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|r| **r == "coalesced").count(),
+        99,
+        "{results:?}"
+    );
+
+    let hit = get(&client, api, &[]).await;
+    assert_eq!(cache_result(&hit), "hit");
+    assert_eq!(hit.body, first.body);
+    assert!(hit.header("age").parse::<u64>().expect("Age in seconds") < 30);
+    assert!(
+        !hit.headers.contains_key("x-gcpool-client"),
+        "a hit used no pool client"
+    );
+    assert_eq!(sim.stats().accepted, 1, "a hit makes no upstream call");
+
+    // Another query is another answer; a caller's no-cache goes upstream and refreshes.
+    let other = client
+        .request(
+            Method::GET,
+            &format!("http://{api}{QUEUE}?expand=a"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(cache_result(&other), "miss");
+    let bypass = get(&client, api, &[("cache-control", "no-cache")]).await;
+    assert_eq!(cache_result(&bypass), "bypass");
+    assert_eq!(sim.stats().accepted, 3);
+
+    let metrics = support::metrics(&gcpool).await;
+    let series = |result: &str| {
+        support::metric_value(
+            &metrics,
+            &format!(
+                "gcpool_cache_requests_total{{result=\"{result}\",route=\"/api/v2/routing/queues/{{queueId}}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("coalesced"), Some(99.0), "{metrics}");
+    assert_eq!(series("hit"), Some(1.0));
+    assert_eq!(
+        support::metric_value(&metrics, "gcpool_cache_entries"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn an_answer_is_refetched_once_after_its_ttl() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let gcpool = start_gcpool(
+        &sim.base_url(),
+        &THREE_CLIENTS,
+        &cache_yaml("1s", "0s", false),
+    )
+    .await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    assert_eq!(cache_result(&get(&client, api, &[]).await), "miss");
+    assert_eq!(cache_result(&get(&client, api, &[]).await), "hit");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let answers = futures_join_all((0..10).map(|_| {
+        let client = client.clone();
+        async move { get(&client, api, &[("x-sim-delay-ms", "200")]).await }
+    }))
+    .await;
+    assert_eq!(
+        sim.stats().accepted,
+        2,
+        "one more upstream call after the ttl"
+    );
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK));
+}
+
+#[tokio::test]
+async fn a_leader_that_fails_hands_over_and_no_follower_hangs() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let gcpool = start_gcpool(
+        &sim.base_url(),
+        &THREE_CLIENTS,
+        &cache_yaml("30s", "0s", false),
+    )
+    .await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    // The leader's upstream answers 503 on every attempt (after 300 ms); the followers,
+    // whose requests would get 200, take over.
+    let leader = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            get(
+                &client,
+                api,
+                &[("x-sim-delay-ms", "300"), ("x-sim-status", "503")],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let followers = futures_join_all((0..5).map(|_| {
+        let client = client.clone();
+        async move { get(&client, api, &[("x-sim-delay-ms", "100")]).await }
+    }));
+    let followers = tokio::time::timeout(Duration::from_secs(20), followers)
+        .await
+        .expect("no follower hangs");
+    let leader = leader.await.expect("the leader's request");
+    assert_eq!(leader.status, StatusCode::SERVICE_UNAVAILABLE);
+    for answer in &followers {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    let results: Vec<&str> = followers.iter().map(cache_result).collect();
+    assert_eq!(
+        results.iter().filter(|r| **r == "miss").count(),
+        1,
+        "one follower took over: {results:?}"
+    );
+}
+
+#[tokio::test]
+async fn answers_upstream_marks_private_or_no_store_or_that_set_cookies_are_not_kept() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let gcpool = start_gcpool(
+        &sim.base_url(),
+        &THREE_CLIENTS,
+        &cache_yaml("30s", "0s", true),
+    )
+    .await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    // The simulator's own no-store.
+    for _ in 0..2 {
+        assert_eq!(cache_result(&get(&client, api, &[]).await), "miss");
+    }
+    assert_eq!(sim.stats().accepted, 2);
+    for header in [
+        "cache-control: private, max-age=60",
+        "set-cookie: session=abc",
+    ] {
+        let path = format!("{QUEUE}?case={}", header.len());
+        for _ in 0..2 {
+            let answer = client
+                .request(
+                    Method::GET,
+                    &format!("http://{api}{path}"),
+                    &[
+                        ("x-sim-set-header", "cache-control: max-age=60"),
+                        ("x-sim-set-header", header),
+                    ],
+                    "",
+                )
+                .await;
+            assert_eq!(cache_result(&answer), "miss", "{header}");
+        }
+    }
+    assert_eq!(sim.stats().accepted, 6);
+    // With none of them, an answer is kept.
+    let kept = format!("http://{api}{QUEUE}?case=plain");
+    let headers = [("x-sim-set-header", "cache-control: max-age=60")];
+    assert_eq!(
+        cache_result(&client.request(Method::GET, &kept, &headers, "").await),
+        "miss"
+    );
+    assert_eq!(
+        cache_result(&client.request(Method::GET, &kept, &headers, "").await),
+        "hit"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_answer_stands_in_for_an_upstream_503_or_429_until_its_limit() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let gcpool = start_gcpool(
+        &sim.base_url(),
+        &THREE_CLIENTS,
+        &cache_yaml("1s", "3s", false),
+    )
+    .await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    let good = get(&client, api, &[]).await;
+    assert_eq!(cache_result(&good), "miss");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for status in ["503", "429"] {
+        let answer = get(&client, api, &[("x-sim-status", status)]).await;
+        assert_eq!(answer.status, StatusCode::OK, "upstream {status}");
+        assert_eq!(cache_result(&answer), "stale", "upstream {status}");
+        assert_eq!(answer.body, good.body);
+        assert!(answer.header("age").parse::<u64>().expect("Age") >= 1);
+    }
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let past = get(&client, api, &[("x-sim-status", "503")]).await;
+    assert_eq!(
+        past.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "past the stale limit"
+    );
+}
+
+#[tokio::test]
+async fn a_gzip_answer_goes_only_to_callers_that_accept_gzip() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let gcpool = start_gcpool(
+        &sim.base_url(),
+        &THREE_CLIENTS,
+        &cache_yaml("30s", "0s", false),
+    )
+    .await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    // An upstream that gzips for callers that accept it (the body is not really gzip: the
+    // header is what a cache must not hand to the wrong caller).
+    let gzip = [
+        ("accept-encoding", "gzip"),
+        ("x-sim-set-header", "content-encoding: gzip"),
+    ];
+    assert_eq!(cache_result(&get(&client, api, &gzip).await), "miss");
+    let hit = get(&client, api, &[("accept-encoding", "gzip, deflate")]).await;
+    assert_eq!(cache_result(&hit), "hit");
+    assert_eq!(hit.header("content-encoding"), "gzip");
+    let identity = get(&client, api, &[("accept-encoding", "identity")]).await;
+    assert_eq!(cache_result(&identity), "miss");
+    assert!(!identity.headers.contains_key("content-encoding"));
+    let none = get(&client, api, &[]).await;
+    assert_eq!(cache_result(&none), "hit", "the identity answer, kept");
+    assert!(!none.headers.contains_key("content-encoding"));
+}
+
+#[tokio::test]
+async fn a_hit_reaches_only_callers_that_pass_the_checks() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let key = "k-0123456789abcdef";
+    let keys =
+        format!("  allow_anonymous: false\n  api_keys:\n    - name: flows\n      key: {key}\n");
+    let yaml = support::config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        &cache_yaml("30s", "0s", false),
+    )
+    .replace("  allow_anonymous: true\n", &keys);
+    let config = support::config(&yaml);
+    let gcpool = support::start_config(config).await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    assert_eq!(
+        cache_result(&get(&client, api, &[("x-api-key", key)]).await),
+        "miss"
+    );
+    assert_eq!(
+        cache_result(&get(&client, api, &[("x-api-key", key)]).await),
+        "hit"
+    );
+    let refused = get(&client, api, &[]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(!refused.headers.contains_key("x-gcpool-cache"));
+    let wrong = get(&client, api, &[("x-api-key", "not-the-key")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Joins futures concurrently on this task (no extra crate).
+async fn futures_join_all<F: std::future::Future<Output = Answer> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<Answer> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut answers = Vec::with_capacity(handles.len());
+    for handle in handles {
+        answers.push(handle.await.expect("a request task"));
+    }
+    answers
+}
