@@ -2,7 +2,7 @@
 //! may be kept ([`storable`]), the bounded store ([`Store`]) and the coalescing of
 //! concurrent identical requests ([`Flights`]).
 //!
-//! No HTTP client, no config parsing and no budgets: the request path asks and decides.
+//! No HTTP client and no budgets: the request path (`proxy::cached`) asks and decides.
 //!
 //! The store is moka's (`moka::sync::Cache`): size-aware eviction by TinyLFU (it keeps the
 //! entries asked for most, "the least valuable first" out), an expiry per entry, and

@@ -10,6 +10,9 @@
 //!                                        dot segments 400), API key 401, route + method 405,
 //!                                        allow-list 403, body (413, 408, in-flight cap 503)
 //!                                        → CallerRequest { route, body }
+//!         on a cached route (proxy::cached): a fresh answer from cache::Store (hit), else
+//!         one upstream call per key (cache::Flights; the others wait for its answer), kept
+//!         when it may be; the last good answer instead of a 429 or an upstream failure
 //!         then attempts, at most 4 (proxy::attempts; a stale token refused and a client lost
 //!         while waiting are free, once per client), each:
 //!         2. generation::Live::admit     admission.admit(): soonest healthy client; token + route
@@ -40,8 +43,7 @@
 //! 2. [`config`] (YAML → validated [`config::Config`]); [`token`] (one OAuth client's
 //!    tokens and their refresher).
 //! 3. One step each: [`budget`] (sliding-window budgets and the store trait; no HTTP),
-//!    [`cache`] (the response cache: keys, what may be kept, the bounded store, coalescing;
-//!    not on the request path yet),
+//!    [`cache`] (the response cache: keys, what may be kept, the bounded store, coalescing),
 //!    [`pool`] (clients, health, in flight), [`inbound`] (caller checks), [`tls`].
 //! 4. [`admission`]: client choice and waiting over [`pool`] and [`budget`].
 //! 5. [`generation`]: what one config decides for the request path, built the same way at
