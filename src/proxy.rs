@@ -120,26 +120,8 @@ impl Proxy {
         B: Body<Data = Bytes> + Unpin,
     {
         let mut exchange = Exchange::new(&self.inner.metrics, request.method());
-        let mut response = self.answer(request, &mut exchange).await;
-        if let Some(result) = exchange.cache {
-            response.headers_mut().insert(
-                cached::CACHE_HEADER_NAME,
-                HeaderValue::from_static(result.label()),
-            );
-            exchange.cached(result);
-        }
-        response
-    }
-
-    async fn answer<B>(
-        &self,
-        request: Request<B>,
-        exchange: &mut Exchange<'_>,
-    ) -> Response<ProxyBody>
-    where
-        B: Body<Data = Bytes> + Unpin,
-    {
-        match self.forward(request, exchange).await {
+        // No `async fn` between this and `forward`: each layer would copy the whole future.
+        let mut response = match self.forward(request, &mut exchange).await {
             Ok(response) => {
                 exchange.answered(response.status(), exchange::Outcome::Forwarded);
                 response
@@ -156,7 +138,15 @@ impl Proxy {
                 exchange.answered(response.status(), outcome);
                 response
             }
+        };
+        if let Some(result) = exchange.cache {
+            response.headers_mut().insert(
+                cached::CACHE_HEADER_NAME,
+                HeaderValue::from_static(result.label()),
+            );
+            exchange.cached(result);
         }
+        response
     }
 
     /// Checks the caller's request, then spends attempts on it until one yields an answer.
@@ -180,31 +170,21 @@ impl Proxy {
         })?;
         exchange.route = caller.route.label();
         // Before the head takes the caller's headers over: the key reads some of them.
-        let cached = cached::Cached::of(cache.as_ref(), &caller);
+        let mut cached = cached::Cached::of(cache.as_ref(), &caller);
         let head = UpstreamHead::new(&mut caller.parts, &self.inner.target)
             .map_err(|_| Refusal::BadPath)?;
-        if let Some(cached) = cached {
-            return self
-                .forward_cached(cached, &caller, &head, started, deadline, exchange)
-                .await;
+        if let Some(cached) = &mut cached
+            && let Some(answer) = Box::pin(cached.before(self, deadline, exchange)).await
+        {
+            return answer;
         }
-        let (outcome, served) = self
-            .spend_attempts(&caller, &head, started, deadline, exchange)
-            .await?;
-        self.settle(outcome, &served, exchange)
-    }
-
-    /// Spends attempts on the checked request until one yields an answer to pass on.
-    async fn spend_attempts(
-        &self,
-        caller: &CallerRequest,
-        head: &UpstreamHead,
-        started: Instant,
-        deadline: Instant,
-        exchange: &mut Exchange<'_>,
-    ) -> Result<(Outcome, Served), Reject> {
+        // The attempts stay in this function's own state: a separate `async fn` for them
+        // costs a copy of its future per request (`bench/instructions.sh`: ~800 instructions).
         let mut attempts = Attempts::new(&caller.parts.method, started, deadline);
-        while attempts.begin() {
+        let (outcome, served) = loop {
+            if !attempts.begin() {
+                return Err(Admission::NoHealthyClient.into());
+            }
             let (generation, permit) =
                 match self.inner.live.admit(caller.route.id(), deadline).await {
                     Ok(admitted) => admitted,
@@ -216,17 +196,22 @@ impl Proxy {
                         }
                         match attempts.refused(&refusal) {
                             Verdict::Retry { .. } => continue,
-                            Verdict::Done => return Err(refusal.into()),
+                            Verdict::Done => {
+                                return match &cached {
+                                    Some(cached) => cached.instead_of(refusal.into(), exchange),
+                                    None => Err(refusal.into()),
+                                };
+                            }
                         }
                     }
                 };
             exchange.admitted(permit.waited);
             let admitted = Admitted { generation, permit };
             let (outcome, served) = self
-                .attempt(caller, head, admitted, deadline, exchange)
+                .attempt(&caller, &head, admitted, deadline, exchange)
                 .await;
             match attempts.judge(outcome.kind(), served.index, served.minted_at) {
-                Verdict::Done => return Ok((outcome, served)),
+                Verdict::Done => break (outcome, served),
                 Verdict::Retry { back_off } => {
                     debug!(client = %served.client.name, outcome = ?outcome.kind(), "retrying");
                     drop((outcome, served));
@@ -235,8 +220,11 @@ impl Proxy {
                     }
                 }
             }
+        };
+        match cached {
+            None => self.settle(outcome, &served, exchange),
+            Some(cached) => Box::pin(cached.after(self, outcome, &served, exchange)).await,
         }
-        Err(Admission::NoHealthyClient.into())
     }
 }
 

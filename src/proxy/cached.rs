@@ -16,9 +16,13 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
 use tokio::time::Instant;
 
+use std::time::Duration;
+
+use http::StatusCode;
+
 use super::exchange::{CacheResult, Exchange};
-use super::rewrite::{self, UpstreamHead};
-use super::{CallerRequest, Proxy, ProxyBody, WAIT_HEADER_NAME, finish_response};
+use super::rewrite;
+use super::{CallerRequest, Proxy, ProxyBody, Served, WAIT_HEADER_NAME, finish_response};
 use crate::admission::Refusal as Admission;
 use crate::cache::{Cache, Entry, Freshness, Key, Lead, Role, RoutePolicy, Waited, storable};
 use crate::proxy::Reject;
@@ -43,17 +47,22 @@ pub(super) fn refresh_asked(headers: &HeaderMap) -> bool {
     says_no_cache("cache-control") || says_no_cache("pragma")
 }
 
-/// A cached route's request: its key, whether it bypasses, and the route's policy.
+/// A cached route's request: its key, whether it bypasses, the route's policy, and the
+/// last good answer once [`Cached::before`] looked.
 pub(super) struct Cached {
-    pub(super) cache: Arc<Cache>,
-    pub(super) policy: RoutePolicy,
-    pub(super) key: Key,
-    pub(super) refresh: bool,
+    cache: Arc<Cache>,
+    policy: RoutePolicy,
+    key: Key,
+    refresh: bool,
+    /// A kept answer past its `ttl`, within `stale_if_limited`.
+    stale: Option<Arc<Entry>>,
+    /// The flight this request leads, if it does.
+    lead: Option<Lead>,
 }
 
 impl Cached {
     /// The cache's part in a request, when its route is cached and its method reads.
-    pub(super) fn of(cache: Option<&Arc<Cache>>, caller: &CallerRequest) -> Option<Self> {
+    pub(super) fn of(cache: Option<&Arc<Cache>>, caller: &CallerRequest) -> Option<Box<Self>> {
         let cache = cache?;
         let policy = cache.policy(caller.route.id()?)?;
         let method = &caller.parts.method;
@@ -65,113 +74,132 @@ impl Cached {
             .uri
             .path_and_query()
             .map_or(&b"/"[..], |p| p.as_str().as_bytes());
-        Some(Self {
+        // Boxed, as are the futures of `before` and `after`: the request path's future
+        // holds a pointer, not the cache's state, so uncached requests do not copy it.
+        Some(Box::new(Self {
             cache: cache.clone(),
             policy,
             key: Key::new(method, target, &caller.parts.headers),
             refresh: refresh_asked(&caller.parts.headers),
-        })
+            stale: None,
+            lead: None,
+        }))
     }
-}
 
-impl Proxy {
-    pub(super) async fn forward_cached(
-        &self,
-        cached: Cached,
-        caller: &CallerRequest,
-        head: &UpstreamHead,
-        started: Instant,
+    /// A fresh answer from the store, or the flight's answer (or a refusal: a follower
+    /// past its deadline); `None`: call upstream, as the flight's leader or alone.
+    pub(super) async fn before(
+        &mut self,
+        proxy: &Proxy,
         deadline: Instant,
         exchange: &mut Exchange<'_>,
-    ) -> Result<Response<ProxyBody>, Reject> {
-        let Cached {
-            cache,
-            policy,
-            key,
-            refresh,
-        } = cached;
-        let kept = cache.store.get(&key);
-        self.cache_gauges(&cache);
-        if !refresh
-            && let Some(entry) = &kept
-            && entry.freshness(Instant::now()) == Freshness::Fresh
-        {
-            exchange.cache = Some(CacheResult::Hit);
-            return Ok(entry_response(entry, true));
-        }
-        let stale = kept.filter(|e| e.freshness(Instant::now()) != Freshness::Expired);
-        let stale_or = |exchange: &mut Exchange<'_>, reject: Reject| match &stale {
-            Some(entry) => {
-                exchange.cache = Some(CacheResult::Stale);
-                Ok(entry_response(entry, true))
+    ) -> Option<Result<Response<ProxyBody>, Reject>> {
+        let kept = self.cache.store.get(&self.key);
+        proxy.cache_gauges(&self.cache);
+        let now = Instant::now();
+        if let Some(entry) = &kept {
+            match entry.freshness(now) {
+                Freshness::Fresh if !self.refresh => {
+                    exchange.cache = Some(CacheResult::Hit);
+                    return Some(Ok(entry_response(entry, true)));
+                }
+                Freshness::Expired => {}
+                // A fresh answer too stands in, for a caller who bypassed, when the route
+                // allows stale answers at all.
+                Freshness::Fresh | Freshness::Stale if !self.policy.stale_if_limited.is_zero() => {
+                    self.stale = kept.clone();
+                }
+                Freshness::Fresh | Freshness::Stale => {}
             }
-            None => Err(reject),
-        };
-        let mut lead = None;
-        if !refresh {
-            loop {
-                match cache.flights.join(&key) {
-                    Role::Leader(leader) => {
-                        lead = Some(leader);
-                        break;
-                    }
-                    Role::Follower(follow) => {
-                        match tokio::time::timeout_at(deadline, follow.wait()).await {
-                            Ok(Waited::Answered(entry)) => {
-                                exchange.cache = Some(CacheResult::Coalesced);
-                                return Ok(entry_response(&entry, false));
-                            }
-                            Ok(Waited::OnYourOwn) => break,
-                            Ok(Waited::LeaderLost) => {}
-                            Err(_) => {
-                                let waited = Admission::Deadline {
-                                    retry_after: std::time::Duration::from_secs(1),
-                                    limit: None,
-                                };
-                                return stale_or(exchange, waited.into());
-                            }
+        }
+        if self.refresh {
+            exchange.cache = Some(CacheResult::Bypass);
+            return None;
+        }
+        exchange.cache = Some(CacheResult::Miss);
+        loop {
+            match self.cache.flights.join(&self.key) {
+                Role::Leader(lead) => {
+                    self.lead = Some(lead);
+                    return None;
+                }
+                Role::Follower(follow) => {
+                    match tokio::time::timeout_at(deadline, follow.wait()).await {
+                        Ok(Waited::Answered(entry)) => {
+                            exchange.cache = Some(CacheResult::Coalesced);
+                            return Some(Ok(entry_response(&entry, false)));
+                        }
+                        Ok(Waited::OnYourOwn) => return None,
+                        Ok(Waited::LeaderLost) => {}
+                        Err(_) => {
+                            let waited = Admission::Deadline {
+                                retry_after: Duration::from_secs(1),
+                                limit: None,
+                            };
+                            return Some(self.instead_of(waited.into(), exchange));
                         }
                     }
                 }
             }
         }
-        exchange.cache = Some(if refresh {
-            CacheResult::Bypass
-        } else {
-            CacheResult::Miss
-        });
-        let (outcome, served) = match self
-            .spend_attempts(caller, head, started, deadline, exchange)
-            .await
-        {
-            Ok(done) => done,
-            // A local 429: the last good answer, if the route allows it.
-            Err(reject) if reject.status() == http::StatusCode::TOO_MANY_REQUESTS => {
-                return stale_or(exchange, reject);
+    }
+
+    /// The last good answer instead of a local 429 (the route's `stale_if_limited`), else
+    /// the refusal.
+    pub(super) fn instead_of(
+        &self,
+        reject: Reject,
+        exchange: &mut Exchange<'_>,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        if reject.status() != StatusCode::TOO_MANY_REQUESTS {
+            return Err(reject);
+        }
+        self.stale_or(reject, exchange)
+    }
+
+    fn stale_or(
+        &self,
+        reject: Reject,
+        exchange: &mut Exchange<'_>,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        match &self.stale {
+            Some(entry) => {
+                exchange.cache = Some(CacheResult::Stale);
+                Ok(entry_response(entry, true))
             }
-            Err(reject) => return Err(reject),
-        };
+            None => Err(reject),
+        }
+    }
+
+    /// The answer of the last attempt: read whole, kept when it may be and handed to the
+    /// followers; or the last good answer instead of an upstream 429 or failure. A flight
+    /// whose leader answers otherwise fails here (`lead` dropped): a follower takes over.
+    pub(super) async fn after(
+        mut self: Box<Self>,
+        proxy: &Proxy,
+        outcome: Outcome,
+        served: &Served,
+        exchange: &mut Exchange<'_>,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let lead = self.lead.take();
         let response = match outcome {
             Outcome::Answered(response) if !response.status().is_server_error() => response,
-            // An upstream 429 or failure (5xx, no answer): the last good answer, if any.
-            // The leader, if any, fails here: a follower takes over.
             Outcome::RateLimited { .. }
             | Outcome::Answered(_)
             | Outcome::Transient(_)
             | Outcome::Failed(_)
-                if stale.is_some() =>
+                if self.stale.is_some() =>
             {
-                return stale_or(exchange, Reject::UpstreamTimeout);
+                return self.stale_or(Reject::UpstreamTimeout, exchange);
             }
-            outcome => return self.settle(outcome, &served, exchange),
+            outcome => return proxy.settle(outcome, served, exchange),
         };
         let (mut parts, body) = response.into_parts();
         rewrite::response_headers(&mut parts.headers);
         let mut body = body
             .stall_limit(served.request_timeout)
-            .counted(self.inner.body_aborts.clone());
-        let read = read_up_to(&mut body, cache.store.max_entry_bytes).await;
-        let bytes = match read {
+            .counted(proxy.inner.body_aborts.clone());
+        let bytes = match read_up_to(&mut body, self.cache.store.max_entry_bytes).await {
             Read::Whole(bytes) => bytes,
             Read::Longer(prefix) => {
                 if let Some(lead) = lead {
@@ -185,7 +213,7 @@ impl Proxy {
                 return Err(Reject::upstream(UpstreamError::Http(error)));
             }
         };
-        self.keep(&cache, policy, key, lead, &parts, &bytes);
+        self.keep(proxy, lead, &parts, &bytes);
         let response = Response::from_parts(parts, Either::Right(Full::new(bytes)));
         Ok(finish_response(response, &served.client, exchange.queued()))
     }
@@ -193,9 +221,7 @@ impl Proxy {
     /// Stores the leader's answer when it may be kept, then hands it to the followers.
     fn keep(
         &self,
-        cache: &Cache,
-        policy: RoutePolicy,
-        key: Key,
+        proxy: &Proxy,
         lead: Option<Lead>,
         parts: &http::response::Parts,
         body: &Bytes,
@@ -203,6 +229,7 @@ impl Proxy {
         let mut headers = parts.headers.clone();
         // A shared cache never hands one caller's cookie to another.
         headers.remove(SET_COOKIE);
+        let policy = self.policy;
         let entry = Arc::new(Entry {
             status: parts.status,
             headers,
@@ -213,21 +240,23 @@ impl Proxy {
         });
         let may_keep = !policy.ttl.is_zero()
             && storable(
-                &key,
+                &self.key,
                 parts.status,
                 &parts.headers,
                 policy.ignore_upstream_cache_headers,
             )
             .is_ok();
         if may_keep {
-            cache.store.put(key, entry.clone());
-            self.cache_gauges(cache);
+            self.cache.store.put(self.key.clone(), entry.clone());
+            proxy.cache_gauges(&self.cache);
         }
         if let Some(lead) = lead {
             lead.land(entry);
         }
     }
+}
 
+impl Proxy {
     fn cache_gauges(&self, cache: &Cache) {
         let m = &self.inner.metrics;
         m.cache_entries
