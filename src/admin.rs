@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{Either, Full};
 use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
@@ -23,7 +22,7 @@ use crate::budget::{BudgetId, BudgetKind};
 use crate::generation::Live;
 use crate::metrics::Metrics;
 use crate::pool::ClientStatus;
-use crate::proxy::{ProxyBody, json_response};
+use crate::proxy::{ProxyBody, json_response, whole_body};
 
 pub mod page;
 pub mod rates;
@@ -284,7 +283,7 @@ fn body_response(
     content_type: &'static str,
     body: Bytes,
 ) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(body)));
+    let mut response = Response::new(whole_body(body));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -49,8 +49,14 @@ pub const WAIT_HEADER: &str = "x-gcpool-wait-ms";
 const CLIENT_HEADER_NAME: HeaderName = HeaderName::from_static(CLIENT_HEADER);
 const WAIT_HEADER_NAME: HeaderName = HeaderName::from_static(WAIT_HEADER);
 
-/// Body of every response gcpool sends: streamed from upstream, or written by gcpool.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+/// Body of every response gcpool sends: streamed from upstream, written by gcpool (or
+/// kept by the cache), or the rest of an upstream body behind its part the cache read.
+pub type ProxyBody = Either<UpstreamBody, Either<Full<Bytes>, Box<cached::Prefixed>>>;
+
+/// A body gcpool has whole.
+pub fn whole_body(bytes: Bytes) -> ProxyBody {
+    Either::Right(Either::Left(Full::new(bytes)))
+}
 
 /// The request path. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -296,9 +302,7 @@ impl Proxy {
         exchange: &Exchange<'_>,
     ) -> Result<Response<ProxyBody>, Reject> {
         let response = match outcome {
-            Outcome::RateLimited { response, .. } => {
-                response.map(|body| Either::Right(Full::new(body)))
-            }
+            Outcome::RateLimited { response, .. } => response.map(whole_body),
             Outcome::Answered(response)
             | Outcome::Unauthorized(response)
             | Outcome::Transient(response) => response.map(|body| {

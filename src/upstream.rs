@@ -160,8 +160,6 @@ pub struct UpstreamBody {
     stall: Option<Pin<Box<Sleep>>>,
     /// Counts bodies cut because they stalled, or because the upstream failed mid-body.
     aborts: Option<BodyAborts>,
-    /// Bytes already read from `body` (by the response cache), sent first.
-    prefix: Option<Bytes>,
 }
 
 /// Counters of response bodies that did not end cleanly.
@@ -479,7 +477,6 @@ impl UpstreamBody {
             stall_limit: DEFAULT_STALL_LIMIT,
             stall: None,
             aborts: None,
-            prefix: None,
         };
         if this.body.is_end_stream() {
             this.finish();
@@ -502,13 +499,6 @@ impl UpstreamBody {
         self
     }
 
-    /// Sends `prefix` before the rest of the body: bytes a reader took from it already.
-    #[must_use]
-    pub fn with_prefix(mut self, prefix: Bytes) -> Self {
-        self.prefix = (!prefix.is_empty()).then_some(prefix);
-        self
-    }
-
     /// The answer was read to its end: the connection may serve the next request.
     fn finish(&mut self) {
         if let Some(loan) = self.loan.take() {
@@ -526,9 +516,6 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
-        }
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match polled {
             Poll::Pending => {
@@ -566,21 +553,11 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.body.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let rest = self.body.size_hint();
-        let Some(prefix) = &self.prefix else {
-            return rest;
-        };
-        let len = prefix.len() as u64;
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(len));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(len));
-        }
-        hint
+        self.body.size_hint()
     }
 }
 

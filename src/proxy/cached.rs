@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{AGE, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either};
 use tokio::time::Instant;
 
 use std::time::Duration;
@@ -22,7 +22,9 @@ use http::StatusCode;
 
 use super::exchange::{CacheResult, Exchange};
 use super::rewrite;
-use super::{CallerRequest, Proxy, ProxyBody, Served, WAIT_HEADER_NAME, finish_response};
+use super::{
+    CallerRequest, Proxy, ProxyBody, Served, WAIT_HEADER_NAME, finish_response, whole_body,
+};
 use crate::admission::Refusal as Admission;
 use crate::cache::{Cache, Entry, Freshness, Key, Lead, Role, RoutePolicy, Waited, storable};
 use crate::proxy::Reject;
@@ -205,7 +207,11 @@ impl Cached {
                 if let Some(lead) = lead {
                     lead.decline();
                 }
-                let response = Response::from_parts(parts, Either::Left(body.with_prefix(prefix)));
+                let rest = Box::new(Prefixed {
+                    prefix: Some(prefix),
+                    rest: body,
+                });
+                let response = Response::from_parts(parts, Either::Right(Either::Right(rest)));
                 return Ok(finish_response(response, &served.client, exchange.queued()));
             }
             Read::Failed(BodyError::Stalled(_)) => return Err(Reject::UpstreamTimeout),
@@ -214,18 +220,12 @@ impl Cached {
             }
         };
         self.keep(proxy, lead, &parts, &bytes);
-        let response = Response::from_parts(parts, Either::Right(Full::new(bytes)));
+        let response = Response::from_parts(parts, whole_body(bytes));
         Ok(finish_response(response, &served.client, exchange.queued()))
     }
 
     /// Stores the leader's answer when it may be kept, then hands it to the followers.
-    fn keep(
-        &self,
-        proxy: &Proxy,
-        lead: Option<Lead>,
-        parts: &http::response::Parts,
-        body: &Bytes,
-    ) {
+    fn keep(&self, proxy: &Proxy, lead: Option<Lead>, parts: &http::response::Parts, body: &Bytes) {
         let mut headers = parts.headers.clone();
         // A shared cache never hands one caller's cookie to another.
         headers.remove(SET_COOKIE);
@@ -269,7 +269,7 @@ impl Proxy {
 /// An answer from the store or a flight: its status, headers and body, `Age` on hits and
 /// stale answers, and no wait.
 fn entry_response(entry: &Entry, with_age: bool) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(entry.body.clone())));
+    let mut response = Response::new(whole_body(entry.body.clone()));
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers.clone();
     let headers = response.headers_mut();
@@ -304,4 +304,45 @@ async fn read_up_to(body: &mut UpstreamBody, limit: u64) -> Read {
         }
     }
     Read::Whole(read.freeze())
+}
+
+/// An upstream body of which the cache read a part (longer than it keeps): that part first,
+/// then the rest as it streams.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: UpstreamBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let rest = self.rest.size_hint();
+        let Some(prefix) = &self.prefix else {
+            return rest;
+        };
+        let len = prefix.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(len));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(len));
+        }
+        hint
+    }
 }

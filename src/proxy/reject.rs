@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{Either, Full};
 use serde_json::json;
 
 use super::ProxyBody;
@@ -211,7 +210,7 @@ impl Reject {
 
 /// A JSON response gcpool writes itself.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    let mut response = Response::new(super::whole_body(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
