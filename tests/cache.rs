@@ -353,3 +353,50 @@ async fn futures_join_all<F: std::future::Future<Output = Answer> + Send + 'stat
     }
     answers
 }
+
+#[tokio::test]
+async fn an_answer_longer_than_the_store_keeps_streams_whole_and_its_followers_go_upstream() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    // The largest kept answer is a sixteenth of max_bytes: 1 KiB.
+    let yaml = cache_yaml("30s", "0s", false).replace("cache:\n", "cache:\n  max_bytes: 16384\n");
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &yaml).await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    let answers = futures_join_all((0..3).map(|_| {
+        let client = client.clone();
+        async move {
+            get(
+                &client,
+                api,
+                &[("x-sim-body-bytes", "20000"), ("x-sim-delay-ms", "300")],
+            )
+            .await
+        }
+    }))
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            answer.body.len() >= 20_000,
+            "the whole body: {} bytes",
+            answer.body.len()
+        );
+        assert_eq!(
+            answer
+                .header("content-length")
+                .parse::<usize>()
+                .expect("a length"),
+            answer.body.len()
+        );
+        assert_eq!(cache_result(answer), "miss");
+    }
+    // The leader streamed; the two that waited went upstream on their own.
+    assert_eq!(sim.stats().accepted, 3);
+    assert_eq!(
+        cache_result(&get(&client, api, &[("x-sim-body-bytes", "20000")]).await),
+        "miss",
+        "not kept"
+    );
+}

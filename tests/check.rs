@@ -397,3 +397,18 @@ fn missing_secret_variable_suggests_exporting_it() {
     assert_names(&stderr, &["export GCPOOL_TEST_SURELY_UNSET_VAR="]);
     assert!(!stderr.contains(":-default"), "{stderr}");
 }
+
+#[test]
+fn a_cache_route_that_depends_on_the_token_or_writes_is_refused() {
+    let stderr = rejected("cache_identity_route.yaml");
+    assert_names(
+        &stderr,
+        &[
+            "cache.routes[0].route",
+            "GET /api/v2/users/me",
+            "`me` segment",
+            "cache.routes[1].route",
+            "only GET and HEAD",
+        ],
+    );
+}
