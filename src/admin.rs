@@ -5,7 +5,7 @@
 //! | `GET /` | the status page: HTML of what `/status` says, refreshing itself (see [`page`]) |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when a client has a usable token and no shutdown started; else 503 + JSON reason |
-//! | `GET /status` | JSON: version, uptime, generation, shared state, clients, budgets, queue, last minute |
+//! | `GET /status` | JSON: version, uptime, generation, shared state, clients, budgets, queue, last minute, cache |
 //! | `GET /metrics` | Prometheus text exposition |
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,10 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{BudgetId, BudgetKind};
+use crate::cache::Cache;
 use crate::generation::Live;
 use crate::metrics::Metrics;
 use crate::pool::ClientStatus;
 use crate::proxy::{ProxyBody, json_response, whole_body};
+use crate::routes::RouteTable;
 
 pub mod page;
 pub mod rates;
@@ -55,6 +57,33 @@ pub struct View {
     /// Every budget of the current config, with its window's fill.
     pub budgets: Vec<BudgetUse>,
     pub last_minute: LastMinute,
+    /// The response cache; `None` when no route is cached.
+    pub cache: Option<CacheView>,
+}
+
+/// The response cache: what it holds and how each cached route was answered since start.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheView {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Sorted by route.
+    pub routes: Vec<CachedRoute>,
+}
+
+/// One cached route's answers since start (`gcpool_cache_requests_total`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CachedRoute {
+    /// e.g. `GET /api/v2/routing/queues/{queueId}`.
+    pub route: String,
+    pub ttl_ms: u64,
+    pub hit: u64,
+    pub miss: u64,
+    pub coalesced: u64,
+    pub stale: u64,
+    pub bypass: u64,
+    /// Answers that needed no upstream call of their own (hits and coalesced) over all;
+    /// 0 before the first request.
+    pub hit_ratio: f64,
 }
 
 /// The budget store in use.
@@ -224,6 +253,51 @@ impl Admin {
             clients,
             budgets,
             last_minute: self.rates.last_minute(now, Counts::read(&self.metrics)),
+            cache: live.cache.as_deref().map(|cache| self.cache_view(cache)),
+        }
+    }
+
+    fn cache_view(&self, cache: &Cache) -> CacheView {
+        let table = RouteTable::genesys();
+        let mut routes: Vec<CachedRoute> = cache
+            .routes()
+            .map(|(id, policy)| {
+                let op = table.operation(id);
+                let count = |result: &str| {
+                    self.metrics
+                        .cache_requests
+                        .with_label_values(&[op.template(), result])
+                        .get()
+                };
+                let (hit, miss, coalesced, stale, bypass) = (
+                    count("hit"),
+                    count("miss"),
+                    count("coalesced"),
+                    count("stale"),
+                    count("bypass"),
+                );
+                let all = hit + miss + coalesced + stale + bypass;
+                CachedRoute {
+                    route: op.to_string(),
+                    ttl_ms: u64::try_from(policy.ttl.as_millis()).unwrap_or(u64::MAX),
+                    hit,
+                    miss,
+                    coalesced,
+                    stale,
+                    bypass,
+                    hit_ratio: if all == 0 {
+                        0.0
+                    } else {
+                        (hit + coalesced) as f64 / all as f64
+                    },
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| a.route.cmp(&b.route));
+        CacheView {
+            entries: cache.store.entries(),
+            bytes: cache.store.bytes(),
+            routes,
         }
     }
 

@@ -87,6 +87,11 @@ impl Cache {
     pub fn policy(&self, route: RouteId) -> Option<RoutePolicy> {
         self.routes.get(&route).copied()
     }
+
+    /// Every cached route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = (RouteId, RoutePolicy)> + '_ {
+        self.routes.iter().map(|(&id, &policy)| (id, policy))
+    }
 }
 
 /// An answer, as the cache keeps it and as a flight hands it to the requests that waited.

@@ -114,6 +114,33 @@ async fn a_hundred_concurrent_identical_gets_make_one_upstream_call_and_then_hit
         support::metric_value(&metrics, "gcpool_cache_entries"),
         Some(2.0)
     );
+
+    // /status lists the route with its counts and hit ratio (hits and coalesced over all).
+    let status = client
+        .get(&format!("http://{}/status", gcpool.admin_addr()))
+        .await
+        .json();
+    let route = &status["cache"]["routes"][0];
+    assert_eq!(
+        route["route"], "GET /api/v2/routing/queues/{queueId}",
+        "{status}"
+    );
+    assert_eq!(route["ttl_ms"], 30_000);
+    assert_eq!(route["hit"], 1);
+    assert_eq!(route["coalesced"], 99);
+    assert_eq!(route["miss"], 2);
+    assert_eq!(route["bypass"], 1);
+    let ratio = route["hit_ratio"].as_f64().expect("a ratio");
+    assert!((ratio - 100.0 / 103.0).abs() < 1e-9, "{ratio}");
+    assert_eq!(status["cache"]["entries"], 2);
+    let page = client
+        .get(&format!("http://{}/", gcpool.admin_addr()))
+        .await
+        .text();
+    assert!(
+        page.contains("id=\"cache-0-hit-ratio\">97.1 %"),
+        "the status page shows the hit ratio"
+    );
 }
 
 #[tokio::test]

@@ -41,6 +41,7 @@ pub fn render(view: &View) -> String {
     clients(&mut html, view);
     budgets(&mut html, view);
     learned(&mut html, view);
+    cache(&mut html, view);
     let _ = write!(
         html,
         "<p class=\"note\">Last-minute figures: gcpool samples its Prometheus counters every \
@@ -242,6 +243,45 @@ fn learned(html: &mut String, view: &View) {
     html.push_str("</tbody></table>\n");
 }
 
+fn cache(html: &mut String, view: &View) {
+    let Some(cache) = &view.cache else {
+        return;
+    };
+    let _ = writeln!(
+        html,
+        "<h2>Response cache</h2>\n<p><span id=\"cache-entries\">{}</span> answers kept, \
+         <span id=\"cache-bytes\">{}</span> bytes. Since start, per route: hit ratio (answered \
+         without an upstream call of their own: hits and coalesced) and each result.</p>",
+        cache.entries, cache.bytes
+    );
+    html.push_str(
+        "<table id=\"cache\"><thead><tr><th>route</th><th>ttl</th><th>hit ratio</th>\
+         <th>hit</th><th>coalesced</th><th>miss</th><th>stale</th><th>bypass</th></tr>\
+         </thead><tbody>\n",
+    );
+    for (i, r) in cache.routes.iter().enumerate() {
+        let _ = writeln!(
+            html,
+            "<tr><td id=\"cache-{i}-route\">{route}</td><td class=\"n\">{ttl} ms</td>\
+             <td class=\"n\" id=\"cache-{i}-hit-ratio\">{ratio:.1} %</td>\
+             <td class=\"n\" id=\"cache-{i}-hit\">{hit}</td>\
+             <td class=\"n\" id=\"cache-{i}-coalesced\">{coalesced}</td>\
+             <td class=\"n\" id=\"cache-{i}-miss\">{miss}</td>\
+             <td class=\"n\" id=\"cache-{i}-stale\">{stale}</td>\
+             <td class=\"n\" id=\"cache-{i}-bypass\">{bypass}</td></tr>",
+            route = escape(&r.route),
+            ttl = r.ttl_ms,
+            ratio = r.hit_ratio * 100.0,
+            hit = r.hit,
+            coalesced = r.coalesced,
+            miss = r.miss,
+            stale = r.stale,
+            bypass = r.bypass,
+        );
+    }
+    html.push_str("</tbody></table>\n");
+}
+
 /// An inline SVG bar of `used` out of `limit`: amber from 70 %, red from 90 %.
 fn bar(used: u32, limit: u32) -> String {
     const W: u64 = 100;
@@ -283,7 +323,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::admin::{BudgetUse, SharedState, Usage};
+    use crate::admin::{BudgetUse, CacheView, CachedRoute, SharedState, Usage};
     use crate::pool::ClientStatus;
 
     fn view(name: &str, learned: &str) -> View {
@@ -323,6 +363,20 @@ mod tests {
                 queue_wait_mean_ms: None,
                 intervals: vec![(1, 2)],
             },
+            cache: Some(CacheView {
+                entries: 1,
+                bytes: 100,
+                routes: vec![CachedRoute {
+                    route: format!("GET /api/v2/{name}"),
+                    ttl_ms: 30_000,
+                    hit: 3,
+                    miss: 1,
+                    coalesced: 0,
+                    stale: 0,
+                    bypass: 0,
+                    hit_ratio: 0.75,
+                }],
+            }),
         }
     }
 
