@@ -55,7 +55,7 @@ thread_local! {
 /// The binary's hook, for a process whose global allocator is jemalloc: a thread that
 /// allocated and freed nothing since the last call returns its cache of freed blocks to
 /// its arena, by turning the cache off and on (what `thread.tcache.flush` does, through the
-/// safe API), once it moved [`RETURN_AFTER_BYTES`] since the last return; jemalloc's
+/// safe API), once it moved 64 KiB (`RETURN_AFTER_BYTES`) since the last return; jemalloc's
 /// background thread then gives the pages back. Frees count as much as allocations: they
 /// are what fills the cache (a worker whose idle connections close only frees). A busy
 /// thread keeps its cache: it is what makes its allocations cheap (without caches a request
