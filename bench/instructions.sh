@@ -16,6 +16,8 @@
 #   KEEP=/tmp/cg bench/instructions.sh            # keep the callgrind files (callgrind_annotate)
 #   BARE=0 bench/instructions.sh                  # without the hyper floor (examples/bare_proxy.rs)
 #   GAP_MS=20 N1=100 N2=300 bench/instructions.sh # a pause between requests (connections that idle)
+#   CACHE=1 bench/instructions.sh                 # per cache hit: the route cached in gcpool
+#                                                 # (`cache:`) and in nginx (`proxy_cache`)
 #
 # The floor: `examples/bare_proxy.rs`, the least a hyper proxy does per request (hyper's
 # HTTP/1.1 server and client connections, one thread, no admission, no metrics), measured the
@@ -28,6 +30,9 @@ if [[ -z "${SKIP_BUILD:-}" && -z "${GCPOOL_BIN:-}" ]]; then
   cargo build --release --quiet
 fi
 BARE_BIN=""
+CACHE=${CACHE:-0}
+# The floor caches nothing: no floor for hits.
+[[ "$CACHE" == 0 ]] || BARE=0
 if [[ "${BARE:-1}" != 0 ]]; then
   [[ -n "${SKIP_BUILD:-}" ]] || cargo build --release --quiet --example bare_proxy
   BARE_BIN=target/release/examples/bare_proxy
@@ -89,6 +94,13 @@ budgets: {token_per_minute: 1000000, org_per_minute: 3000000}
 clients:
   - {name: pool-01, client_id: sim-client-01, client_secret: sim-secret-01}
 EOF
+  if [[ "$CACHE" != 0 ]]; then
+    cat >> "$tmp/gcpool.yaml" << EOF
+cache:
+  routes:
+    - {route: "GET /api/v2/users/{userId}", ttl: 1h, ignore_upstream_cache_headers: true}
+EOF
+  fi
   GCPOOL_WORKERS=1 RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$n" \
     "$BIN" run --config "$tmp/gcpool.yaml" > /dev/null 2> "$tmp/gcpool.$n.log" &
   local gc=$!
@@ -125,6 +137,12 @@ count_nginx() {
   port=$(free_port)
   dir="$tmp/nginx.$n"
   mkdir -p "$dir"
+  local cache_path="" cache_use=""
+  if [[ "$CACHE" != 0 ]]; then
+    # As gcpool's: answers kept whatever the simulator's no-store says.
+    cache_path="proxy_cache_path $dir/cache keys_zone=api:10m;"
+    cache_use="proxy_cache api; proxy_cache_valid 200 1h; proxy_ignore_headers Cache-Control Expires Set-Cookie;"
+  fi
   cat > "$dir/nginx.conf" << EOF
 daemon off;
 master_process off;
@@ -136,6 +154,7 @@ http {
     access_log off;
     keepalive_requests 1000000;
     upstream sim { server 127.0.0.1:$sim_port; keepalive 16; keepalive_requests 1000000; }
+    $cache_path
     server {
         listen 127.0.0.1:$port;
         location / {
@@ -143,6 +162,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer $token";
+            $cache_use
         }
     }
 }
@@ -166,8 +186,10 @@ count_bare() {
 i1=$(count "$N1")
 i2=$(count "$N2")
 per=$(( (i2 - i1) / (N2 - N1) ))
+what="proxied request"
+[[ "$CACHE" == 0 ]] || what="cache hit"
 echo "gcpool ($BIN): $i1 instructions for $N1 requests, $i2 for $N2"
-echo "instructions per proxied request: $per"
+echo "instructions per $what: $per"
 
 if [[ -z "$NGINX_BIN" && -z "$BARE_BIN" ]]; then
   exit 0
@@ -180,8 +202,8 @@ if [[ -n "$NGINX_BIN" ]]; then
   j2=$(count_nginx "$N2")
   nginx_per=$(( (j2 - j1) / (N2 - N1) ))
   echo "nginx ($NGINX_BIN): $j1 instructions for $N1 requests, $j2 for $N2"
-  echo "nginx instructions per proxied request: $nginx_per"
-  python3 -c "print(f'ratio gcpool/nginx (instructions per request) = {$per / $nginx_per:.2f}   (goal <= 1.00)')"
+  echo "nginx instructions per $what: $nginx_per"
+  python3 -c "print(f'ratio gcpool/nginx (instructions per $what) = {$per / $nginx_per:.2f}   (goal <= 1.00)')"
 fi
 if [[ -n "$BARE_BIN" ]]; then
   k1=$(count_bare "$N1")
