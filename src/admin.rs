@@ -294,6 +294,7 @@ impl Admin {
             })
             .collect();
         routes.sort_by(|a, b| a.route.cmp(&b.route));
+        cache.store.sync();
         CacheView {
             entries: cache.store.entries(),
             bytes: cache.store.bytes(),
@@ -307,6 +308,14 @@ impl Admin {
         self.metrics
             .shared_state_up
             .set(i64::from(live.admission.store().is_up()));
+        // The cache of the current config (none: 0), expired answers forgotten first.
+        let (entries, bytes) = live.cache.as_deref().map_or((0, 0), |cache| {
+            cache.store.sync();
+            (cache.store.entries(), cache.store.bytes())
+        });
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.cache_entries.set(gauge(entries));
+        self.metrics.cache_bytes.set(gauge(bytes));
         let statuses = self.view().await.clients;
         // Only the current clients: a scrape that raced a reload must not bring back the
         // gauges of a removed client.

@@ -48,6 +48,21 @@ pub struct RoutePolicy {
     pub ignore_upstream_cache_headers: bool,
 }
 
+impl RoutePolicy {
+    /// How usable `entry` is at `now` under this policy (the current config's, which a
+    /// reload may have changed since the entry was kept).
+    pub fn freshness(&self, entry: &Entry, now: Instant) -> Freshness {
+        let age = entry.age(now);
+        if age < self.ttl {
+            Freshness::Fresh
+        } else if age < self.ttl.saturating_add(self.stale_if_limited) {
+            Freshness::Stale
+        } else {
+            Freshness::Expired
+        }
+    }
+}
+
 impl Cache {
     /// The cache `config` describes, `None` without routes. With `previous` of the same
     /// bounds, its store and flights go on (a reload does not empty the cache).
@@ -327,6 +342,12 @@ impl Store {
     /// Bytes of keys and entries held (`gcpool_cache_bytes`).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Forgets expired entries now (moka does as it is used): before the counts are read
+    /// for a scrape.
+    pub fn sync(&self) {
+        self.entries.run_pending_tasks();
     }
 }
 

@@ -180,7 +180,7 @@ impl Proxy {
         let head = UpstreamHead::new(&mut caller.parts, &self.inner.target)
             .map_err(|_| Refusal::BadPath)?;
         if let Some(cached) = &mut cached
-            && let Some(answer) = Box::pin(cached.before(self, deadline, exchange)).await
+            && let Some(answer) = Box::pin(cached.before(deadline, exchange)).await
         {
             return answer;
         }
@@ -203,7 +203,7 @@ impl Proxy {
                         match attempts.refused(&refusal) {
                             Verdict::Retry { .. } => continue,
                             Verdict::Done => {
-                                return match &cached {
+                                return match &mut cached {
                                     Some(cached) => cached.instead_of(refusal.into(), exchange),
                                     None => Err(refusal.into()),
                                 };

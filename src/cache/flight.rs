@@ -35,6 +35,10 @@ enum Landing {
     Declined,
     /// The leader failed or was cancelled: join again.
     Failed,
+    /// The upstream could not answer (a 429, a 5xx, no answer) and the leader's caller got
+    /// the last good answer instead: a follower that has one answers with it at once, the
+    /// others join again.
+    Unavailable,
 }
 
 /// A request's part in a flight.
@@ -68,6 +72,9 @@ pub enum Waited {
     OnYourOwn,
     /// The leader is gone: join again.
     LeaderLost,
+    /// The upstream could not answer: the last good answer, if the follower has one; else
+    /// join again.
+    Unavailable,
 }
 
 impl Flights {
@@ -113,6 +120,11 @@ impl Lead {
         self.end(Landing::Declined);
     }
 
+    /// Tells the followers the upstream could not answer (the leader answered stale).
+    pub fn unavailable(self) {
+        self.end(Landing::Unavailable);
+    }
+
     fn end(self, landing: Landing) {
         // Out of the map first: whoever comes next starts a new flight or finds the store.
         self.leave();
@@ -155,6 +167,7 @@ impl Follow {
         match landed {
             Ok(Landing::Answered(answer)) => Waited::Answered(answer),
             Ok(Landing::Declined) => Waited::OnYourOwn,
+            Ok(Landing::Unavailable) => Waited::Unavailable,
             // A sender gone without a landing cannot happen (`Drop` lands `Failed`); if it
             // did, joining again is the safe answer.
             Ok(Landing::Failed | Landing::Flying) | Err(_) => Waited::LeaderLost,

@@ -26,7 +26,9 @@ use super::{
     CallerRequest, Proxy, ProxyBody, Served, WAIT_HEADER_NAME, finish_response, whole_body,
 };
 use crate::admission::Refusal as Admission;
-use crate::cache::{Cache, Entry, Freshness, Key, Lead, Role, RoutePolicy, Waited, storable};
+use crate::cache::{
+    Cache, Entry, Freshness, Key, Lead, NotStored, Role, RoutePolicy, Waited, storable,
+};
 use crate::proxy::Reject;
 use crate::upstream::{BodyError, Outcome, UpstreamBody, UpstreamError};
 
@@ -62,13 +64,28 @@ pub(super) struct Cached {
     lead: Option<Lead>,
 }
 
+/// Request headers that make an answer about the caller's own copy or a part of the
+/// resource (304, 206, 412): such a request neither uses nor feeds the cache.
+const CONDITIONAL: [HeaderName; 6] = [
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+    http::header::IF_RANGE,
+    http::header::RANGE,
+];
+
 impl Cached {
-    /// The cache's part in a request, when its route is cached and its method reads.
+    /// The cache's part in a request, when its route is cached, its method reads and it
+    /// asks for the whole resource unconditionally.
     pub(super) fn of(cache: Option<&Arc<Cache>>, caller: &CallerRequest) -> Option<Box<Self>> {
         let cache = cache?;
         let policy = cache.policy(caller.route.id()?)?;
-        let method = &caller.parts.method;
+        let (method, headers) = (&caller.parts.method, &caller.parts.headers);
         if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        if CONDITIONAL.iter().any(|name| headers.contains_key(name)) {
             return None;
         }
         let target = caller
@@ -81,8 +98,8 @@ impl Cached {
         Some(Box::new(Self {
             cache: cache.clone(),
             policy,
-            key: Key::new(method, target, &caller.parts.headers),
-            refresh: refresh_asked(&caller.parts.headers),
+            key: Key::new(method, target, headers),
+            refresh: refresh_asked(headers),
             stale: None,
             lead: None,
         }))
@@ -92,34 +109,22 @@ impl Cached {
     /// past its deadline); `None`: call upstream, as the flight's leader or alone.
     pub(super) async fn before(
         &mut self,
-        proxy: &Proxy,
         deadline: Instant,
         exchange: &mut Exchange<'_>,
     ) -> Option<Result<Response<ProxyBody>, Reject>> {
-        let kept = self.cache.store.get(&self.key);
-        proxy.cache_gauges(&self.cache);
-        let now = Instant::now();
-        if let Some(entry) = &kept {
-            match entry.freshness(now) {
-                Freshness::Fresh if !self.refresh => {
-                    exchange.cache = Some(CacheResult::Hit);
-                    return Some(Ok(entry_response(entry, true)));
-                }
-                Freshness::Expired => {}
-                // A fresh answer too stands in, for a caller who bypassed, when the route
-                // allows stale answers at all.
-                Freshness::Fresh | Freshness::Stale if !self.policy.stale_if_limited.is_zero() => {
-                    self.stale = kept.clone();
-                }
-                Freshness::Fresh | Freshness::Stale => {}
-            }
-        }
-        if self.refresh {
-            exchange.cache = Some(CacheResult::Bypass);
-            return None;
-        }
-        exchange.cache = Some(CacheResult::Miss);
+        exchange.cache = Some(if self.refresh {
+            CacheResult::Bypass
+        } else {
+            CacheResult::Miss
+        });
         loop {
+            // Again after a lost leader: its successor may have stored the answer.
+            if let Some(hit) = self.look(exchange) {
+                return Some(Ok(hit));
+            }
+            if self.refresh {
+                return None;
+            }
             match self.cache.flights.join(&self.key) {
                 Role::Leader(lead) => {
                     self.lead = Some(lead);
@@ -132,7 +137,12 @@ impl Cached {
                             return Some(Ok(entry_response(&entry, false)));
                         }
                         Ok(Waited::OnYourOwn) => return None,
-                        Ok(Waited::LeaderLost) => {}
+                        // An outage: the last good answer at once, rather than each
+                        // follower trying upstream in turn.
+                        Ok(Waited::Unavailable) if self.stale.is_some() => {
+                            return Some(self.stale_or(Reject::UpstreamTimeout, exchange));
+                        }
+                        Ok(Waited::LeaderLost | Waited::Unavailable) => {}
                         Err(_) => {
                             let waited = Admission::Deadline {
                                 retry_after: Duration::from_secs(1),
@@ -146,10 +156,31 @@ impl Cached {
         }
     }
 
+    /// The store's answer: a hit when fresh (judged by the current policy) and the caller
+    /// did not bypass; else it is remembered as the last good answer when the route allows
+    /// stale answers.
+    fn look(&mut self, exchange: &mut Exchange<'_>) -> Option<Response<ProxyBody>> {
+        let entry = self.cache.store.get(&self.key)?;
+        match self.policy.freshness(&entry, Instant::now()) {
+            Freshness::Fresh if !self.refresh => {
+                exchange.cache = Some(CacheResult::Hit);
+                return Some(entry_response(&entry, true));
+            }
+            Freshness::Expired => {}
+            // A fresh answer too stands in, for a caller who bypassed, when the route
+            // allows stale answers at all.
+            Freshness::Fresh | Freshness::Stale if !self.policy.stale_if_limited.is_zero() => {
+                self.stale = Some(entry);
+            }
+            Freshness::Fresh | Freshness::Stale => {}
+        }
+        None
+    }
+
     /// The last good answer instead of a local 429 (the route's `stale_if_limited`), else
     /// the refusal.
     pub(super) fn instead_of(
-        &self,
+        &mut self,
         reject: Reject,
         exchange: &mut Exchange<'_>,
     ) -> Result<Response<ProxyBody>, Reject> {
@@ -159,18 +190,21 @@ impl Cached {
         self.stale_or(reject, exchange)
     }
 
+    /// The last good answer, telling the flight's followers the upstream could not answer;
+    /// else `reject` (and the flight fails: a follower takes over).
     fn stale_or(
-        &self,
+        &mut self,
         reject: Reject,
         exchange: &mut Exchange<'_>,
     ) -> Result<Response<ProxyBody>, Reject> {
-        match &self.stale {
-            Some(entry) => {
-                exchange.cache = Some(CacheResult::Stale);
-                Ok(entry_response(entry, true))
-            }
-            None => Err(reject),
+        let Some(entry) = &self.stale else {
+            return Err(reject);
+        };
+        if let Some(lead) = self.lead.take() {
+            lead.unavailable();
         }
+        exchange.cache = Some(CacheResult::Stale);
+        Ok(entry_response(entry, true))
     }
 
     /// The answer of the last attempt: read whole, kept when it may be and handed to the
@@ -183,9 +217,9 @@ impl Cached {
         served: &Served,
         exchange: &mut Exchange<'_>,
     ) -> Result<Response<ProxyBody>, Reject> {
-        let lead = self.lead.take();
         let response = match outcome {
             Outcome::Answered(response) if !response.status().is_server_error() => response,
+            // An upstream 429 or failure (5xx, no answer): the last good answer, if any.
             Outcome::RateLimited { .. }
             | Outcome::Answered(_)
             | Outcome::Transient(_)
@@ -196,6 +230,7 @@ impl Cached {
             }
             outcome => return proxy.settle(outcome, served, exchange),
         };
+        let lead = self.lead.take();
         let (mut parts, body) = response.into_parts();
         rewrite::response_headers(&mut parts.headers);
         let mut body = body
@@ -219,13 +254,16 @@ impl Cached {
                 return Err(Reject::upstream(UpstreamError::Http(error)));
             }
         };
-        self.keep(proxy, lead, &parts, &bytes);
+        self.keep(lead, &parts, &bytes);
         let response = Response::from_parts(parts, whole_body(bytes));
         Ok(finish_response(response, &served.client, exchange.queued()))
     }
 
-    /// Stores the leader's answer when it may be kept, then hands it to the followers.
-    fn keep(&self, proxy: &Proxy, lead: Option<Lead>, parts: &http::response::Parts, body: &Bytes) {
+    /// Stores the leader's answer when it may be kept, then hands it to the followers when
+    /// it fits them all: not an answer in an encoding some of them may not accept, nor one
+    /// about a copy or a part (the requests that ask for those never join a flight, but an
+    /// upstream may send them anyway).
+    fn keep(&self, lead: Option<Lead>, parts: &http::response::Parts, body: &Bytes) {
         let mut headers = parts.headers.clone();
         // A shared cache never hands one caller's cookie to another.
         headers.remove(SET_COOKIE);
@@ -238,31 +276,29 @@ impl Cached {
             fresh_for: policy.ttl,
             stale_for: policy.stale_if_limited,
         });
-        let may_keep = !policy.ttl.is_zero()
-            && storable(
-                &self.key,
-                parts.status,
-                &parts.headers,
-                policy.ignore_upstream_cache_headers,
-            )
-            .is_ok();
-        if may_keep {
+        let verdict = storable(
+            &self.key,
+            parts.status,
+            &parts.headers,
+            policy.ignore_upstream_cache_headers,
+        );
+        if !policy.ttl.is_zero() && verdict.is_ok() {
             self.cache.store.put(self.key.clone(), entry.clone());
-            proxy.cache_gauges(&self.cache);
         }
-        if let Some(lead) = lead {
+        let Some(lead) = lead else {
+            return;
+        };
+        let about_a_copy = matches!(
+            parts.status,
+            StatusCode::PARTIAL_CONTENT
+                | StatusCode::NOT_MODIFIED
+                | StatusCode::PRECONDITION_FAILED
+        );
+        if about_a_copy || verdict == Err(NotStored::Encoding) {
+            lead.decline();
+        } else {
             lead.land(entry);
         }
-    }
-}
-
-impl Proxy {
-    fn cache_gauges(&self, cache: &Cache) {
-        let m = &self.inner.metrics;
-        m.cache_entries
-            .set(i64::try_from(cache.store.entries()).unwrap_or(i64::MAX));
-        m.cache_bytes
-            .set(i64::try_from(cache.store.bytes()).unwrap_or(i64::MAX));
     }
 }
 
