@@ -277,7 +277,21 @@ impl Validator<'_> {
             ));
         }
 
+        if !cache.routes.is_empty() && cache.max_bytes / 16 < 4096 {
+            warnings.push(format!(
+                "cache.max_bytes is {}: no answer over {} bytes (a sixteenth of it) is kept",
+                cache.max_bytes,
+                cache.max_bytes / 16
+            ));
+        }
         for route in &cache.routes {
+            if route.ttl.is_zero() && !route.stale_if_limited.is_zero() {
+                warnings.push(format!(
+                    "cache route \"{} {}\" has ttl: 0s, so it keeps no answer and its \
+                     stale_if_limited never applies",
+                    route.method, route.path
+                ));
+            }
             if !route.ttl.is_zero() && !route.ignore_upstream_cache_headers {
                 warnings.push(format!(
                     "cache route \"{} {}\" keeps nothing from Genesys, which marks its answers \
@@ -2164,5 +2178,35 @@ inbound:
         assert!(error_at(&errs, "cache.routes[5].route").contains("duplicate"));
         error_at(&errs, "cache.routes[5].ignore_upstream_cache_headers");
         error_at(&errs, "cache.routes[5].stale_if_limited");
+    }
+
+    #[test]
+    fn cache_settings_that_can_never_act_are_warned_about() {
+        let c = ok(&format!(
+            "{CLIENT}{ANON}cache:\n  max_bytes: 32768\n  routes:\n    \
+             - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      ttl: 0s\n      \
+             stale_if_limited: 5m\n"
+        ));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("no answer over 2048 bytes")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("stale_if_limited never applies")),
+            "{:?}",
+            c.warnings
+        );
+        // The defaults warn about neither.
+        let c = ok(&format!(
+            "{CLIENT}{ANON}cache:\n  routes:\n    \
+             - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      ttl: 1s\n      \
+             ignore_upstream_cache_headers: true\n"
+        ));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 }
