@@ -8,44 +8,12 @@ use std::time::Duration;
 
 use gcpool::sim::{SimOptions, Simulator};
 use http::{Method, StatusCode};
+use support::cache::{QUEUE, cache_result, cache_yaml, get, start_cached};
 use support::{Answer, HttpClient, THREE_CLIENTS, start_gcpool};
-
-const QUEUE: &str = "/api/v2/routing/queues/q-1";
-
-/// `cache:` with the queue route at `ttl` and `stale`, ignoring upstream cache headers
-/// (Genesys' `no-store`) unless `honour_upstream`.
-fn cache_yaml(ttl: &str, stale: &str, honour_upstream: bool) -> String {
-    format!(
-        "cache:\n  routes:\n    - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      \
-         ttl: {ttl}\n      stale_if_limited: {stale}\n      \
-         ignore_upstream_cache_headers: {}\n",
-        !honour_upstream
-    )
-}
-
-async fn get(client: &HttpClient, api: std::net::SocketAddr, headers: &[(&str, &str)]) -> Answer {
-    client
-        .request(Method::GET, &format!("http://{api}{QUEUE}"), headers, "")
-        .await
-}
-
-fn cache_result(answer: &Answer) -> &str {
-    answer.header("x-gcpool-cache")
-}
 
 #[tokio::test]
 async fn a_hundred_concurrent_identical_gets_make_one_upstream_call_and_then_hit() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(
-        &sim.base_url(),
-        &THREE_CLIENTS,
-        &cache_yaml("30s", "0s", false),
-    )
-    .await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (sim, gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
 
     let answers = futures_join_all((0..100).map(|_| {
         let client = client.clone();
@@ -145,17 +113,7 @@ async fn a_hundred_concurrent_identical_gets_make_one_upstream_call_and_then_hit
 
 #[tokio::test]
 async fn an_answer_is_refetched_once_after_its_ttl() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(
-        &sim.base_url(),
-        &THREE_CLIENTS,
-        &cache_yaml("1s", "0s", false),
-    )
-    .await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (sim, _gcpool, api, client) = start_cached(&cache_yaml("1s", "0s", true)).await;
     assert_eq!(cache_result(&get(&client, api, &[]).await), "miss");
     assert_eq!(cache_result(&get(&client, api, &[]).await), "hit");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
@@ -174,17 +132,7 @@ async fn an_answer_is_refetched_once_after_its_ttl() {
 
 #[tokio::test]
 async fn a_leader_that_fails_hands_over_and_no_follower_hangs() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(
-        &sim.base_url(),
-        &THREE_CLIENTS,
-        &cache_yaml("30s", "0s", false),
-    )
-    .await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
     // The leader's upstream answers 503 on every attempt (after 300 ms); the followers,
     // whose requests would get 200, take over.
     let leader = {
@@ -221,17 +169,7 @@ async fn a_leader_that_fails_hands_over_and_no_follower_hangs() {
 
 #[tokio::test]
 async fn answers_upstream_marks_private_or_no_store_or_that_set_cookies_are_not_kept() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(
-        &sim.base_url(),
-        &THREE_CLIENTS,
-        &cache_yaml("30s", "0s", true),
-    )
-    .await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", false)).await;
     // The simulator's own no-store.
     for _ in 0..2 {
         assert_eq!(cache_result(&get(&client, api, &[]).await), "miss");
@@ -273,17 +211,7 @@ async fn answers_upstream_marks_private_or_no_store_or_that_set_cookies_are_not_
 
 #[tokio::test]
 async fn a_stale_answer_stands_in_for_an_upstream_503_or_429_until_its_limit() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(
-        &sim.base_url(),
-        &THREE_CLIENTS,
-        &cache_yaml("1s", "3s", false),
-    )
-    .await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("1s", "3s", true)).await;
     let good = get(&client, api, &[]).await;
     assert_eq!(cache_result(&good), "miss");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -305,17 +233,7 @@ async fn a_stale_answer_stands_in_for_an_upstream_503_or_429_until_its_limit() {
 
 #[tokio::test]
 async fn a_gzip_answer_goes_only_to_callers_that_accept_gzip() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(
-        &sim.base_url(),
-        &THREE_CLIENTS,
-        &cache_yaml("30s", "0s", false),
-    )
-    .await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
     // An upstream that gzips for callers that accept it (the body is not really gzip: the
     // header is what a cache must not hand to the wrong caller).
     let gzip = [
@@ -347,7 +265,7 @@ async fn a_hit_reaches_only_callers_that_pass_the_checks() {
         "127.0.0.1:0",
         "127.0.0.1:1",
         &THREE_CLIENTS,
-        &cache_yaml("30s", "0s", false),
+        &cache_yaml("30s", "0s", true),
     )
     .replace("  allow_anonymous: true\n", &keys);
     let config = support::config(&yaml);
@@ -387,7 +305,7 @@ async fn an_answer_longer_than_the_store_keeps_streams_whole_and_its_followers_g
         .await
         .expect("simulator");
     // The largest kept answer is a sixteenth of max_bytes: 1 KiB.
-    let yaml = cache_yaml("30s", "0s", false).replace("cache:\n", "cache:\n  max_bytes: 16384\n");
+    let yaml = cache_yaml("30s", "0s", true).replace("cache:\n", "cache:\n  max_bytes: 16384\n");
     let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &yaml).await;
     let api = gcpool.api_addr();
     let client = HttpClient::new();

@@ -9,36 +9,16 @@ mod support;
 use std::time::Duration;
 
 use gcpool::sim::{SimOptions, Simulator};
-use http::{Method, StatusCode};
-use support::{Answer, HttpClient, THREE_CLIENTS, config, config_yaml, start_gcpool};
-
-const QUEUE: &str = "/api/v2/routing/queues/q-1";
-
-fn cache_yaml(ttl: &str, stale: &str) -> String {
-    format!(
-        "cache:\n  routes:\n    - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      \
-         ttl: {ttl}\n      stale_if_limited: {stale}\n      \
-         ignore_upstream_cache_headers: true\n"
-    )
-}
-
-async fn get(client: &HttpClient, api: std::net::SocketAddr, headers: &[(&str, &str)]) -> Answer {
-    client
-        .request(Method::GET, &format!("http://{api}{QUEUE}"), headers, "")
-        .await
-}
+use http::StatusCode;
+use support::cache::{cache_yaml, get, start_cached};
+use support::{HttpClient, THREE_CLIENTS, config, config_yaml};
 
 /// A conditional request leads the flight and gets 304 Not Modified; a plain GET that
 /// coalesced onto it, and holds no copy to revalidate, gets that 304 (empty body) too.
 /// Likewise a `Range` leader's 206 would reach followers that asked for the whole answer.
 #[tokio::test]
 async fn a_follower_without_if_none_match_never_gets_the_leaders_304() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &cache_yaml("30s", "0s")).await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
     let leader = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -73,12 +53,7 @@ async fn a_follower_without_if_none_match_never_gets_the_leaders_304() {
 /// unchecked: a follower that accepts only gzip gets `Content-Encoding: br`.
 #[tokio::test]
 async fn a_follower_that_accepts_only_gzip_never_gets_a_br_answer() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &cache_yaml("30s", "0s")).await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
     let leader = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -114,12 +89,7 @@ async fn a_follower_that_accepts_only_gzip_never_gets_a_br_answer() {
 /// last ones until their deadline) and the upstream gets N times the calls.
 #[tokio::test]
 async fn during_an_outage_followers_of_a_stale_key_get_the_stale_answer_without_queueing() {
-    let sim = Simulator::start(SimOptions::with_clients(3))
-        .await
-        .expect("simulator");
-    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS, &cache_yaml("1s", "1m")).await;
-    let api = gcpool.api_addr();
-    let client = HttpClient::new();
+    let (sim, _gcpool, api, client) = start_cached(&cache_yaml("1s", "1m", true)).await;
     assert_eq!(get(&client, api, &[]).await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let before = sim.stats().accepted;
@@ -169,7 +139,7 @@ async fn a_reload_that_shortens_the_ttl_applies_to_answers_already_kept() {
             "127.0.0.1:0",
             "127.0.0.1:1",
             &THREE_CLIENTS,
-            &cache_yaml(ttl, "0s"),
+            &cache_yaml(ttl, "0s", true),
         )
     };
     let gcpool = support::start_config(config(&yaml("5m"))).await;
@@ -207,7 +177,7 @@ async fn the_cache_gauges_follow_a_reload_that_drops_the_cache() {
             extra,
         )
     };
-    let gcpool = support::start_config(config(&yaml(&cache_yaml("5m", "0s")))).await;
+    let gcpool = support::start_config(config(&yaml(&cache_yaml("5m", "0s", true)))).await;
     let api = gcpool.api_addr();
     let client = HttpClient::new();
     assert_eq!(

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
+pub mod cache;
 pub mod redis;
 
 /// An environment for `${VAR}` expansion in test configs.
