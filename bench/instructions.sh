@@ -18,6 +18,8 @@
 #   GAP_MS=20 N1=100 N2=300 bench/instructions.sh # a pause between requests (connections that idle)
 #   CACHE=1 bench/instructions.sh                 # per cache hit: the route cached in gcpool
 #                                                 # (`cache:`) and in nginx (`proxy_cache`)
+#   CACHE=1 CACHE_TTL=0s NGINX=0 bench/instructions.sh  # per coalesced-only miss (`ttl: 0s`):
+#                                                 # every request leads a flight, keeps nothing
 #
 # The floor: `examples/bare_proxy.rs`, the least a hyper proxy does per request (hyper's
 # HTTP/1.1 server and client connections, one thread, no admission, no metrics), measured the
@@ -98,7 +100,7 @@ EOF
     cat >> "$tmp/gcpool.yaml" << EOF
 cache:
   routes:
-    - {route: "GET /api/v2/users/{userId}", ttl: 1h, ignore_upstream_cache_headers: true}
+    - {route: "GET /api/v2/users/{userId}", ttl: ${CACHE_TTL:-1h}, ignore_upstream_cache_headers: true}
 EOF
   fi
   GCPOOL_WORKERS=1 RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$n" \
@@ -188,6 +190,7 @@ i2=$(count "$N2")
 per=$(( (i2 - i1) / (N2 - N1) ))
 what="proxied request"
 [[ "$CACHE" == 0 ]] || what="cache hit"
+[[ "$CACHE" == 0 || "${CACHE_TTL:-1h}" != 0s ]] || what="coalesced-only miss"
 echo "gcpool ($BIN): $i1 instructions for $N1 requests, $i2 for $N2"
 echo "instructions per $what: $per"
 

@@ -3,6 +3,8 @@
 # in front of the same fast upstream (an nginx `return 200`).
 #
 #   bench/overhead.sh [--json]
+#   CACHE=1 bench/overhead.sh    # cache hits: the route cached in gcpool (`cache:`) and in
+#                                # nginx (`proxy_cache`, proxy_cache_lock, open_file_cache)
 #
 # Env: DURATION (10s) length of each 64-connection run; ROUNDS (3) nginx/gcpool rounds;
 #      LAT_DURATION (3s) length of each 1-connection run; WARMUP (2s); CONNS (64);
@@ -21,7 +23,7 @@ for arg in "$@"; do
     case "$arg" in
         --json) json=1 ;;
         -h | --help)
-            sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -37,6 +39,7 @@ LAT_DURATION=${LAT_DURATION:-3s}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
+CACHE=${CACHE:-0}
 PATH_Q='/api/v2/users/bench?pageSize=1'
 
 log() { printf '%s\n' "$*" >&2; }
@@ -136,9 +139,20 @@ SIM_PORT=$(free_port)
 GCPOOL_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 
+# CACHE=1: both proxies keep the answer for an hour whatever the upstream's headers say, and
+# serve every measured request from their cache (checked below: nginx's X-Cache-Status, gcpool's
+# x-gcpool-cache, and gcpool's count of upstream calls afterwards).
+CACHE_HTTP=""
+CACHE_LOCATION=""
+if [[ "$CACHE" != 0 ]]; then
+    chmod 0755 "$tmp" # nginx's workers (not root) open the cache files under it
+    CACHE_HTTP="proxy_cache_path $tmp/proxy-cache levels=1:2 keys_zone=api:10m max_size=64m inactive=1h; open_file_cache max=1000 inactive=1h;"
+    CACHE_LOCATION="proxy_cache api; proxy_cache_valid 200 1h; proxy_cache_lock on; proxy_ignore_headers Cache-Control Expires Set-Cookie; add_header X-Cache-Status \$upstream_cache_status;"
+fi
 render() { # template output
     sed -e "s|@TMP@|$tmp|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
-        -e "s|@NGINX_PORT@|$NGINX_PORT|g" "$1" >"$2"
+        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@CACHE_HTTP@|$CACHE_HTTP|g" \
+        -e "s|@CACHE_LOCATION@|$CACHE_LOCATION|g" "$1" >"$2"
 }
 render "$here/nginx-upstream.conf.tmpl" "$tmp/nginx-upstream.conf"
 render "$here/nginx-overhead.conf.tmpl" "$tmp/nginx-proxy.conf"
@@ -183,6 +197,15 @@ budgets:
 inbound:
   allow_anonymous: true
 EOF
+if [[ "$CACHE" != 0 ]]; then
+    cat >>"$tmp/gcpool.yaml" <<EOF
+cache:
+  routes:
+    - route: "GET /api/v2/users/{userId}"
+      ttl: 1h
+      ignore_upstream_cache_headers: true
+EOF
+fi
 
 wait_http "http://127.0.0.1:$UPSTREAM_PORT$PATH_Q" 200 10
 wait_http "http://127.0.0.1:$NGINX_PORT$PATH_Q" 200 10
@@ -204,6 +227,18 @@ for t in direct nginx gcpool; do
     body=$(curl -fsS --max-time 2 "${URL[$t]}") || die "$t: request failed"
     [[ "$body" == '{"id":"bench","name":"x"}' ]] || die "$t answered $body"
 done
+# How many of gcpool's requests were answered from its cache (hit) and by upstream (miss).
+cache_count() { # result
+    curl -fsS --max-time 2 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk -v r="result=\"$1\"" 'index($0, "gcpool_cache_requests_total{") == 1 && index($0, r) { s += $NF }
+            END { print s + 0 }'
+}
+if [[ "$CACHE" != 0 ]]; then
+    hdr=$(curl -fsS --max-time 2 -D - -o /dev/null "${URL[nginx]}" | tr -d '\r')
+    grep -qi '^x-cache-status: HIT' <<<"$hdr" || die "nginx did not answer from its cache: $hdr"
+    hdr=$(curl -fsS --max-time 2 -D - -o /dev/null "${URL[gcpool]}" | tr -d '\r')
+    grep -qi '^x-gcpool-cache: hit' <<<"$hdr" || die "gcpool did not answer from its cache: $hdr"
+fi
 
 # --- wrk ------------------------------------------------------------------------------------
 secs() { # 10s / 2m / 500ms -> whole seconds (for the safety timeout)
@@ -291,6 +326,8 @@ run_wrk warm-direct direct "$CONNS" "$THREADS" "$WARMUP" >/dev/null
 run_wrk warm-nginx nginx "$CONNS" "$THREADS" "$WARMUP" >/dev/null
 run_wrk warm-gcpool gcpool "$CONNS" "$THREADS" "$WARMUP" >/dev/null
 run_wrk warm-gcpool-c1 gcpool 1 1 "$WARMUP" >/dev/null
+# wrk's requests (no Accept header) have their own key, kept during the warm-up.
+[[ "$CACHE" == 0 ]] || misses_before=$(cache_count miss)
 
 log "baseline: upstream direct, $CONNS connections, $DURATION"
 record direct64 direct64 direct "$CONNS" "$THREADS" "$DURATION"
@@ -306,6 +343,14 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # --- report ---------------------------------------------------------------------------------
+mode="proxied"
+if [[ "$CACHE" != 0 ]]; then
+    mode="cache hits"
+    hits=$(cache_count hit)
+    misses=$(($(cache_count miss) - misses_before))
+    ((misses == 0)) || die "gcpool called upstream $misses times during the cache-hit runs"
+    log "gcpool: $hits answers from its cache, no upstream call during the runs"
+fi
 for k in direct64 nginx64 gcpool64 direct1 nginx1 gcpool1; do
     declare "rps_$k=$(median 1 $k)" "p50_$k=$(median 2 $k)" "p99_$k=$(median 3 $k)"
 done
@@ -336,8 +381,8 @@ if ((json)); then
     }
     printf '{"nproc":%s,"pinned":false,"loadavg_before":"%s","loadavg_after":"%s",' \
         "$cores" "$load_start" "$load_end"
-    printf '"duration":"%s","lat_duration":"%s","rounds":%s,' \
-        "$DURATION" "$LAT_DURATION" "$ROUNDS"
+    printf '"mode":"%s","duration":"%s","lat_duration":"%s","rounds":%s,' \
+        "$mode" "$DURATION" "$LAT_DURATION" "$ROUNDS"
     printf '"path":"%s","results":[%s,%s,%s,%s,%s,%s],' "$PATH_Q" \
         "$(row direct64 direct "$CONNS" 1)" "$(row nginx64 nginx "$CONNS" "$ROUNDS")" \
         "$(row gcpool64 gcpool "$CONNS" "$ROUNDS")" "$(row direct1 direct 1 "$ROUNDS")" \
@@ -350,7 +395,7 @@ if ((json)); then
         "$nadd50" "$nadd99" "$total_errors"
 else
     echo
-    echo "gcpool overhead benchmark — loopback, path $PATH_Q"
+    echo "gcpool overhead benchmark ($mode) — loopback, path $PATH_Q"
     echo "machine: nproc=$cores; wrk, both nginx and gcpool share the same $cores cores (no pinning);" \
         "load average before $load_start, after $load_end"
     echo "medians over runs; $CONNS conns: -c $CONNS -t $THREADS -d $DURATION; 1 conn: -c 1 -t 1 -d $LAT_DURATION"

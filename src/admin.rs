@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{BudgetId, BudgetKind};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheResult};
 use crate::generation::Live;
 use crate::metrics::Metrics;
 use crate::pool::ClientStatus;
@@ -261,20 +261,14 @@ impl Admin {
         let table = RouteTable::genesys();
         let mut routes: Vec<CachedRoute> = cache
             .routes()
-            .map(|(id, policy)| {
+            .map(|(id, policy, counts)| {
                 let op = table.operation(id);
-                let count = |result: &str| {
-                    self.metrics
-                        .cache_requests
-                        .with_label_values(&[op.template(), result])
-                        .get()
-                };
                 let (hit, miss, coalesced, stale, bypass) = (
-                    count("hit"),
-                    count("miss"),
-                    count("coalesced"),
-                    count("stale"),
-                    count("bypass"),
+                    counts.get(CacheResult::Hit),
+                    counts.get(CacheResult::Miss),
+                    counts.get(CacheResult::Coalesced),
+                    counts.get(CacheResult::Stale),
+                    counts.get(CacheResult::Bypass),
                 );
                 let all = hit + miss + coalesced + stale + bypass;
                 CachedRoute {

@@ -21,8 +21,10 @@ use http::header::{CACHE_CONTROL, CONTENT_ENCODING, SET_COOKIE, VARY};
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
+use prometheus::{IntCounter, IntCounterVec};
+
 use crate::config::CacheConfig;
-use crate::routes::RouteId;
+use crate::routes::{RouteId, RouteTable};
 
 mod flight;
 mod key;
@@ -34,10 +36,68 @@ pub use key::Key;
 /// flights that a reload keeps while the bounds stay the same.
 #[derive(Debug)]
 pub struct Cache {
-    routes: HashMap<RouteId, RoutePolicy>,
+    routes: HashMap<RouteId, CachedRoute, foldhash::fast::RandomState>,
     pub store: Arc<Store>,
     pub flights: Arc<Flights>,
     bounds: (u64, u64),
+}
+
+/// One cached route: how, and what the cache did for its requests so far.
+#[derive(Debug)]
+struct CachedRoute {
+    policy: RoutePolicy,
+    results: Arc<ResultCounts>,
+}
+
+/// What the cache did for a request of a cached route (`x-gcpool-cache`,
+/// `gcpool_cache_requests_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Coalesced,
+    Stale,
+    Bypass,
+}
+
+impl CacheResult {
+    pub const ALL: [Self; 5] = [
+        Self::Hit,
+        Self::Miss,
+        Self::Coalesced,
+        Self::Stale,
+        Self::Bypass,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+            Self::Stale => "stale",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+/// One route's `gcpool_cache_requests_total` counters, one per result, looked up once when
+/// the cache is built rather than by label on every request.
+#[derive(Debug)]
+pub struct ResultCounts([IntCounter; 5]);
+
+impl ResultCounts {
+    fn new(counters: &IntCounterVec, route: &str) -> Self {
+        Self(CacheResult::ALL.map(|r| counters.with_label_values(&[route, r.label()])))
+    }
+
+    pub fn add(&self, result: CacheResult) {
+        self.0[result as usize].inc();
+    }
+
+    /// Requests with `result` since start (the counter survives reloads).
+    pub fn get(&self, result: CacheResult) -> u64 {
+        self.0[result as usize].get()
+    }
 }
 
 /// How one route is cached (`cache.routes[i]`).
@@ -65,8 +125,13 @@ impl RoutePolicy {
 
 impl Cache {
     /// The cache `config` describes, `None` without routes. With `previous` of the same
-    /// bounds, its store and flights go on (a reload does not empty the cache).
-    pub fn build(config: &CacheConfig, previous: Option<&Cache>) -> Option<Arc<Self>> {
+    /// bounds, its store and flights go on (a reload does not empty the cache). Each
+    /// route counts its requests in `counters` (`gcpool_cache_requests_total`).
+    pub fn build(
+        config: &CacheConfig,
+        previous: Option<&Cache>,
+        counters: &IntCounterVec,
+    ) -> Option<Arc<Self>> {
         if config.routes.is_empty() {
             return None;
         }
@@ -78,6 +143,7 @@ impl Cache {
                 Flights::new(),
             ),
         };
+        let table = RouteTable::genesys();
         let routes = config
             .routes
             .iter()
@@ -87,7 +153,9 @@ impl Cache {
                     stale_if_limited: r.stale_if_limited,
                     ignore_upstream_cache_headers: r.ignore_upstream_cache_headers,
                 };
-                (r.route, policy)
+                let template = table.operation(r.route).template();
+                let results = Arc::new(ResultCounts::new(counters, template));
+                (r.route, CachedRoute { policy, results })
             })
             .collect();
         Some(Arc::new(Self {
@@ -98,14 +166,21 @@ impl Cache {
         }))
     }
 
-    /// How `route` is cached, if it is.
-    pub fn policy(&self, route: RouteId) -> Option<RoutePolicy> {
-        self.routes.get(&route).copied()
+    /// How `route` is cached, if it is, and its counters.
+    pub fn route(&self, route: RouteId) -> Option<(RoutePolicy, &Arc<ResultCounts>)> {
+        self.routes.get(&route).map(|r| (r.policy, &r.results))
     }
 
-    /// Every cached route, in no particular order.
-    pub fn routes(&self) -> impl Iterator<Item = (RouteId, RoutePolicy)> + '_ {
-        self.routes.iter().map(|(&id, &policy)| (id, policy))
+    /// How `route` is cached, if it is.
+    pub fn policy(&self, route: RouteId) -> Option<RoutePolicy> {
+        self.routes.get(&route).map(|r| r.policy)
+    }
+
+    /// Every cached route, in no particular order, with its counts.
+    pub fn routes(&self) -> impl Iterator<Item = (RouteId, RoutePolicy, &ResultCounts)> + '_ {
+        self.routes
+            .iter()
+            .map(|(&id, route)| (id, route.policy, &*route.results))
     }
 }
 
@@ -232,7 +307,7 @@ fn directives<'a>(
 
 /// The bounded store of answers.
 pub struct Store {
-    entries: moka::sync::Cache<Key, Arc<Entry>>,
+    entries: moka::sync::Cache<Key, Arc<Entry>, foldhash::fast::RandomState>,
     /// Bytes of keys and entries held, kept by the insert and eviction callbacks.
     bytes: Arc<AtomicU64>,
     /// The largest entry kept: a sixteenth of `max_bytes`.
@@ -300,7 +375,9 @@ impl Store {
             .eviction_listener(move |key: Arc<Key>, entry: Arc<Entry>, _cause| {
                 evicted.fetch_sub(held(&key, &entry), Ordering::Relaxed);
             })
-            .build();
+            // foldhash: randomly seeded like std's SipHash (keys are callers' paths), and
+            // cheaper per lookup (`CACHE=1 bench/instructions.sh`).
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             entries,
             bytes,

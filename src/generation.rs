@@ -200,7 +200,11 @@ impl Builder {
             admission,
             inbound: Policy::new(config, self.body_memory.clone()),
             request_timeout: config.server.request_timeout,
-            cache: Cache::build(&config.cache, previous.and_then(|p| p.cache.as_deref())),
+            cache: Cache::build(
+                &config.cache,
+                previous.and_then(|p| p.cache.as_deref()),
+                &self.metrics.cache_requests,
+            ),
         };
         (generation, summary)
     }

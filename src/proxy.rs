@@ -177,13 +177,15 @@ impl Proxy {
         exchange.route = caller.route.label();
         // Before the head takes the caller's headers over: the key reads some of them.
         let mut cached = cached::Cached::of(cache.as_ref(), &caller);
-        let head = UpstreamHead::new(&mut caller.parts, &self.inner.target)
-            .map_err(|_| Refusal::BadPath)?;
         if let Some(cached) = &mut cached
             && let Some(answer) = Box::pin(cached.before(deadline, exchange)).await
         {
             return answer;
         }
+        // After the cache: a hit needs no upstream head. A path refused here was never
+        // answered upstream, so no kept answer has its key.
+        let head = UpstreamHead::new(&mut caller.parts, &self.inner.target)
+            .map_err(|_| Refusal::BadPath)?;
         // The attempts stay in this function's own state: a separate `async fn` for them
         // costs a copy of its future per request (`bench/instructions.sh`: ~800 instructions).
         let mut attempts = Attempts::new(&caller.parts.method, started, deadline);

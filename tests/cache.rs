@@ -30,6 +30,12 @@ async fn a_hundred_concurrent_identical_gets_make_one_upstream_call_and_then_hit
     for answer in &answers {
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.body, first.body, "every caller gets the same answer");
+        assert_eq!(answer.header("x-gcpool-wait-ms"), "0");
+        assert!(
+            !answer.headers.contains_key("age"),
+            "an answer fetched for this request has no Age ({})",
+            cache_result(answer)
+        );
     }
     let results: Vec<&str> = answers.iter().map(cache_result).collect();
     assert_eq!(
@@ -47,6 +53,8 @@ async fn a_hundred_concurrent_identical_gets_make_one_upstream_call_and_then_hit
     assert_eq!(cache_result(&hit), "hit");
     assert_eq!(hit.body, first.body);
     assert!(hit.header("age").parse::<u64>().expect("Age in seconds") < 30);
+    assert_eq!(hit.headers.get_all("age").iter().count(), 1, "one Age");
+    assert_eq!(hit.headers.get_all("x-gcpool-cache").iter().count(), 1);
     assert!(
         !hit.headers.contains_key("x-gcpool-client"),
         "a hit used no pool client"

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
+use std::sync::Arc;
+
+use crate::cache::{CacheResult, ResultCounts};
 use crate::metrics::Metrics;
 use crate::pool::PoolClient;
 
@@ -21,29 +24,8 @@ pub(super) struct Exchange<'a> {
     queued: Duration,
     /// How the cache answered, on a cached route.
     pub(super) cache: Option<CacheResult>,
-}
-
-/// What the cache did for a request of a cached route (`x-gcpool-cache`,
-/// `gcpool_cache_requests_total{result}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CacheResult {
-    Hit,
-    Miss,
-    Coalesced,
-    Stale,
-    Bypass,
-}
-
-impl CacheResult {
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Miss => "miss",
-            Self::Coalesced => "coalesced",
-            Self::Stale => "stale",
-            Self::Bypass => "bypass",
-        }
-    }
+    /// The cached route's counters (`gcpool_cache_requests_total`).
+    pub(super) cache_counts: Option<Arc<ResultCounts>>,
 }
 
 /// How the request was answered, for `gcpool_requests_total{outcome}`.
@@ -64,6 +46,7 @@ impl<'a> Exchange<'a> {
             route: "other",
             queued: Duration::ZERO,
             cache: None,
+            cache_counts: None,
         }
     }
 
@@ -104,10 +87,9 @@ impl<'a> Exchange<'a> {
 
     /// The cache's part in the answer.
     pub(super) fn cached(&self, result: CacheResult) {
-        self.metrics
-            .cache_requests
-            .with_label_values(&[self.route, result.label()])
-            .inc();
+        if let Some(counts) = &self.cache_counts {
+            counts.add(result);
+        }
     }
 
     /// The request was answered with `status`.
