@@ -3,7 +3,8 @@
 //! Two phases with the same clients, the same load and the same measured time: first the
 //! load generator uses the pool's OAuth clients round-robin straight at a simulator
 //! ("without gcpool"), then it sends the same load through gcpool in front of a fresh
-//! simulator ("with gcpool"). Uses only the public API of `sim` and `app`.
+//! simulator ("with gcpool"). Then bursts of identical lookups show the response cache
+//! (`cached`). Uses only the public API of `sim`, `app` and `proxy`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,10 +24,12 @@ use crate::budget::per_window;
 use crate::config::{Config, Env, parse_duration};
 use crate::sim::{SimOptions, Simulator};
 
+mod cached;
 mod live;
 mod report;
 mod svg;
 
+pub use cached::CachedRouteReport;
 pub use report::{AfterEnd, CapacityFigures, DemoReport, PhaseReport, Second};
 
 use live::{Display, Live};
@@ -190,8 +193,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     gcpool.shutdown().trigger();
     gcpool.wait().await;
     sim.shutdown().await;
+    let cached_route = cached::run(&args, &plan, &http).await?;
 
-    let report = DemoReport::new(&plan, args.rate, without, with);
+    let report = DemoReport::new(&plan, args.rate, without, with, cached_route);
     if let Some(path) = &args.svg {
         std::fs::write(path, svg::render(&report))
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
@@ -245,6 +249,13 @@ fn proxy_config(args: &DemoArgs, plan: &Plan, sim_url: &str) -> anyhow::Result<C
             "  - name: {name}\n    client_id: sim-client-{n:02}\n    client_secret: sim-secret-{n:02}\n"
         ));
     }
+    // The phases never ask for a queue; the cached route's step does.
+    yaml.push_str(&format!(
+        "cache:\n  routes:\n    - route: \"{}\"\n      ttl: {}\n      \
+         ignore_upstream_cache_headers: true\n",
+        cached::ROUTE,
+        cached::TTL
+    ));
     Config::from_yaml(&yaml, Path::new("."), &NoEnv)
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))
 }

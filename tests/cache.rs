@@ -353,3 +353,35 @@ async fn an_answer_longer_than_the_store_keeps_streams_whole_and_its_followers_g
         "not kept"
     );
 }
+
+/// Requests that arrive just as a flight lands make no second upstream call: one that looked
+/// in the store before the leader kept its answer, and joined the flights after the leader
+/// left, looks again once it leads. Before that second look it led a flight of its own.
+/// Many rounds of concurrent requests for a new key each, the upstream answering at once,
+/// so that some arrive while the answer lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_as_the_answer_lands_make_no_second_upstream_call() {
+    const ROUNDS: u64 = 100;
+    let (sim, _gcpool, api, client) = start_cached(&cache_yaml("5m", "0s", true)).await;
+    for round in 0..ROUNDS {
+        let url = format!("http://{api}/api/v2/routing/queues/race-{round}");
+        // Spread over ~6 ms: some arrive while the first is upstream, some as it lands.
+        let answers = futures_join_all((0..24u64).map(|j| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                tokio::time::sleep(Duration::from_micros(j * 250)).await;
+                client.request(Method::GET, &url, &[], "").await
+            }
+        }))
+        .await;
+        for answer in &answers {
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+        let misses = answers.iter().filter(|a| cache_result(a) == "miss").count();
+        assert_eq!(
+            sim.stats().accepted,
+            round + 1,
+            "round {round}: one upstream call per key ({misses} misses)"
+        );
+    }
+}

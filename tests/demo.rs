@@ -150,6 +150,31 @@ fn json_report_measures_both_phases_for_the_same_time_against_one_denominator() 
         "{summary}"
     );
 
+    // The cached route: 3 bursts of 12 identical lookups, counted by the simulator and by
+    // each answer's x-gcpool-cache.
+    let cached = &report["cached_route"];
+    assert_eq!(
+        cached["route"], "GET /api/v2/routing/queues/{queueId}",
+        "{cached}"
+    );
+    assert_eq!(u(&cached["lookups"]), 36, "{cached}");
+    assert_eq!(
+        u(&cached["upstream_calls"]),
+        1,
+        "one upstream call: {cached}"
+    );
+    assert_eq!(u(&cached["miss"]), 1, "{cached}");
+    assert_eq!(u(&cached["other"]), 0, "{cached}");
+    assert_eq!(
+        u(&cached["miss"]) + u(&cached["coalesced"]) + u(&cached["hit"]),
+        36,
+        "{cached}"
+    );
+    assert!(
+        u(&cached["hit"]) >= 24,
+        "the later bursts are hits: {cached}"
+    );
+
     assert!(
         stderr.contains("[with gcpool]"),
         "live lines go to stderr with --json"
@@ -206,6 +231,8 @@ fn plain_output_fits_100_columns_and_says_what_it_shows() {
         "Without gcpool: ",
         "With gcpool: ",
         "callers waited p50 ",
+        "Cached route GET /api/v2/routing/queues/{queueId} (ttl 30s): 36 identical lookups",
+        "in 3 bursts, as a Data Action that looks the queue up on each call: 1 upstream call;",
     ] {
         assert!(stdout.contains(words), "missing {words:?} in:\n{stdout}");
     }

@@ -227,3 +227,64 @@ async fn replicas_survive_redis_going_away_and_coming_back() {
         "the outage is logged once:\n{logs}"
     );
 }
+
+/// Each replica keeps its own answers (SPEC §11, README "Deploy as a fleet"): a fleet of 3
+/// makes one upstream call per key per replica, and each replica's hit ratio is what its
+/// own share of the requests gives. Measured here: 5 keys, 60 requests round-robin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_caches_on_its_own_and_reports_its_own_hit_ratio() {
+    const KEYS: usize = 5;
+    const REQUESTS: usize = 60;
+    let redis = RedisServer::start();
+    let sim = Simulator::start(SimOptions::with_clients(3).token_limit(1000))
+        .await
+        .unwrap();
+    let extra = format!(
+        "shared_state:\n  redis_url: \"{}\"\n  key_prefix: cache-fleet-test\n  replicas_hint: 3\n{}",
+        redis.url(),
+        support::cache::cache_yaml("5m", "0s", true)
+    );
+    let yaml = config_yaml(&sim.base_url(), "{API}", "{ADMIN}", &THREE_CLIENTS, &extra);
+    let (replicas, client) = start_fleet(&yaml, 3).await;
+
+    // One request at a time (no coalescing), request i for key i % 5 on replica i % 3: each
+    // replica sees each key 4 times.
+    for i in 0..REQUESTS {
+        let api = replicas[i % replicas.len()].api;
+        let answer = client
+            .get(&format!(
+                "http://{api}/api/v2/routing/queues/q-{}",
+                i % KEYS
+            ))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    let calls = sim.stats().accepted;
+    assert_eq!(
+        calls,
+        (KEYS * replicas.len()) as u64,
+        "one upstream call per key per replica"
+    );
+    let mut ratios = Vec::new();
+    for r in &replicas {
+        let status = client
+            .get(&format!("http://{}/status", r.admin))
+            .await
+            .json();
+        let route = &status["cache"]["routes"][0];
+        assert_eq!(route["miss"], KEYS as u64, "{route}");
+        assert_eq!(route["hit"], (REQUESTS / 3 - KEYS) as u64, "{route}");
+        ratios.push(route["hit_ratio"].as_f64().expect("hit_ratio"));
+    }
+    for ratio in &ratios {
+        assert!(
+            (ratio - 0.75).abs() < 1e-9,
+            "hit ratio per replica: {ratios:?}"
+        );
+    }
+    eprintln!(
+        "fleet of 3, {KEYS} keys, {REQUESTS} requests round-robin: {calls} upstream calls \
+         (one process: {KEYS}), hit ratio per replica {ratios:?} (one process: {:.3})",
+        (REQUESTS - KEYS) as f64 / REQUESTS as f64
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Outcome, Plan, Record, client_names};
+use super::{CachedRouteReport, Outcome, Plan, Record, client_names};
 
 /// The closing report of `gcpool demo`.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +26,8 @@ pub struct DemoReport {
     pub capacity_windows: u64,
     pub without_gcpool: Option<PhaseReport>,
     pub with_gcpool: PhaseReport,
+    /// The response cache's step: identical lookups of a cached route.
+    pub cached_route: CachedRouteReport,
     /// The result in plain words.
     pub summary: Vec<String>,
 }
@@ -104,6 +106,7 @@ impl DemoReport {
         rate: f64,
         without_gcpool: Option<PhaseReport>,
         with_gcpool: PhaseReport,
+        cached_route: CachedRouteReport,
     ) -> Self {
         let mut report = Self {
             clients: plan.clients,
@@ -117,6 +120,7 @@ impl DemoReport {
             capacity_windows: plan.windows(),
             without_gcpool,
             with_gcpool,
+            cached_route,
             summary: Vec::new(),
         };
         report.summary = report.words();
@@ -229,6 +233,8 @@ impl DemoReport {
         }
         out.push(String::new());
         out.extend(self.summary.iter().cloned());
+        out.push(String::new());
+        out.extend(self.cached_route.lines());
         out
     }
 }
@@ -522,7 +528,18 @@ mod tests {
         with.name = "with gcpool".into();
         with.wait_p50_ms = Some(99_999);
         with.wait_p95_ms = Some(99_999);
-        let report = DemoReport::new(&plan, 9_999.5, Some(phase), with);
+        let cached = CachedRouteReport {
+            route: super::super::cached::ROUTE.to_owned(),
+            ttl: "30s".to_owned(),
+            bursts: 3,
+            lookups: 999_999,
+            upstream_calls: 999_999,
+            miss: 999_999,
+            coalesced: 999_999,
+            hit: 999_999,
+            other: 999_999,
+        };
+        let report = DemoReport::new(&plan, 9_999.5, Some(phase), with, cached);
         let mut lines = report.lines();
         lines.extend(live::header_lines(&plan, 9_999.5, Duration::from_secs(600)));
         let live = live::Live::new("without gcpool", live::Display::Lines, &plan);

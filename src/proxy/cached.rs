@@ -132,6 +132,14 @@ impl Cached {
             }
             match self.cache.flights.join(&self.key) {
                 Role::Leader(lead) => {
+                    // A flight's leader stores its answer before it leaves the map: a
+                    // request that looked before the store and joined after the leave finds
+                    // the answer now. Its own flight then fails, and whoever followed it
+                    // looks again and finds the answer too.
+                    if let Some(hit) = self.look(exchange) {
+                        drop(lead);
+                        return Some(Ok(hit));
+                    }
                     self.lead = Some(lead);
                     return None;
                 }
