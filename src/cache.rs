@@ -213,17 +213,6 @@ impl Entry {
         now.saturating_duration_since(self.stored_at)
     }
 
-    pub fn freshness(&self, now: Instant) -> Freshness {
-        let age = self.age(now);
-        if age < self.fresh_for {
-            Freshness::Fresh
-        } else if age < self.fresh_for.saturating_add(self.stale_for) {
-            Freshness::Stale
-        } else {
-            Freshness::Expired
-        }
-    }
-
     /// Bytes it holds, for `max_bytes`: the body and the header names and values.
     pub fn bytes(&self) -> u64 {
         let headers: usize = self

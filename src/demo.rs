@@ -177,14 +177,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(report)
     };
 
-    let sim = Simulator::start(sim_options(&plan)).await?;
-    let config = proxy_config(&args, &plan, &sim.base_url())?;
-    let gcpool = Gcpool::start_on(
-        config,
-        TcpListener::bind("127.0.0.1:0").await?,
-        TcpListener::bind("127.0.0.1:0").await?,
-    )?;
-    wait_ready(&gcpool).await?;
+    let (sim, gcpool) = start_gcpool(&args, &plan).await?;
     let target = Target::Gcpool {
         base: format!("http://{}", gcpool.api_addr()),
         names: client_names(plan.clients).into(),
@@ -258,6 +251,19 @@ fn proxy_config(args: &DemoArgs, plan: &Plan, sim_url: &str) -> anyhow::Result<C
     ));
     Config::from_yaml(&yaml, Path::new("."), &NoEnv)
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))
+}
+
+/// A fresh simulator, and gcpool in front of it with the demo's config, ready.
+async fn start_gcpool(args: &DemoArgs, plan: &Plan) -> anyhow::Result<(Simulator, Gcpool)> {
+    let sim = Simulator::start(sim_options(plan)).await?;
+    let config = proxy_config(args, plan, &sim.base_url())?;
+    let gcpool = Gcpool::start_on(
+        config,
+        TcpListener::bind("127.0.0.1:0").await?,
+        TcpListener::bind("127.0.0.1:0").await?,
+    )?;
+    wait_ready(&gcpool).await?;
+    Ok((sim, gcpool))
 }
 
 async fn wait_ready(gcpool: &Gcpool) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gcpool::sim::{SimOptions, Simulator};
 use http::{Method, StatusCode};
-use support::cache::{QUEUE, cache_result, cache_yaml, get, start_cached};
+use support::cache::{QUEUE, cache_result, cache_yaml, get, spawn_get, start_cached};
 use support::{Answer, HttpClient, THREE_CLIENTS, start_gcpool};
 
 #[tokio::test]
@@ -143,17 +143,11 @@ async fn a_leader_that_fails_hands_over_and_no_follower_hangs() {
     let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
     // The leader's upstream answers 503 on every attempt (after 300 ms); the followers,
     // whose requests would get 200, take over.
-    let leader = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            get(
-                &client,
-                api,
-                &[("x-sim-delay-ms", "300"), ("x-sim-status", "503")],
-            )
-            .await
-        })
-    };
+    let leader = spawn_get(
+        &client,
+        api,
+        &[("x-sim-delay-ms", "300"), ("x-sim-status", "503")],
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let followers = futures_join_all((0..5).map(|_| {
         let client = client.clone();

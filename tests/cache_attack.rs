@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use gcpool::sim::{SimOptions, Simulator};
 use http::StatusCode;
-use support::cache::{cache_yaml, get, start_cached};
+use support::cache::{cache_yaml, get, spawn_get, start_cached};
 use support::{HttpClient, THREE_CLIENTS, config, config_yaml};
 
 /// A conditional request leads the flight and gets 304 Not Modified; a plain GET that
@@ -19,22 +19,16 @@ use support::{HttpClient, THREE_CLIENTS, config, config_yaml};
 #[tokio::test]
 async fn a_follower_without_if_none_match_never_gets_the_leaders_304() {
     let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
-    let leader = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            get(
-                &client,
-                api,
-                &[
-                    ("if-none-match", "\"v1\""),
-                    // What Genesys answers a matching If-None-Match.
-                    ("x-sim-status", "304"),
-                    ("x-sim-delay-ms", "500"),
-                ],
-            )
-            .await
-        })
-    };
+    let leader = spawn_get(
+        &client,
+        api,
+        &[
+            ("if-none-match", "\"v1\""),
+            // What Genesys answers a matching If-None-Match.
+            ("x-sim-status", "304"),
+            ("x-sim-delay-ms", "500"),
+        ],
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     let plain = get(&client, api, &[]).await;
     let leader = leader.await.expect("leader");
@@ -54,21 +48,15 @@ async fn a_follower_without_if_none_match_never_gets_the_leaders_304() {
 #[tokio::test]
 async fn a_follower_that_accepts_only_gzip_never_gets_a_br_answer() {
     let (_sim, _gcpool, api, client) = start_cached(&cache_yaml("30s", "0s", true)).await;
-    let leader = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            get(
-                &client,
-                api,
-                &[
-                    ("accept-encoding", "gzip, br"),
-                    ("x-sim-set-header", "content-encoding: br"),
-                    ("x-sim-delay-ms", "500"),
-                ],
-            )
-            .await
-        })
-    };
+    let leader = spawn_get(
+        &client,
+        api,
+        &[
+            ("accept-encoding", "gzip, br"),
+            ("x-sim-set-header", "content-encoding: br"),
+            ("x-sim-delay-ms", "500"),
+        ],
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     let follower = get(&client, api, &[("accept-encoding", "gzip")]).await;
     leader.await.expect("leader");

@@ -118,19 +118,29 @@ fn a_gzip_answer_is_kept_only_for_callers_that_accept_gzip() {
 
 // === entries ===
 
+/// How `e` is judged under the policy it was kept with.
+fn judged(e: &Entry, now: Instant) -> Freshness {
+    let policy = RoutePolicy {
+        ttl: e.fresh_for,
+        stale_if_limited: e.stale_for,
+        ignore_upstream_cache_headers: false,
+    };
+    policy.freshness(e, now)
+}
+
 #[test]
 fn an_entry_is_fresh_then_stale_then_expired() {
     let e = entry(10, Duration::from_secs(30), Duration::from_secs(300));
     let at = |secs| e.stored_at + Duration::from_secs(secs);
-    assert_eq!(e.freshness(at(0)), Freshness::Fresh);
-    assert_eq!(e.freshness(at(29)), Freshness::Fresh);
-    assert_eq!(e.freshness(at(30)), Freshness::Stale);
-    assert_eq!(e.freshness(at(329)), Freshness::Stale);
-    assert_eq!(e.freshness(at(330)), Freshness::Expired);
+    assert_eq!(judged(&e, at(0)), Freshness::Fresh);
+    assert_eq!(judged(&e, at(29)), Freshness::Fresh);
+    assert_eq!(judged(&e, at(30)), Freshness::Stale);
+    assert_eq!(judged(&e, at(329)), Freshness::Stale);
+    assert_eq!(judged(&e, at(330)), Freshness::Expired);
     assert_eq!(e.age(at(42)), Duration::from_secs(42));
     let no_stale = entry(10, Duration::from_secs(30), Duration::ZERO);
     assert_eq!(
-        no_stale.freshness(no_stale.stored_at + Duration::from_secs(30)),
+        judged(&no_stale, no_stale.stored_at + Duration::from_secs(30)),
         Freshness::Expired
     );
 }
@@ -198,7 +208,7 @@ fn an_entry_is_gone_once_fresh_and_stale_time_are_over() {
     ));
     std::thread::sleep(Duration::from_millis(50));
     let stale = store.get(&k).expect("kept while stale");
-    assert_eq!(stale.freshness(Instant::now()), Freshness::Stale);
+    assert_eq!(judged(&stale, Instant::now()), Freshness::Stale);
     std::thread::sleep(Duration::from_millis(60));
     assert!(store.get(&k).is_none(), "expired");
 }

@@ -10,11 +10,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde::Serialize;
-use tokio::net::TcpListener;
 
-use super::{HttpClient, Plan, proxy_config, sim_options, wait_ready};
-use crate::app::Gcpool;
-use crate::sim::Simulator;
+use super::{HttpClient, Plan, start_gcpool};
 
 /// The cached route, as `cache.routes[].route` names it.
 pub(super) const ROUTE: &str = "GET /api/v2/routing/queues/{queueId}";
@@ -48,14 +45,7 @@ pub(super) async fn run(
     plan: &Plan,
     http: &HttpClient,
 ) -> anyhow::Result<CachedRouteReport> {
-    let sim = Simulator::start(sim_options(plan)).await?;
-    let config = proxy_config(args, plan, &sim.base_url())?;
-    let gcpool = Gcpool::start_on(
-        config,
-        TcpListener::bind("127.0.0.1:0").await?,
-        TcpListener::bind("127.0.0.1:0").await?,
-    )?;
-    wait_ready(&gcpool).await?;
+    let (sim, gcpool) = start_gcpool(args, plan).await?;
     let url = format!(
         "http://{}/api/v2/routing/queues/demo-queue",
         gcpool.api_addr()

@@ -40,6 +40,16 @@ pub async fn get(client: &HttpClient, api: SocketAddr, headers: &[(&str, &str)])
         .await
 }
 
+/// `GET {QUEUE}` with `headers` in a task of its own (a flight's leader, say), started now.
+pub fn spawn_get(
+    client: &HttpClient,
+    api: SocketAddr,
+    headers: &'static [(&'static str, &'static str)],
+) -> tokio::task::JoinHandle<Answer> {
+    let client = client.clone();
+    tokio::spawn(async move { get(&client, api, headers).await })
+}
+
 /// `x-gcpool-cache` of an answer.
 pub fn cache_result(answer: &Answer) -> &str {
     answer.header("x-gcpool-cache")
