@@ -27,9 +27,22 @@ async fn a_hundred_concurrent_identical_gets_make_one_upstream_call_and_then_hit
         "one upstream call for 100 requests"
     );
     let first = &answers[0];
+    // The simulator's answer to gcpool's one call: its echo of that request, and the
+    // correlation id Genesys puts on every answer.
+    let echo = first.json();
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], QUEUE);
+    let correlation = first.header("inin-correlation-id");
+    assert!(!correlation.is_empty(), "the upstream's correlation id");
     for answer in &answers {
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.body, first.body, "every caller gets the same answer");
+        assert_eq!(
+            answer.header("inin-correlation-id"),
+            correlation,
+            "the same upstream answer, headers included"
+        );
+        assert_eq!(answer.header("content-type"), "application/json");
         assert_eq!(answer.header("x-gcpool-wait-ms"), "0");
         assert!(
             !answer.headers.contains_key("age"),
