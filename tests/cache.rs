@@ -392,3 +392,53 @@ async fn requests_arriving_as_the_answer_lands_make_no_second_upstream_call() {
         );
     }
 }
+
+/// Both bounds hold through the real server under a flood of distinct keys: large answers
+/// fill `max_bytes` before `max_entries`; the gauges, read at each scrape, never show more
+/// than the config allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_distinct_keys_keeps_both_bounds() {
+    const MAX_ENTRIES: f64 = 20.0;
+    const MAX_BYTES: f64 = 131_072.0;
+    let yaml = format!(
+        "cache:\n  max_entries: {MAX_ENTRIES}\n  max_bytes: {MAX_BYTES}\n  routes:\n    \
+         - route: \"GET /api/v2/routing/queues/{{queueId}}\"\n      ttl: 5m\n      \
+         ignore_upstream_cache_headers: true\n"
+    );
+    let (_sim, gcpool, api, client) = start_cached(&yaml).await;
+    // 150 answers of 7 KiB (under max_bytes / 16, so each may be kept) into the empty store:
+    // max_bytes binds. Then 150 small ones: max_entries binds (TinyLFU may refuse keys asked
+    // for once when full; the bounds hold either way).
+    for (batch, body_bytes) in [
+        (0, "7168"),
+        (1, "7168"),
+        (2, "7168"),
+        (3, "0"),
+        (4, "0"),
+        (5, "0"),
+    ] {
+        let answers = futures_join_all((0..50).map(|i| {
+            let client = client.clone();
+            async move {
+                let url = format!("http://{api}/api/v2/routing/queues/flood-{batch}-{i}");
+                client
+                    .request(Method::GET, &url, &[("x-sim-body-bytes", body_bytes)], "")
+                    .await
+            }
+        }))
+        .await;
+        assert!(answers.iter().all(|a| a.status == StatusCode::OK));
+        let metrics = support::metrics(&gcpool).await;
+        let entries = support::metric_value(&metrics, "gcpool_cache_entries").expect("entries");
+        let bytes = support::metric_value(&metrics, "gcpool_cache_bytes").expect("bytes");
+        assert!(
+            entries <= MAX_ENTRIES && bytes <= MAX_BYTES,
+            "after batch {batch}: {entries} entries, {bytes} bytes"
+        );
+        eprintln!("after batch {batch}: {entries} entries, {bytes} bytes");
+        assert!(
+            bytes > MAX_BYTES * 0.75,
+            "the large answers fill max_bytes: {bytes}"
+        );
+    }
+}
