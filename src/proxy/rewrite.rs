@@ -48,8 +48,9 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 ];
 
 /// gcpool's own response headers: gcpool's to set, an upstream cannot forge them.
-static OWN: [HeaderName; 3] = [
+static OWN: [HeaderName; 4] = [
     HeaderName::from_static(super::CLIENT_HEADER),
+    HeaderName::from_static(super::CACHE_HEADER),
     HeaderName::from_static(super::WAIT_HEADER),
     HeaderName::from_static(super::REASON_HEADER),
 ];
