@@ -192,6 +192,9 @@ pub struct Entry {
     pub body: Bytes,
     /// When the answer arrived.
     pub stored_at: Instant,
+    /// The `Age` the upstream gave it, if a valid one: a hit's `Age` adds its time here
+    /// (RFC 9111 §4.2.3), a flight's answer keeps it as it came.
+    pub upstream_age: Option<Duration>,
     /// How long it is fresh (the route's `ttl`), and after that how long it may still be
     /// served instead of a 429 or an upstream failure (`stale_if_limited`).
     pub fresh_for: Duration,
@@ -211,6 +214,13 @@ impl Entry {
     /// Seconds since the answer arrived (`Age`), or zero for an instant before it.
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.stored_at)
+    }
+
+    /// The `Age` to tell at `now`, in seconds: the upstream's, plus the time since it
+    /// arrived, at most 2^31 (RFC 9111 §1.2.2).
+    pub fn age_header_secs(&self, now: Instant) -> u64 {
+        let age = self.upstream_age.unwrap_or_default() + self.age(now);
+        age.as_secs().min(1 << 31)
     }
 
     /// Bytes it holds, for `max_bytes`: the body and the header names and values.
@@ -252,11 +262,18 @@ pub fn storable(
     if status != StatusCode::OK {
         return Err(NotStored::Status);
     }
-    match headers.get(CONTENT_ENCODING).map(|v| v.as_bytes()) {
-        None => {}
-        Some(coding) if coding.eq_ignore_ascii_case(b"identity") => {}
-        Some(coding) if coding.eq_ignore_ascii_case(b"gzip") && key.accepts_gzip() => {}
-        Some(_) => return Err(NotStored::Encoding),
+    // Every coding on every `Content-Encoding` line: identity, or one gzip for a key that
+    // accepts gzip.
+    let mut gzips = 0;
+    for coding in directives(headers, &CONTENT_ENCODING) {
+        if coding.eq_ignore_ascii_case("gzip") {
+            gzips += 1;
+        } else if !coding.eq_ignore_ascii_case("identity") {
+            return Err(NotStored::Encoding);
+        }
+    }
+    if gzips > 1 || (gzips == 1 && !key.accepts_gzip()) {
+        return Err(NotStored::Encoding);
     }
     if ignore_upstream_cache_headers {
         return Ok(());
@@ -281,7 +298,8 @@ pub fn storable(
 }
 
 /// The comma-separated items of every `name` header, each up to its `=` and trimmed. A
-/// value that is not text reads as `no-store`, which keeps the answer out either way.
+/// value that is not text reads as `no-store`, which keeps the answer out either way (as a
+/// `Cache-Control` directive, or as an unknown `Content-Encoding`).
 fn directives<'a>(
     headers: &'a HeaderMap,
     name: &'a http::HeaderName,
@@ -353,12 +371,17 @@ impl Store {
         let max_entries = max_entries.max(1);
         let max_bytes = max_bytes.max(1);
         let floor = max_bytes.div_ceil(max_entries);
+        // moka's weights are u32: above 4 GiB they count in units of several bytes, so that
+        // no weight (at most `max_bytes` units' worth) is clipped. Weights round up and the
+        // capacity down, so both bounds still hold.
+        let unit = max_bytes.div_ceil(u64::from(u32::MAX)).max(1);
         let bytes = Arc::new(AtomicU64::new(0));
         let evicted = bytes.clone();
         let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
+            .max_capacity(max_bytes / unit)
             .weigher(move |key: &Key, entry: &Arc<Entry>| {
-                u32::try_from(held(key, entry).max(floor)).unwrap_or(u32::MAX)
+                let weight = held(key, entry).max(floor).div_ceil(unit);
+                u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .expire_after(Expiry)
             .eviction_listener(move |key: Arc<Key>, entry: Arc<Entry>, _cause| {

@@ -39,9 +39,10 @@ enum Landing {
     Declined,
     /// The leader failed or was cancelled: join again.
     Failed,
-    /// The upstream could not answer (a 429, a 5xx, no answer) and the leader's caller got
-    /// the last good answer instead: a follower that has one answers with it at once, the
-    /// others join again.
+    /// The upstream could not answer (a 429, a 5xx after retries, no answer); the leader's
+    /// caller got the last good answer instead, or the failure: a follower that has a last
+    /// good answer answers with it at once, the others join again (and after a second such
+    /// flight call upstream on their own).
     Unavailable,
 }
 
@@ -124,7 +125,8 @@ impl Lead {
         self.end(Landing::Declined);
     }
 
-    /// Tells the followers the upstream could not answer (the leader answered stale).
+    /// Tells the followers the upstream could not answer (the leader answered stale, or
+    /// with the failure).
     pub fn unavailable(self) {
         self.end(Landing::Unavailable);
     }

@@ -25,6 +25,7 @@ fn entry(body: usize, fresh_for: Duration, stale_for: Duration) -> Arc<Entry> {
         headers: HeaderMap::new(),
         body: Bytes::from(vec![b'x'; body]),
         stored_at: Instant::now(),
+        upstream_age: None,
         fresh_for,
         stale_for,
     })

@@ -63,6 +63,9 @@ pub(super) struct Cached {
     refresh: bool,
     /// A kept answer past its `ttl`, within `stale_if_limited`.
     stale: Option<Arc<Entry>>,
+    /// A flight this request followed ended with the upstream unable to answer: after a
+    /// second such flight it calls upstream on its own rather than queue behind another.
+    outage_seen: bool,
     /// The flight this request leads, if it does.
     lead: Option<Lead>,
 }
@@ -105,6 +108,7 @@ impl Cached {
             key: Key::new(method, target, headers),
             refresh: refresh_asked(headers),
             stale: None,
+            outage_seen: false,
             lead: None,
         }))
     }
@@ -155,7 +159,13 @@ impl Cached {
                         Ok(Waited::Unavailable) if self.stale.is_some() => {
                             return Some(self.stale_or(Reject::UpstreamTimeout, exchange));
                         }
-                        Ok(Waited::LeaderLost | Waited::Unavailable) => {}
+                        // The upstream failed the flight (a 5xx after retries, a 429, no
+                        // answer): one of its followers takes over, as when a leader is lost.
+                        // If that one fails too, its followers go on their own, all at once:
+                        // in an outage no caller waits behind a line of failing calls.
+                        Ok(Waited::Unavailable) if self.outage_seen => return None,
+                        Ok(Waited::Unavailable) => self.outage_seen = true,
+                        Ok(Waited::LeaderLost) => {}
                         Err(_) => {
                             let waited = Admission::Deadline {
                                 retry_after: Duration::from_secs(1),
@@ -242,6 +252,17 @@ impl Cached {
             {
                 return self.stale_or(Reject::UpstreamTimeout, exchange);
             }
+            // The upstream failed: the followers hear so (see `before`).
+            outcome @ (Outcome::RateLimited { .. }
+            | Outcome::Answered(_)
+            | Outcome::Transient(_)
+            | Outcome::Failed(_)) => {
+                if let Some(lead) = self.lead.take() {
+                    lead.unavailable();
+                }
+                return proxy.settle(outcome, served, exchange);
+            }
+            // A 401 is the token's, not the upstream's: the flight fails, one takes over.
             outcome => return proxy.settle(outcome, served, exchange),
         };
         let lead = self.lead.take();
@@ -286,6 +307,13 @@ impl Cached {
         // Places for the headers each answer from the entry sets, so that setting them
         // replaces a value: a clone of a map has no room, and an insert would grow it
         // (`CACHE=1 bench/instructions.sh`: ~700 instructions per hit).
+        // The upstream's own `Age`, if valid, is kept apart (an invalid one is dropped).
+        let upstream_age = parts
+            .headers
+            .get(AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         headers.insert(AGE, HeaderValue::from_static("0"));
         headers.insert(CACHE_HEADER_NAME, HeaderValue::from_static("hit"));
         let policy = self.policy;
@@ -294,6 +322,7 @@ impl Cached {
             headers,
             body: body.clone(),
             stored_at: Instant::now(),
+            upstream_age,
             fresh_for: policy.ttl,
             stale_for: policy.stale_if_limited,
         });
@@ -325,15 +354,17 @@ impl Cached {
 
 /// An answer from the store or a flight: its status, headers (`x-gcpool-wait-ms: 0` among
 /// them, see [`Cached::keep`]) and body, and `Age` on hits and stale answers.
-/// `age_at`: the instant its `Age` is told at; `None` for a flight's answer, which has none.
+/// `age_at`: the instant its `Age` is told at; `None` for a flight's answer, which keeps
+/// the upstream's `Age` as it came (none if it sent none).
 fn entry_response(entry: &Entry, age_at: Option<Instant>) -> Response<ProxyBody> {
     let mut response = Response::new(whole_body(entry.body.clone()));
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers.clone();
     let headers = response.headers_mut();
-    match age_at {
-        Some(now) => headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs())),
-        None => headers.remove(AGE),
+    match (age_at, entry.upstream_age) {
+        (Some(now), _) => headers.insert(AGE, HeaderValue::from(entry.age_header_secs(now))),
+        (None, Some(age)) => headers.insert(AGE, HeaderValue::from(age.as_secs())),
+        (None, None) => headers.remove(AGE),
     };
     response
 }
