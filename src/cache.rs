@@ -112,6 +112,9 @@ impl RoutePolicy {
     /// How usable `entry` is at `now` under this policy (the current config's, which a
     /// reload may have changed since the entry was kept).
     pub fn freshness(&self, entry: &Entry, now: Instant) -> Freshness {
+        if entry.kept_against_headers && !self.ignore_upstream_cache_headers {
+            return Freshness::Expired;
+        }
         let age = entry.age(now);
         if age < self.ttl {
             Freshness::Fresh
@@ -195,6 +198,10 @@ pub struct Entry {
     /// The `Age` the upstream gave it, if a valid one: a hit's `Age` adds its time here
     /// (RFC 9111 §4.2.3), a flight's answer keeps it as it came.
     pub upstream_age: Option<Duration>,
+    /// Kept only because the route ignored the upstream's cache headers (`Set-Cookie`,
+    /// `Cache-Control: private`/`no-store`, `Vary`): a policy that no longer does so after a
+    /// reload does not serve it.
+    pub kept_against_headers: bool,
     /// How long it is fresh (the route's `ttl`), and after that how long it may still be
     /// served instead of a 429 or an upstream failure (`stale_if_limited`).
     pub fresh_for: Duration,

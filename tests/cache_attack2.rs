@@ -203,3 +203,72 @@ async fn an_upstream_cannot_forge_x_gcpool_cache() {
         values(&answer, "x-gcpool-cache"),
     );
 }
+
+/// A reload that stops ignoring the upstream's cache headers stops serving the answers
+/// kept only because they were ignored (the simulator, like Genesys, says `no-store`).
+/// Before, the answer kept under `ignore_upstream_cache_headers: true` went on as a hit.
+#[tokio::test]
+async fn a_reload_that_heeds_upstream_cache_headers_again_stops_serving_what_they_forbade() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let yaml = |ignore: bool| {
+        config_yaml(
+            &sim.base_url(),
+            "127.0.0.1:0",
+            "127.0.0.1:1",
+            &THREE_CLIENTS,
+            &cache_yaml("5m", "0s", ignore),
+        )
+    };
+    let gcpool = support::start_config(config(&yaml(true))).await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    assert_eq!(
+        get(&client, api, &[]).await.header("x-gcpool-cache"),
+        "miss"
+    );
+    assert_eq!(get(&client, api, &[]).await.header("x-gcpool-cache"), "hit");
+    gcpool.reload(config(&yaml(false))).expect("reload applies");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = get(&client, api, &[]).await;
+    assert_eq!(
+        after.header("x-gcpool-cache"),
+        "miss",
+        "the upstream said no-store and the route heeds it now"
+    );
+}
+
+/// A leader whose answer's body stalls is an upstream failure like a 5xx: where the route
+/// allows stale answers, the last good one stands in. Before, the caller got a 504.
+#[tokio::test]
+async fn a_stalled_body_on_a_route_with_stale_answers_gets_the_stale_answer() {
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        &cache_yaml("1s", "5m", true),
+    )
+    .replace(
+        "  shutdown_grace: 10s\n",
+        "  shutdown_grace: 10s\n  request_timeout: 1500ms\n",
+    );
+    let gcpool = support::start_config(config(&yaml)).await;
+    let api = gcpool.api_addr();
+    let client = HttpClient::new();
+    let fresh = get(&client, api, &[]).await;
+    assert_eq!(fresh.header("x-gcpool-cache"), "miss");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stalled = get(&client, api, &[("x-sim-stall-body-after", "5")]).await;
+    assert_eq!(
+        (stalled.status, stalled.header("x-gcpool-cache")),
+        (StatusCode::OK, "stale"),
+        "{}",
+        stalled.text()
+    );
+    assert_eq!(stalled.body, fresh.body, "the last good answer");
+}

@@ -26,6 +26,7 @@ fn entry(body: usize, fresh_for: Duration, stale_for: Duration) -> Arc<Entry> {
         body: Bytes::from(vec![b'x'; body]),
         stored_at: Instant::now(),
         upstream_age: None,
+        kept_against_headers: false,
         fresh_for,
         stale_for,
     })

@@ -265,7 +265,6 @@ impl Cached {
             // A 401 is the token's, not the upstream's: the flight fails, one takes over.
             outcome => return proxy.settle(outcome, served, exchange),
         };
-        let lead = self.lead.take();
         let (mut parts, body) = response.into_parts();
         rewrite::response_headers(&mut parts.headers);
         let mut body = body
@@ -274,7 +273,7 @@ impl Cached {
         let bytes = match read_up_to(&mut body, self.cache.store.max_entry_bytes).await {
             Read::Whole(bytes) => bytes,
             Read::Longer(prefix) => {
-                if let Some(lead) = lead {
+                if let Some(lead) = self.lead.take() {
                     lead.decline();
                 }
                 let rest = Box::new(Prefixed {
@@ -284,11 +283,23 @@ impl Cached {
                 let response = Response::from_parts(parts, Either::Right(Either::Right(rest)));
                 return Ok(finish_response(response, &served.client, exchange.queued()));
             }
-            Read::Failed(BodyError::Stalled(_)) => return Err(Reject::UpstreamTimeout),
-            Read::Failed(BodyError::Upstream(error)) => {
-                return Err(Reject::upstream(UpstreamError::Http(error)));
+            // The body stalled or broke: an upstream failure like a 5xx, so the last good
+            // answer stands in where the route allows it, and the followers hear of it.
+            Read::Failed(error) => {
+                let reject = match error {
+                    BodyError::Stalled(_) => Reject::UpstreamTimeout,
+                    BodyError::Upstream(error) => Reject::upstream(UpstreamError::Http(error)),
+                };
+                if self.stale.is_some() {
+                    return self.stale_or(reject, exchange);
+                }
+                if let Some(lead) = self.lead.take() {
+                    lead.unavailable();
+                }
+                return Err(reject);
             }
         };
+        let lead = self.lead.take();
         self.keep(lead, &parts, &bytes);
         let response = Response::from_parts(parts, whole_body(bytes));
         Ok(finish_response(response, &served.client, exchange.queued()))
@@ -317,12 +328,15 @@ impl Cached {
         headers.insert(AGE, HeaderValue::from_static("0"));
         headers.insert(CACHE_HEADER_NAME, HeaderValue::from_static("hit"));
         let policy = self.policy;
+        let kept_against_headers = policy.ignore_upstream_cache_headers
+            && storable(&self.key, parts.status, &parts.headers, false).is_err();
         let entry = Arc::new(Entry {
             status: parts.status,
             headers,
             body: body.clone(),
             stored_at: Instant::now(),
             upstream_age,
+            kept_against_headers,
             fresh_for: policy.ttl,
             stale_for: policy.stale_if_limited,
         });
