@@ -133,6 +133,11 @@ async fn org_scope_route_budget_is_shared_by_every_client() {
                 answer.json()["limit"]["key"],
                 "endpoint:PUT /api/v2/architect/ivrs/{ivrId}"
             );
+            assert_eq!(
+                answer.json()["contextId"].as_str(),
+                Some(answer.header("inin-correlation-id")),
+                "a local 429's correlation id is its contextId"
+            );
         }
     }
     let stats = sim.stats();

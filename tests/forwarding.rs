@@ -182,6 +182,14 @@ async fn refusals_are_genesys_shaped_and_never_reach_the_upstream() {
     assert_eq!(not_api.json()["code"], "not.found");
     assert_eq!(not_api.json()["status"], 404);
     assert_eq!(not_api.header("x-gcpool-reason"), "not_found");
+    // As on Genesys' answers: a correlation id, the body's contextId (SDKs log it).
+    let context_id = not_api.json()["contextId"].as_str().map(str::to_owned);
+    assert_eq!(
+        Some(not_api.header("inin-correlation-id").to_owned()),
+        context_id,
+        "{}",
+        not_api.text()
+    );
 
     // Absolute-form (HTTP_PROXY style) for another host: no open proxy.
     let foreign = raw_request(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use super::ProxyBody;
@@ -137,13 +137,17 @@ impl Reject {
     }
 
     /// The JSON body: Genesys' own 429 body for a local 429 (with gcpool's budget in
-    /// `limit`), else Genesys' error shape with the reason in words.
-    fn body(&self) -> serde_json::Value {
+    /// `limit`), else Genesys' error shape with the reason in words; `context_id` is its
+    /// `contextId` (and the answer's `ININ-Correlation-Id`).
+    fn body(&self, context_id: &str) -> serde_json::Value {
         let Some(wait) = self.retry_after() else {
             return json!({
                 "message": self.to_string(),
                 "code": self.code(),
                 "status": self.status().as_u16(),
+                "contextId": context_id,
+                "details": [],
+                "errors": [],
             });
         };
         let seconds = ceil_secs(wait).max(1);
@@ -151,7 +155,7 @@ impl Reject {
             "message": format!("Rate limit exceeded the maximum. Retry the request in [{seconds}] seconds"),
             "code": self.code(),
             "status": 429,
-            "contextId": context_id(),
+            "contextId": context_id,
             "details": [],
             "errors": [],
         });
@@ -170,11 +174,17 @@ impl Reject {
     }
 
     /// The answer sent to the caller. A local 429 carries Genesys' own 429 body and
-    /// `Retry-After`, so SDKs and Data Actions treat it exactly like an upstream one.
+    /// `Retry-After`, so SDKs and Data Actions treat it exactly like an upstream one; every
+    /// answer carries `ININ-Correlation-Id`, equal to the body's `contextId`, as Genesys'
+    /// do (SDKs log it).
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
-        let mut response = json_response(status, &self.body());
+        let context_id = context_id();
+        let mut response = json_response(status, &self.body(&context_id));
         let headers = response.headers_mut();
+        if let Ok(id) = HeaderValue::from_str(&context_id) {
+            headers.insert(CORRELATION_HEADER, id);
+        }
         if let Some(wait) = self.retry_after() {
             headers.insert(
                 header::RETRY_AFTER,
@@ -207,6 +217,9 @@ impl Reject {
         response
     }
 }
+
+/// Genesys' correlation id header, on gcpool's own answers as on Genesys'.
+const CORRELATION_HEADER: HeaderName = HeaderName::from_static("inin-correlation-id");
 
 /// A JSON response gcpool writes itself.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
