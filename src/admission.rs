@@ -486,18 +486,23 @@ impl Admission {
     /// comes in time; `NoHealthyClient` when no client has a usable token and none that
     /// re-mints after an upstream 401 gets one within `queue.max_wait` and the deadline;
     /// `ClientLost` when the chosen client lost its token while the request waited.
+    ///
+    /// `max_wait`: the request's own cap on its wait (`x-gcpool-max-wait`), below
+    /// `queue.max_wait`; a slot past it is a local 429 at once, as past the deadline.
     pub async fn admit(
         &self,
         pool: &Pool,
         route: Option<RouteId>,
         deadline: Instant,
+        max_wait: Option<Duration>,
     ) -> Result<Permit, Refusal> {
+        let max_wait = max_wait.map_or(self.max_wait, |cap| cap.min(self.max_wait));
         // No client with a usable token: wait (queued, within `max_wait` and the deadline)
         // while one whose token the upstream refused re-mints.
-        let token_wait_until = (Instant::now() + self.max_wait).min(deadline);
+        let token_wait_until = (Instant::now() + max_wait).min(deadline);
         let mut token_waited = Duration::ZERO;
         let (client, reservation) = loop {
-            match self.reserve(pool, route, deadline).await {
+            match self.reserve(pool, route, deadline, max_wait).await {
                 Err(Refusal::NoHealthyClient) => {
                     let _pending = Pending::enter(self);
                     let since = Instant::now();
@@ -546,6 +551,7 @@ impl Admission {
         pool: &Pool,
         route: Option<RouteId>,
         deadline: Instant,
+        max_wait: Duration,
     ) -> Result<(usize, Reservation), Refusal> {
         let now = Instant::now();
         let order = pool.candidates(now);
@@ -560,7 +566,7 @@ impl Admission {
         let request = AdmitRequest {
             candidates: &candidates,
             route,
-            max_wait: self.max_wait.min(until_deadline),
+            max_wait: max_wait.min(until_deadline),
         };
         let decision = self
             .store

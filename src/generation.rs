@@ -115,11 +115,12 @@ impl Live {
         &self,
         route: Option<RouteId>,
         deadline: Instant,
+        max_wait: Option<Duration>,
     ) -> Result<(Arc<Generation>, Permit), Refusal> {
         let generation = self.current();
         let permit = generation
             .admission
-            .admit(&generation.pool, route, deadline)
+            .admit(&generation.pool, route, deadline, max_wait)
             .await?;
         let now = self.current.load();
         if now.number != generation.number

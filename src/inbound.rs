@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -23,13 +24,19 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{Config, InboundConfig};
+use crate::config::{Config, InboundConfig, parse_duration};
 use crate::routes::{Operation, Route, RouteId, RouteMethod, RouteTable};
 
 /// The header callers may carry their key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// [`API_KEY_HEADER`] as a header name (a lookup by `&str` parses the name every time).
 pub const API_KEY: http::HeaderName = http::HeaderName::from_static(API_KEY_HEADER);
+
+/// Request header capping one request's wait for a slot (SPEC §12), e.g. `1500ms`, `2s`:
+/// below the config's `budgets.queue.max_wait`, never above it.
+pub const MAX_WAIT_HEADER: &str = "x-gcpool-max-wait";
+/// [`MAX_WAIT_HEADER`] as a header name.
+pub const MAX_WAIT: http::HeaderName = http::HeaderName::from_static(MAX_WAIT_HEADER);
 
 /// Why a caller's request is refused before anything is spent on it.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +68,8 @@ pub enum Refusal {
     BodyTooLarge(u64),
     #[error("too many request bodies are in flight; retry shortly")]
     BodyMemory,
+    #[error("x-gcpool-max-wait: {0}")]
+    BadMaxWait(String),
 }
 
 /// A refusal, with the route label of the request as far as it was matched (`other` when
@@ -91,6 +100,8 @@ pub struct CallerRequest {
     pub parts: request::Parts,
     pub route: Route,
     pub body: Bytes,
+    /// The caller's cap on this request's wait for a slot (`x-gcpool-max-wait`).
+    pub max_wait: Option<Duration>,
     /// Holds the body's bytes against the in-flight cap until the request ends.
     _body_memory: Option<OwnedSemaphorePermit>,
 }
@@ -155,6 +166,7 @@ impl Policy {
                 route.operation(),
             ))));
         }
+        let max_wait = max_wait(request.headers()).map_err(refused(&route))?;
         let (parts, body) = request.into_parts();
         let (body, held) = read_body(
             &parts.headers,
@@ -169,9 +181,23 @@ impl Policy {
             parts,
             route,
             body,
+            max_wait,
             _body_memory: held,
         })
     }
+}
+
+/// The request's `x-gcpool-max-wait`, if it sent one.
+fn max_wait(headers: &HeaderMap) -> Result<Option<Duration>, Refusal> {
+    let Some(value) = headers.get(MAX_WAIT) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Refusal::BadMaxWait("not text; expected e.g. 1500ms or 2s".into()))?;
+    parse_duration(text)
+        .map(Some)
+        .map_err(|e| Refusal::BadMaxWait(format!("{text:?}: {e}")))
 }
 
 /// Reads the caller's body by `deadline`, refusing it past `max` bytes (also for chunked

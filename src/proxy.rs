@@ -193,26 +193,30 @@ impl Proxy {
             if !attempts.begin() {
                 return Err(Admission::NoHealthyClient.into());
             }
-            let (generation, permit) =
-                match self.inner.live.admit(caller.route.id(), deadline).await {
-                    Ok(admitted) => admitted,
-                    Err(refusal) => {
-                        if let Admission::ClientLost { waited, .. }
-                        | Admission::Reconfigured { waited } = refusal
-                        {
-                            exchange.admitted(waited);
-                        }
-                        match attempts.refused(&refusal) {
-                            Verdict::Retry { .. } => continue,
-                            Verdict::Done => {
-                                return match &mut cached {
-                                    Some(cached) => cached.instead_of(refusal.into(), exchange),
-                                    None => Err(refusal.into()),
-                                };
-                            }
+            let (generation, permit) = match self
+                .inner
+                .live
+                .admit(caller.route.id(), deadline, caller.max_wait)
+                .await
+            {
+                Ok(admitted) => admitted,
+                Err(refusal) => {
+                    if let Admission::ClientLost { waited, .. }
+                    | Admission::Reconfigured { waited } = refusal
+                    {
+                        exchange.admitted(waited);
+                    }
+                    match attempts.refused(&refusal) {
+                        Verdict::Retry { .. } => continue,
+                        Verdict::Done => {
+                            return match &mut cached {
+                                Some(cached) => cached.instead_of(refusal.into(), exchange),
+                                None => Err(refusal.into()),
+                            };
                         }
                     }
-                };
+                }
+            };
             exchange.admitted(permit.waited);
             let admitted = Admitted { generation, permit };
             let (outcome, served) = self

@@ -303,3 +303,69 @@ async fn transient_upstream_errors_retry_idempotent_methods_only() {
     );
     assert_eq!(sim.stats().accepted, 6);
 }
+
+/// `x-gcpool-max-wait` (SPEC §12): a request whose slot lies past its own cap gets the local
+/// 429 at once, though the config would let it wait; the header never reaches the upstream;
+/// a value that is no duration is a 400 that names the header.
+#[tokio::test]
+async fn a_request_max_wait_header_gets_the_local_429_at_once() {
+    // One client of 1 per 10 s window; the config lets a request wait 15 s.
+    let sim = Simulator::start(
+        SimOptions::with_clients(1)
+            .window(Duration::from_secs(10))
+            .token_limit(1),
+    )
+    .await
+    .unwrap();
+    let extra = "budgets:\n  token_per_minute: 6\n  org_per_minute: 100000\n  window: 10s\n  \
+                 queue:\n    max_wait: 15s\n";
+    let gcpool = start_gcpool(&sim.base_url(), &THREE_CLIENTS[..1], extra).await;
+    let url = format!("http://{}/api/v2/users?pageSize=1", gcpool.api_addr());
+    let client = HttpClient::new();
+
+    let first = client
+        .request(Method::GET, &url, &[("x-gcpool-max-wait", "5s")], "")
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let echoed = first.json()["headers"].to_string();
+    assert!(
+        !echoed.contains("x-gcpool-max-wait"),
+        "the header stays in gcpool: {echoed}"
+    );
+
+    // The next slot is ~10 s away; this caller waits 1 s at most.
+    let asked = tokio::time::Instant::now();
+    let capped = client
+        .request(Method::GET, &url, &[("x-gcpool-max-wait", "1s")], "")
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(
+        capped.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        capped.text()
+    );
+    assert_eq!(capped.header("x-gcpool-reason"), "deadline");
+    assert!(
+        took < Duration::from_millis(500),
+        "refused at once, not after its 1 s: {took:?}"
+    );
+    let retry_after: u64 = capped.header("retry-after").parse().expect("Retry-After");
+    assert!((5..=11).contains(&retry_after), "Retry-After {retry_after}");
+
+    let bad = client
+        .request(Method::GET, &url, &[("x-gcpool-max-wait", "soon")], "")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.header("x-gcpool-reason"), "bad_request");
+    let message = bad.json()["message"].to_string();
+    assert!(
+        message.contains("x-gcpool-max-wait") && message.contains("soon"),
+        "{message}"
+    );
+    assert_eq!(
+        sim.stats().accepted,
+        1,
+        "nothing refused reached the upstream"
+    );
+}

@@ -46,9 +46,10 @@ impl Reject {
                 Inbound::ConnectRefused | Inbound::MethodNotAllowed { .. } => {
                     StatusCode::METHOD_NOT_ALLOWED
                 }
-                Inbound::ForeignHost | Inbound::BadPath | Inbound::BadBody => {
-                    StatusCode::BAD_REQUEST
-                }
+                Inbound::ForeignHost
+                | Inbound::BadPath
+                | Inbound::BadBody
+                | Inbound::BadMaxWait(_) => StatusCode::BAD_REQUEST,
                 Inbound::NotApiPath => StatusCode::NOT_FOUND,
                 Inbound::Unauthorized => StatusCode::UNAUTHORIZED,
                 Inbound::RouteNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -77,7 +78,8 @@ impl Reject {
                 Inbound::ConnectRefused
                 | Inbound::ForeignHost
                 | Inbound::BadPath
-                | Inbound::BadBody => "bad_request",
+                | Inbound::BadBody
+                | Inbound::BadMaxWait(_) => "bad_request",
                 Inbound::MethodNotAllowed { .. } => "method_not_allowed",
                 Inbound::NotApiPath => "not_found",
                 Inbound::Unauthorized => "unauthorized",

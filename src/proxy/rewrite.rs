@@ -8,7 +8,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri, request};
 use http_body_util::Full;
 
-use crate::inbound::API_KEY;
+use crate::inbound::{API_KEY, MAX_WAIT};
 
 /// Where requests go: scheme and authority of `genesys.api_base`.
 #[derive(Debug, Clone)]
@@ -57,11 +57,12 @@ static OWN: [HeaderName; 4] = [
 
 /// The caller's headers that never go upstream: what gcpool sets (`Host` replaced, the
 /// rest removed), and its credentials.
-static CALLER_ONLY: [HeaderName; 4] = [
+static CALLER_ONLY: [HeaderName; 5] = [
     header::HOST,
     header::AUTHORIZATION,
     API_KEY,
     header::CONTENT_LENGTH,
+    MAX_WAIT,
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
