@@ -133,6 +133,19 @@ pub struct ApiKey {
     pub name: String,
     /// sha256 of the key; the key itself is never kept.
     pub sha256: [u8; 32],
+    /// What this key's caller may do beyond the global rules.
+    pub caller: CallerPolicy,
+}
+
+/// A caller's own rules on top of the global ones (SPEC §12), for an api key's caller or
+/// the anonymous one (`inbound.anonymous_caller`); each optional.
+#[derive(Debug, Clone, Default)]
+pub struct CallerPolicy {
+    /// Longest its requests wait for a slot: at most `budgets.queue.max_wait`.
+    pub max_wait: Option<Duration>,
+    /// Routes it may call, on top of `inbound.allow_routes` (both must allow a route);
+    /// empty: no limit of its own.
+    pub allow_routes: Vec<RouteRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +163,8 @@ pub struct InboundConfig {
     pub allow_anonymous: bool,
     /// Empty means every /api/v2 route.
     pub allow_routes: Vec<RouteRule>,
+    /// The rules of the caller without a key (`inbound.anonymous_caller`).
+    pub anonymous_caller: CallerPolicy,
 }
 
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{Config, InboundConfig, parse_duration};
+use crate::config::{CallerPolicy, Config, InboundConfig, parse_duration};
 use crate::routes::{Operation, Route, RouteId, RouteMethod, RouteTable};
 
 /// The header callers may carry their key in.
@@ -60,6 +60,8 @@ pub enum Refusal {
     Unauthorized,
     #[error("route {0} is not on this gcpool's allow-list")]
     RouteNotAllowed(String),
+    #[error("route {route} is not on the allow_routes of caller {caller}")]
+    RouteNotAllowedForCaller { route: String, caller: String },
     #[error("the request body could not be read")]
     BadBody,
     #[error("the request body did not arrive before the request deadline")]
@@ -88,10 +90,32 @@ pub struct Policy {
     auth: Authenticator,
     /// `None`: every route; else only these.
     allow_routes: Option<HashSet<RouteId>>,
+    /// Each api key's caller's own rules, in `inbound.api_keys` order, and the anonymous
+    /// caller's.
+    callers: Vec<CallerRules>,
+    anonymous: CallerRules,
     max_body_bytes: u64,
     /// One permit per byte of request body held in memory (`server.max_body_bytes_in_flight`,
     /// restart-only: shared by every generation).
     body_memory: Arc<Semaphore>,
+}
+
+/// One caller's own checks (SPEC §12), from its [`CallerPolicy`].
+#[derive(Debug, Default)]
+struct CallerRules {
+    max_wait: Option<Duration>,
+    /// `None`: no route list of its own.
+    allow_routes: Option<HashSet<RouteId>>,
+}
+
+impl CallerRules {
+    fn new(policy: &CallerPolicy) -> Self {
+        let allowed = &policy.allow_routes;
+        Self {
+            max_wait: policy.max_wait,
+            allow_routes: (!allowed.is_empty()).then(|| allowed.iter().map(|r| r.route).collect()),
+        }
+    }
 }
 
 /// A request that passed every check: its head, its route and its whole body.
@@ -100,7 +124,8 @@ pub struct CallerRequest {
     pub parts: request::Parts,
     pub route: Route,
     pub body: Bytes,
-    /// The caller's cap on this request's wait for a slot (`x-gcpool-max-wait`).
+    /// The cap on this request's wait for a slot: the caller's `max_wait` and the request's
+    /// `x-gcpool-max-wait`, whichever is shorter.
     pub max_wait: Option<Duration>,
     /// Holds the body's bytes against the in-flight cap until the request ends.
     _body_memory: Option<OwnedSemaphorePermit>,
@@ -121,6 +146,13 @@ impl Policy {
                 .expect("config validation guarantees api_base has a host"),
             auth: Authenticator::new(&config.inbound),
             allow_routes: (!allowed.is_empty()).then(|| allowed.iter().map(|r| r.route).collect()),
+            callers: config
+                .inbound
+                .api_keys
+                .iter()
+                .map(|k| CallerRules::new(&k.caller))
+                .collect(),
+            anonymous: CallerRules::new(&config.inbound.anonymous_caller),
             max_body_bytes: config.server.max_body_bytes,
             body_memory,
         }
@@ -153,9 +185,12 @@ impl Policy {
             move |refusal| Refused { refusal, route }
         };
         let (method, uri) = (request.method(), request.uri());
-        check_target(method, uri, request.version(), &self.api_authority)
-            .and_then(|()| self.auth.authenticate(request.headers()).map(|_| ()))
+        let caller = check_target(method, uri, request.version(), &self.api_authority)
+            .and_then(|()| self.auth.identify(request.headers()))
             .map_err(refused(&Route::Other))?;
+        let rules = caller
+            .and_then(|i| self.callers.get(i))
+            .unwrap_or(&self.anonymous);
         let table = RouteTable::genesys();
         let route = table.lookup(method, uri.path());
         check_method(method, uri.path(), &route, table).map_err(refused(&route))?;
@@ -166,7 +201,22 @@ impl Policy {
                 route.operation(),
             ))));
         }
-        let max_wait = max_wait(request.headers()).map_err(refused(&route))?;
+        if let Some(allowed) = &rules.allow_routes
+            && !route.id().is_some_and(|id| allowed.contains(&id))
+        {
+            let caller = caller
+                .and_then(|i| self.auth.name(i))
+                .unwrap_or("anonymous");
+            return Err(refused(&route)(Refusal::RouteNotAllowedForCaller {
+                route: route_text(route.operation()),
+                caller: caller.to_owned(),
+            }));
+        }
+        let asked = max_wait(request.headers()).map_err(refused(&route))?;
+        let max_wait = match (asked, rules.max_wait) {
+            (Some(asked), Some(own)) => Some(asked.min(own)),
+            (asked, own) => asked.or(own),
+        };
         let (parts, body) = request.into_parts();
         let (body, held) = read_body(
             &parts.headers,
@@ -444,6 +494,20 @@ impl Authenticator {
     /// # Errors
     /// [`Refusal::Unauthorized`] when a key is required and none matches.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&str>, Refusal> {
+        Ok(self.identify(headers)?.and_then(|i| self.name(i)))
+    }
+
+    /// The name of the `index`th key of `inbound.api_keys`.
+    pub fn name(&self, index: usize) -> Option<&str> {
+        self.digests.get(index).map(|(name, _)| name.as_str())
+    }
+
+    /// The index in `inbound.api_keys` of the key the caller presented, or `None` for an
+    /// anonymous caller.
+    ///
+    /// # Errors
+    /// [`Refusal::Unauthorized`] when a key is required and none matches.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<usize>, Refusal> {
         if self.digests.is_empty() && self.anonymous {
             // No key to recognise: every caller is anonymous (no header lookups).
             return Ok(None);
@@ -452,9 +516,9 @@ impl Authenticator {
             let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
             // Compare with every key, without an early exit, so timing says nothing.
             let mut found = None;
-            for (name, known) in &self.digests {
+            for (index, (_, known)) in self.digests.iter().enumerate() {
                 if bool::from(known.ct_eq(&digest)) && found.is_none() {
-                    found = Some(name.as_str());
+                    found = Some(index);
                 }
             }
             if found.is_some() {
@@ -623,9 +687,11 @@ mod tests {
             api_keys: vec![ApiKey {
                 name: "data-actions".into(),
                 sha256: Sha256::digest(key).into(),
+                caller: CallerPolicy::default(),
             }],
             allow_anonymous: false,
             allow_routes: vec![],
+            anonymous_caller: CallerPolicy::default(),
         };
         let auth = Authenticator::new(&config);
         let mut h = HeaderMap::new();

@@ -126,6 +126,83 @@ async fn routes_off_the_allow_list_are_refused_before_the_upstream() {
     );
 }
 
+/// Each caller's own rules (SPEC §12) on top of the global ones: one caller may read users
+/// only and waits at most 1 s for a slot, the other may call anything (here the queues
+/// too, and its cached answers are not a way round the first one's list).
+#[tokio::test]
+async fn each_caller_has_its_own_routes_and_max_wait() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(1)
+            .window(std::time::Duration::from_secs(10))
+            .token_limit(2),
+    )
+    .await
+    .unwrap();
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS[..1],
+        "budgets:\n  token_per_minute: 12\n  window: 10s\n  queue:\n    max_wait: 15s\n\
+         cache:\n  routes:\n    - {route: 'GET /api/v2/routing/queues/{queueId}', ttl: 5m, \
+         ignore_upstream_cache_headers: true}\n",
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        "inbound:\n  api_keys:\n    - {name: ivr-flows, key: ivr-key, max_wait: 1s, \
+         allow_routes: ['GET /api/v2/users/{userId}']}\n    - {name: batch, key: batch-key}\n",
+    );
+    let gcpool = support::start_config(config(&yaml)).await;
+    let client = HttpClient::new();
+    let base = format!("http://{}", gcpool.api_addr());
+    let (ivr, batch) = ([("x-api-key", "ivr-key")], [("x-api-key", "batch-key")]);
+    let queue = format!("{base}/api/v2/routing/queues/q-1");
+
+    // The batch caller fills the cache and the window's 2 slots.
+    let kept = client.request(Method::GET, &queue, &batch, "").await;
+    assert_eq!(kept.status, StatusCode::OK);
+    let refused = client.request(Method::GET, &queue, &ivr, "").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    assert_eq!(refused.header("x-gcpool-reason"), "route_not_allowed");
+    let message = refused.json()["message"].to_string();
+    assert!(
+        message.contains("GET /api/v2/routing/queues/{queueId}") && message.contains("ivr-flows"),
+        "{message}"
+    );
+    let user = client
+        .request(Method::GET, &format!("{base}/api/v2/users/u1"), &ivr, "")
+        .await;
+    assert_eq!(user.status, StatusCode::OK);
+
+    // The window is spent; the next slot is ~10 s away. The ivr caller's 1 s is its
+    // limit, even when its request asks for more.
+    let asked = tokio::time::Instant::now();
+    let capped = client
+        .request(
+            Method::GET,
+            &format!("{base}/api/v2/users/u2"),
+            &[("x-api-key", "ivr-key"), ("x-gcpool-max-wait", "5s")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        capped.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        capped.text()
+    );
+    assert!(
+        asked.elapsed() < std::time::Duration::from_millis(500),
+        "refused at once: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        sim.stats().accepted,
+        2,
+        "refused requests never reach the upstream"
+    );
+}
+
 /// A real run with real secrets, tokens and an API key, at debug level: none of them
 /// appears in stderr, `/status`, `/metrics`, the status page or any answer.
 #[tokio::test]

@@ -97,6 +97,7 @@ pub(super) struct Inbound {
     pub(super) api_keys: Option<Vec<ApiKey>>,
     pub(super) allow_anonymous: Option<String>,
     pub(super) allow_routes: Option<Vec<String>>,
+    pub(super) anonymous_caller: Option<AnonymousCaller>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +107,17 @@ pub(super) struct ApiKey {
     pub(super) key_sha256: Option<String>,
     pub(super) key: Option<String>,
     pub(super) key_file: Option<String>,
+    pub(super) max_wait: Option<String>,
+    pub(super) allow_routes: Option<Vec<String>>,
+}
+
+/// `inbound.anonymous_caller`: what an api key entry says of its caller, for the caller
+/// without a key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AnonymousCaller {
+    pub(super) max_wait: Option<String>,
+    pub(super) allow_routes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,12 +224,23 @@ pub(super) struct ResolvedInbound {
     pub(super) api_keys: Vec<ResolvedApiKey>,
     pub(super) allow_anonymous: bool,
     pub(super) allow_routes: Vec<String>,
+    pub(super) anonymous_caller: ResolvedCaller,
 }
 
 #[derive(Debug, Serialize)]
 pub(super) struct ResolvedApiKey {
     pub(super) name: String,
     pub(super) key_sha256: &'static str,
+    #[serde(flatten)]
+    pub(super) caller: ResolvedCaller,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ResolvedCaller {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_wait: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) allow_routes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]

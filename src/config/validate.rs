@@ -17,9 +17,9 @@ use super::duration::{format_duration, parse_duration};
 use super::expand::{expand, lower_first, read_secret_file, resolve_path};
 use super::file::{self, FILE_PATH};
 use super::{
-    ApiKey, BudgetScope, BudgetsConfig, CacheConfig, CacheRoute, ClientConfig, Config, ConfigError,
-    ConfigErrors, EndpointBudget, Env, GenesysConfig, InboundConfig, QueueConfig, RouteRule,
-    ServerConfig, SharedStateConfig, TlsConfig,
+    ApiKey, BudgetScope, BudgetsConfig, CacheConfig, CacheRoute, CallerPolicy, ClientConfig,
+    Config, ConfigError, ConfigErrors, EndpointBudget, Env, GenesysConfig, InboundConfig,
+    QueueConfig, RouteRule, ServerConfig, SharedStateConfig, TlsConfig,
 };
 use crate::routes::{RouteId, RouteTable};
 use crate::secret::Secret;
@@ -197,15 +197,12 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
                 .map(|k| file::ResolvedApiKey {
                     name: k.name.clone(),
                     key_sha256: REDACTED,
+                    caller: resolved_caller(&k.caller),
                 })
                 .collect(),
             allow_anonymous: c.inbound.allow_anonymous,
-            allow_routes: c
-                .inbound
-                .allow_routes
-                .iter()
-                .map(|r| format!("{} {}", r.method, r.path))
-                .collect(),
+            allow_routes: route_texts(&c.inbound.allow_routes),
+            anonymous_caller: resolved_caller(&c.inbound.anonymous_caller),
         },
         shared_state: c.shared_state.as_ref().map(|s| file::ResolvedSharedState {
             redis_url: redact_redis_url(s.redis_url.expose()),
@@ -260,6 +257,7 @@ impl Validator<'_> {
         let inbound = self.inbound(
             f.inbound.unwrap_or_default(),
             listen_ok.then_some(server.listen),
+            budgets.queue.max_wait,
         );
         let shared_state = f.shared_state.map(|s| self.shared_state(s));
         let cache = self.cache(f.cache.unwrap_or_default());
@@ -275,6 +273,29 @@ impl Validator<'_> {
                 "the clients' requests_per_minute add up to {pool} per minute, more than \
                  budgets.org_per_minute ({org}): the org cap binds"
             ));
+        }
+
+        // A caller's route off the global list can never be called.
+        if !inbound.allow_routes.is_empty() {
+            let callers = inbound
+                .api_keys
+                .iter()
+                .map(|k| (format!("caller {:?}", k.name), &k.caller))
+                .chain(std::iter::once((
+                    "inbound.anonymous_caller".to_owned(),
+                    &inbound.anonymous_caller,
+                )));
+            for (who, caller) in callers {
+                for r in &caller.allow_routes {
+                    if !inbound.allow_routes.iter().any(|g| g.route == r.route) {
+                        warnings.push(format!(
+                            "{who}: allow_routes has \"{} {}\", which inbound.allow_routes does \
+                             not allow: that caller can never call it",
+                            r.method, r.path
+                        ));
+                    }
+                }
+            }
         }
 
         if !cache.routes.is_empty() && cache.max_bytes / 16 < 4096 {
@@ -756,8 +777,14 @@ impl Validator<'_> {
         }
     }
 
-    /// `listen` is `server.listen` when it was valid.
-    fn inbound(&mut self, i: file::Inbound, listen: Option<SocketAddr>) -> InboundConfig {
+    /// `listen` is `server.listen` when it was valid; `queue_max_wait` bounds a caller's
+    /// `max_wait`.
+    fn inbound(
+        &mut self,
+        i: file::Inbound,
+        listen: Option<SocketAddr>,
+        queue_max_wait: Duration,
+    ) -> InboundConfig {
         let raw_keys = i.api_keys.unwrap_or_default();
         let key_count = raw_keys.len();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -779,8 +806,13 @@ impl Validator<'_> {
                 }
             }
             let sha256 = self.api_key_digest(&p, k.key_sha256, k.key, k.key_file);
+            let caller = self.caller_policy(&p, k.max_wait, k.allow_routes, queue_max_wait);
             if let (Some(name), Some(sha256)) = (name, sha256) {
-                api_keys.push(ApiKey { name, sha256 });
+                api_keys.push(ApiKey {
+                    name,
+                    sha256,
+                    caller,
+                });
             }
         }
 
@@ -802,18 +834,63 @@ impl Validator<'_> {
             _ => {}
         }
 
-        let mut allow_routes = Vec::new();
-        for (n, raw) in i.allow_routes.unwrap_or_default().into_iter().enumerate() {
-            let path = format!("inbound.allow_routes[{n}]");
-            if let Some(route) = self.required(&path, Some(raw), parse_route) {
-                allow_routes.push(route);
-            }
-        }
-
+        let allow_routes = self.routes("inbound.allow_routes", i.allow_routes);
+        let anonymous_caller = match i.anonymous_caller {
+            Some(a) => self.caller_policy(
+                "inbound.anonymous_caller",
+                a.max_wait,
+                a.allow_routes,
+                queue_max_wait,
+            ),
+            None => CallerPolicy::default(),
+        };
         InboundConfig {
             api_keys,
             allow_anonymous: or_default(anonymous, false),
             allow_routes,
+            anonymous_caller,
+        }
+    }
+
+    /// A list of routes (`"GET /api/v2/..."` each) at `path`.
+    fn routes(&mut self, path: &str, raw: Option<Vec<String>>) -> Vec<RouteRule> {
+        let mut routes = Vec::new();
+        for (n, raw) in raw.unwrap_or_default().into_iter().enumerate() {
+            if let Some(route) = self.required(&format!("{path}[{n}]"), Some(raw), parse_route) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
+    /// A caller's own rules at `parent` (`max_wait`, `allow_routes`).
+    fn caller_policy(
+        &mut self,
+        parent: &str,
+        max_wait: Option<String>,
+        allow_routes: Option<Vec<String>>,
+        queue_max_wait: Duration,
+    ) -> CallerPolicy {
+        let path = format!("{parent}.max_wait");
+        let max_wait = match self.parse(&path, max_wait, parse_duration) {
+            Ok(Some(wait)) if wait > queue_max_wait => {
+                self.error(
+                    &path,
+                    format!(
+                        "{} is longer than budgets.queue.max_wait ({}): no request waits longer \
+                         than that",
+                        format_duration(wait),
+                        format_duration(queue_max_wait)
+                    ),
+                );
+                None
+            }
+            Ok(wait) => wait,
+            Err(Reported) => None,
+        };
+        CallerPolicy {
+            max_wait,
+            allow_routes: self.routes(&format!("{parent}.allow_routes"), allow_routes),
         }
     }
 
@@ -1195,6 +1272,21 @@ fn parse_base_url(s: &str) -> Result<Uri, String> {
 
 /// `"METHOD /api/v2/..."` naming an operation of the Genesys route table, exactly
 /// (parameter names included).
+/// Routes as the config writes them (`"GET /api/v2/..."`).
+fn route_texts(routes: &[RouteRule]) -> Vec<String> {
+    routes
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn resolved_caller(caller: &CallerPolicy) -> file::ResolvedCaller {
+    file::ResolvedCaller {
+        max_wait: caller.max_wait.map(format_duration),
+        allow_routes: route_texts(&caller.allow_routes),
+    }
+}
+
 fn parse_route(s: &str) -> Result<RouteRule, String> {
     let (method, path) = parse_route_text(s)?;
     let table = RouteTable::genesys();
@@ -1681,6 +1773,79 @@ inbound:
         );
         assert_eq!(c.budgets.endpoints[1].scope, BudgetScope::Org);
         assert_ne!(c.budgets.endpoints[1].route, e.route);
+    }
+
+    /// A caller's own rules (SPEC §12): `max_wait` within the queue's, `allow_routes`
+    /// checked like the global list, a route off the global list warned about, and both in
+    /// the redacted config.
+    #[test]
+    fn callers_have_their_own_max_wait_and_routes() {
+        let text = format!(
+            "{CLIENT}budgets:\n  queue:\n    max_wait: 3s\n\
+inbound:
+  allow_anonymous: true
+  api_keys:
+    - {{name: ivr, key: k1, max_wait: 5s, allow_routes: ['GET /api/v2/users/{{id}}']}}
+    - {{name: batch, key: k2, max_wait: soon}}
+  anonymous_caller:
+    max_wait: 4s
+"
+        );
+        let errs = errors(&text);
+        assert!(
+            error_at(&errs, "inbound.api_keys[0].max_wait")
+                .contains("5s is longer than budgets.queue.max_wait (3s)")
+        );
+        assert!(
+            error_at(&errs, "inbound.api_keys[0].allow_routes[0]")
+                .contains("GET /api/v2/users/{userId}")
+        );
+        assert!(error_at(&errs, "inbound.api_keys[1].max_wait").contains("\"soon\""));
+        assert!(
+            error_at(&errs, "inbound.anonymous_caller.max_wait")
+                .contains("4s is longer than budgets.queue.max_wait (3s)")
+        );
+        let unknown = errors(&format!(
+            "{CLIENT}inbound:\n  allow_anonymous: true\n  anonymous_caller:\n    lanes: fast\n"
+        ));
+        assert!(
+            error_at(&unknown, "inbound.anonymous_caller.lanes").contains("unknown"),
+            "{unknown:#?}"
+        );
+
+        let c = ok(&format!(
+            "{CLIENT}budgets:\n  queue:\n    max_wait: 3s\n\
+inbound:
+  allow_anonymous: true
+  allow_routes: ['GET /api/v2/users/{{userId}}', 'GET /api/v2/routing/queues/{{queueId}}']
+  api_keys:
+    - {{name: ivr, key: k1, max_wait: 1500ms, allow_routes: ['GET /api/v2/users/{{userId}}', 'GET /api/v2/groups/{{groupId}}']}}
+    - {{name: batch, key: k2}}
+  anonymous_caller:
+    max_wait: 3s
+"
+        ));
+        let ivr = &c.inbound.api_keys[0].caller;
+        assert_eq!(ivr.max_wait, Some(Duration::from_millis(1500)));
+        assert_eq!(ivr.allow_routes.len(), 2);
+        let batch = &c.inbound.api_keys[1].caller;
+        assert!(batch.max_wait.is_none() && batch.allow_routes.is_empty());
+        assert_eq!(
+            c.inbound.anonymous_caller.max_wait,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("caller \"ivr\"")
+                && c.warnings[0].contains("GET /api/v2/groups/{groupId}"),
+            "{}",
+            c.warnings[0]
+        );
+        let yaml = c.redacted_yaml();
+        assert!(yaml.contains("max_wait: 1s500ms"), "{yaml}");
+        assert!(yaml.contains("- GET /api/v2/groups/{groupId}"), "{yaml}");
+        let again = ok(&yaml.replace("key_sha256: <redacted>", "key: k"));
+        assert_eq!(again.inbound.api_keys[0].caller.max_wait, ivr.max_wait);
     }
 
     /// Budget and allow-list routes must be operations of the route table, exactly.

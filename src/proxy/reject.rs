@@ -52,7 +52,9 @@ impl Reject {
                 | Inbound::BadMaxWait(_) => StatusCode::BAD_REQUEST,
                 Inbound::NotApiPath => StatusCode::NOT_FOUND,
                 Inbound::Unauthorized => StatusCode::UNAUTHORIZED,
-                Inbound::RouteNotAllowed(_) => StatusCode::FORBIDDEN,
+                Inbound::RouteNotAllowed(_) | Inbound::RouteNotAllowedForCaller { .. } => {
+                    StatusCode::FORBIDDEN
+                }
                 Inbound::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
                 Inbound::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 Inbound::BodyMemory => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,7 +85,9 @@ impl Reject {
                 Inbound::MethodNotAllowed { .. } => "method_not_allowed",
                 Inbound::NotApiPath => "not_found",
                 Inbound::Unauthorized => "unauthorized",
-                Inbound::RouteNotAllowed(_) => "route_not_allowed",
+                Inbound::RouteNotAllowed(_) | Inbound::RouteNotAllowedForCaller { .. } => {
+                    "route_not_allowed"
+                }
                 Inbound::BodyTimeout => "body_timeout",
                 Inbound::BodyTooLarge(_) => "body_too_large",
                 Inbound::BodyMemory => "body_memory",
