@@ -17,6 +17,7 @@ use crate::budget::redis::RedisStore;
 use crate::budget::{BudgetStore, FallbackStore, MemoryStore};
 use crate::config::Config;
 use crate::generation::{Builder, Live};
+use crate::inbound::UNKNOWN_CALLER;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
@@ -257,9 +258,12 @@ impl Gcpool {
         }
         let limit = ConnectionLimit::new(
             config.server.max_connections,
-            metrics.rejections.with_label_values(&["connection_limit"]),
+            metrics
+                .rejections
+                .with_label_values(&["connection_limit", UNKNOWN_CALLER]),
         );
-        let reason = |r: &str| metrics.rejections.with_label_values(&[r]);
+        // Refused before any request was read: no caller is known.
+        let reason = |r: &str| metrics.rejections.with_label_values(&[r, UNKNOWN_CALLER]);
         let refusals = ConnCounters {
             timeout: reason("header_timeout"),
             too_large: reason("header_too_large"),

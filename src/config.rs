@@ -137,6 +137,13 @@ pub struct ApiKey {
     pub caller: CallerPolicy,
 }
 
+/// The `caller` label of the anonymous caller (`inbound.anonymous_caller`); no api key may
+/// take it as its name.
+pub const ANONYMOUS_CALLER: &str = "anonymous";
+/// The `caller` label of a request refused before its caller was known; no api key may take
+/// it as its name.
+pub const UNKNOWN_CALLER: &str = "unknown";
+
 /// A caller's own rules on top of the global ones (SPEC §12), for an api key's caller or
 /// the anonymous one (`inbound.anonymous_caller`); each optional.
 #[derive(Debug, Clone, Default)]

@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+pub use crate::config::{ANONYMOUS_CALLER, UNKNOWN_CALLER};
 use crate::config::{CallerPolicy, Config, InboundConfig, parse_duration};
 use crate::routes::{Operation, Route, RouteId, RouteMethod, RouteTable};
 
@@ -80,6 +81,8 @@ pub enum Refusal {
 pub struct Refused {
     pub refusal: Refusal,
     pub route: &'static str,
+    /// The caller's label, when it was known (`None`: `unknown`).
+    pub caller: Option<Arc<str>>,
 }
 
 /// Who may call, which routes, with how large a body: one config generation's caller checks.
@@ -101,17 +104,20 @@ pub struct Policy {
 }
 
 /// One caller's own checks (SPEC §12), from its [`CallerPolicy`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct CallerRules {
+    /// Its `caller` label: the api key's name, or `anonymous`.
+    name: Arc<str>,
     max_wait: Option<Duration>,
     /// `None`: no route list of its own.
     allow_routes: Option<HashSet<RouteId>>,
 }
 
 impl CallerRules {
-    fn new(policy: &CallerPolicy) -> Self {
+    fn new(name: &str, policy: &CallerPolicy) -> Self {
         let allowed = &policy.allow_routes;
         Self {
+            name: name.into(),
             max_wait: policy.max_wait,
             allow_routes: (!allowed.is_empty()).then(|| allowed.iter().map(|r| r.route).collect()),
         }
@@ -124,6 +130,8 @@ pub struct CallerRequest {
     pub parts: request::Parts,
     pub route: Route,
     pub body: Bytes,
+    /// Who asked: the caller's label (its api key's name, or `anonymous`).
+    pub caller: Arc<str>,
     /// The cap on this request's wait for a slot: the caller's `max_wait` and the request's
     /// `x-gcpool-max-wait`, whichever is shorter.
     pub max_wait: Option<Duration>,
@@ -150,9 +158,9 @@ impl Policy {
                 .inbound
                 .api_keys
                 .iter()
-                .map(|k| CallerRules::new(&k.caller))
+                .map(|k| CallerRules::new(&k.name, &k.caller))
                 .collect(),
-            anonymous: CallerRules::new(&config.inbound.anonymous_caller),
+            anonymous: CallerRules::new(ANONYMOUS_CALLER, &config.inbound.anonymous_caller),
             max_body_bytes: config.server.max_body_bytes,
             body_memory,
         }
@@ -180,17 +188,26 @@ impl Policy {
     where
         B: Body<Data = Bytes> + Unpin,
     {
-        let refused = |route: &Route| {
-            let route = route.label();
-            move |refusal| Refused { refusal, route }
-        };
         let (method, uri) = (request.method(), request.uri());
         let caller = check_target(method, uri, request.version(), &self.api_authority)
             .and_then(|()| self.auth.identify(request.headers()))
-            .map_err(refused(&Route::Other))?;
+            .map_err(|refusal| Refused {
+                refusal,
+                route: Route::Other.label(),
+                caller: None,
+            })?;
         let rules = caller
             .and_then(|i| self.callers.get(i))
             .unwrap_or(&self.anonymous);
+        let refused = |route: &Route| {
+            let route = route.label();
+            let caller = Some(rules.name.clone());
+            move |refusal| Refused {
+                refusal,
+                route,
+                caller,
+            }
+        };
         let table = RouteTable::genesys();
         let route = table.lookup(method, uri.path());
         check_method(method, uri.path(), &route, table).map_err(refused(&route))?;
@@ -204,12 +221,9 @@ impl Policy {
         if let Some(allowed) = &rules.allow_routes
             && !route.id().is_some_and(|id| allowed.contains(&id))
         {
-            let caller = caller
-                .and_then(|i| self.auth.name(i))
-                .unwrap_or("anonymous");
             return Err(refused(&route)(Refusal::RouteNotAllowedForCaller {
                 route: route_text(route.operation()),
-                caller: caller.to_owned(),
+                caller: rules.name.to_string(),
             }));
         }
         let asked = max_wait(request.headers()).map_err(refused(&route))?;
@@ -231,6 +245,7 @@ impl Policy {
             parts,
             route,
             body,
+            caller: rules.name.clone(),
             max_wait,
             _body_memory: held,
         })

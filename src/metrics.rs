@@ -69,13 +69,13 @@ impl Metrics {
             registry: registry.clone(),
             requests: counter(
                 "gcpool_requests_total",
-                "Requests answered to callers, by route template, method, status and outcome.",
-                &["route", "method", "status", "outcome"],
+                "Requests answered to callers, by route template, method, status, outcome and caller.",
+                &["route", "method", "status", "outcome", "caller"],
             )?,
             rejections: counter(
                 "gcpool_rejections_total",
-                "Requests gcpool answered itself without forwarding, by reason.",
-                &["reason"],
+                "Requests gcpool answered itself without forwarding, by reason and caller.",
+                &["reason", "caller"],
             )?,
             upstream_requests: counter(
                 "gcpool_upstream_requests_total",
@@ -256,9 +256,12 @@ mod tests {
         let metrics = Metrics::register(&Registry::new()).unwrap();
         metrics
             .requests
-            .with_label_values(&["other", "GET", "200", "forwarded"])
+            .with_label_values(&["other", "GET", "200", "forwarded", "anonymous"])
             .inc();
-        metrics.rejections.with_label_values(&["deadline"]).inc();
+        metrics
+            .rejections
+            .with_label_values(&["deadline", "anonymous"])
+            .inc();
         metrics
             .upstream_requests
             .with_label_values(&["pool-01", "200"])

@@ -172,9 +172,11 @@ impl Proxy {
         drop(generation);
         let mut caller = checked.map_err(|refused| {
             exchange.route = refused.route;
+            exchange.caller = refused.caller;
             refused.refusal
         })?;
         exchange.route = caller.route.label();
+        exchange.caller = Some(caller.caller.clone());
         // Before the head takes the caller's headers over: the key reads some of them.
         let mut cached = cached::Cached::of(cache.as_ref(), &caller);
         if let Some(cached) = &mut cached

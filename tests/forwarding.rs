@@ -126,7 +126,7 @@ async fn request_and_response_pass_through_intact() {
         .get(&format!("http://{}/metrics", gcpool.admin_addr()))
         .await
         .text();
-    assert!(metrics.contains(r#"gcpool_requests_total{method="POST",outcome="forwarded",route="/api/v2/users/search",status="201"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"gcpool_requests_total{caller="anonymous",method="POST",outcome="forwarded",route="/api/v2/users/search",status="201"} 1"#), "{metrics}");
     assert!(
         metrics.contains(&format!(
             r#"gcpool_upstream_requests_total{{client="{client_name}",status="201"}} 1"#
@@ -269,11 +269,11 @@ async fn refusals_are_genesys_shaped_and_never_reach_the_upstream() {
         .await
         .text();
     assert!(
-        metrics.contains(r#"gcpool_rejections_total{reason="body_too_large"} 2"#),
+        support::rejections(&metrics, "body_too_large") == 2.0,
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"gcpool_rejections_total{reason="not_found"} 1"#),
+        support::rejections(&metrics, "not_found") == 1.0,
         "{metrics}"
     );
 }

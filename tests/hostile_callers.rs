@@ -110,7 +110,7 @@ async fn silent_connections_are_closed_and_cannot_lock_callers_out() {
 
     let text = metrics(&gcpool).await;
     assert_eq!(
-        metric(&text, r#"gcpool_rejections_total{reason="header_timeout"}"#),
+        support::rejections(&text, "header_timeout"),
         3.0,
         "each silent connection is counted once:\n{text}"
     );
@@ -136,11 +136,7 @@ async fn a_silent_connection_is_closed_by_the_idle_timeout_when_it_is_the_shorte
     );
     // Cut as a head that did not come, as with the head deadline.
     let text = metrics(&gcpool).await;
-    assert_eq!(
-        metric(&text, r#"gcpool_rejections_total{reason="header_timeout"}"#),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(support::rejections(&text, "header_timeout"), 1.0, "{text}");
 }
 
 /// An HTTP/2 (prior knowledge) connection to gcpool.
@@ -335,11 +331,7 @@ async fn stalled_and_dripping_request_bodies_end_at_the_deadline() {
     assert!(started.elapsed() < Duration::from_secs(4));
 
     let text = metrics(&gcpool).await;
-    assert_eq!(
-        metric(&text, r#"gcpool_rejections_total{reason="body_timeout"}"#),
-        2.0,
-        "{text}"
-    );
+    assert_eq!(support::rejections(&text, "body_timeout"), 2.0, "{text}");
     assert_eq!(sim.stats().accepted, 0, "nothing was forwarded");
 }
 
@@ -399,11 +391,7 @@ async fn request_body_memory_is_bounded() {
         .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     let text = metrics(&gcpool).await;
-    assert_eq!(
-        metric(&text, r#"gcpool_rejections_total{reason="body_memory"}"#),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(support::rejections(&text, "body_memory"), 1.0, "{text}");
 }
 
 /// Item 4: a path that leaves its place once `%2F` / `%5C` are read as separators is
@@ -450,11 +438,7 @@ async fn encoded_traversal_is_refused_but_encoded_slashes_in_keys_pass() {
         "the row key is forwarded byte for byte"
     );
     let text = metrics(&gcpool).await;
-    assert_eq!(
-        metric(&text, r#"gcpool_rejections_total{reason="bad_request"}"#),
-        7.0,
-        "{text}"
-    );
+    assert_eq!(support::rejections(&text, "bad_request"), 7.0, "{text}");
     // HEAD is allowed wherever GET is (it is the GET operation).
     let head = client
         .request(
@@ -528,10 +512,7 @@ async fn methods_no_operation_has_get_405_before_admission() {
     }
     let text = metrics(&gcpool).await;
     assert_eq!(
-        metric(
-            &text,
-            r#"gcpool_rejections_total{reason="method_not_allowed"}"#
-        ),
+        support::rejections(&text, "method_not_allowed"),
         5.0,
         "{text}"
     );
@@ -809,13 +790,7 @@ async fn a_half_head_pipelined_behind_a_request_is_cut() {
         started.elapsed()
     );
     let exposition = metrics(&gcpool).await;
-    assert_eq!(
-        metric(
-            &exposition,
-            r#"gcpool_rejections_total{reason="header_timeout"}"#
-        ),
-        1.0
-    );
+    assert_eq!(support::rejections(&exposition, "header_timeout"), 1.0);
 }
 
 /// The same half head behind a refused request (no API key), then shutdown: the connection

@@ -82,7 +82,7 @@ async fn callers_need_the_api_key_in_a_header_or_as_basic_password() {
         .await
         .text();
     assert!(
-        metrics.contains(r#"gcpool_rejections_total{reason="unauthorized"} 3"#),
+        support::rejections(&metrics, "unauthorized") == 3.0,
         "{metrics}"
     );
 }
@@ -201,6 +201,25 @@ async fn each_caller_has_its_own_routes_and_max_wait() {
         2,
         "refused requests never reach the upstream"
     );
+
+    // Each request counted under its caller; one without a key under `unknown`.
+    let nobody = client
+        .request(Method::GET, &format!("{base}/api/v2/users/u3"), &[], "")
+        .await;
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
+    let metrics = support::metrics(&gcpool).await;
+    for series in [
+        r#"gcpool_requests_total{caller="batch",method="GET",outcome="forwarded",route="/api/v2/routing/queues/{queueId}",status="200"}"#,
+        r#"gcpool_requests_total{caller="ivr-flows",method="GET",outcome="forwarded",route="/api/v2/users/{userId}",status="200"}"#,
+        r#"gcpool_rejections_total{caller="ivr-flows",reason="route_not_allowed"}"#,
+        r#"gcpool_rejections_total{caller="unknown",reason="unauthorized"}"#,
+    ] {
+        assert_eq!(
+            support::metric_value(&metrics, series),
+            Some(1.0),
+            "{series} in:\n{metrics}"
+        );
+    }
 }
 
 /// A real run with real secrets, tokens and an API key, at debug level: none of them
@@ -396,7 +415,7 @@ async fn connection_cap_and_header_limits() {
         .await
         .text();
     assert!(
-        metrics.contains(r#"gcpool_rejections_total{reason="connection_limit"} 1"#),
+        support::rejections(&metrics, "connection_limit") == 1.0,
         "{metrics}"
     );
 }

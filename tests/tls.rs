@@ -598,8 +598,7 @@ async fn idle_h2_over_tls_lives_until_idle_timeout_with_goaway() {
         .await
         .text();
     assert_eq!(
-        support::metric_value(&metrics, r#"gcpool_rejections_total{reason="bad_request"}"#)
-            .unwrap_or(0.0),
+        support::rejections(&metrics, "bad_request"),
         0.0,
         "{metrics}"
     );
@@ -674,11 +673,7 @@ async fn a_parked_http1_tls_connection_wakes_and_idles_out_with_close_notify() {
         .await
         .text();
     assert_eq!(
-        support::metric_value(
-            &metrics,
-            r#"gcpool_rejections_total{reason="header_timeout"}"#
-        )
-        .unwrap_or(0.0),
+        support::rejections(&metrics, "header_timeout"),
         0.0,
         "{metrics}"
     );

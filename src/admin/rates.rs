@@ -199,7 +199,7 @@ mod tests {
         let requests = |status, outcome| {
             metrics
                 .requests
-                .with_label_values(&["other", "GET", status, outcome])
+                .with_label_values(&["other", "GET", status, outcome, "anonymous"])
         };
         requests("429", "rejected").inc_by(4);
         requests("429", "forwarded").inc_by(7); // an upstream 429 passed on: not local

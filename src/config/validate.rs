@@ -17,9 +17,10 @@ use super::duration::{format_duration, parse_duration};
 use super::expand::{expand, lower_first, read_secret_file, resolve_path};
 use super::file::{self, FILE_PATH};
 use super::{
-    ApiKey, BudgetScope, BudgetsConfig, CacheConfig, CacheRoute, CallerPolicy, ClientConfig,
-    Config, ConfigError, ConfigErrors, EndpointBudget, Env, GenesysConfig, InboundConfig,
-    QueueConfig, RouteRule, ServerConfig, SharedStateConfig, TlsConfig,
+    ANONYMOUS_CALLER, ApiKey, BudgetScope, BudgetsConfig, CacheConfig, CacheRoute, CallerPolicy,
+    ClientConfig, Config, ConfigError, ConfigErrors, EndpointBudget, Env, GenesysConfig,
+    InboundConfig, QueueConfig, RouteRule, ServerConfig, SharedStateConfig, TlsConfig,
+    UNKNOWN_CALLER,
 };
 use crate::routes::{RouteId, RouteTable};
 use crate::secret::Secret;
@@ -794,7 +795,15 @@ impl Validator<'_> {
             let name_path = format!("{p}.name");
             let name = self.required(&name_path, k.name, non_empty);
             if let Some(name) = &name {
-                if let Some(first) = names.get(name) {
+                if [ANONYMOUS_CALLER, UNKNOWN_CALLER].contains(&name.as_str()) {
+                    self.error(
+                        &name_path,
+                        format!(
+                            "{name:?} is the caller label of requests without a key; name the \
+                             key otherwise"
+                        ),
+                    );
+                } else if let Some(first) = names.get(name) {
                     self.error(
                         &name_path,
                         format!(
@@ -1805,6 +1814,11 @@ inbound:
             error_at(&errs, "inbound.anonymous_caller.max_wait")
                 .contains("4s is longer than budgets.queue.max_wait (3s)")
         );
+        let reserved = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: anonymous, key: k1}}\n    - {{name: unknown, key: k2}}\n"
+        ));
+        assert!(error_at(&reserved, "inbound.api_keys[0].name").contains("caller label"));
+        assert!(error_at(&reserved, "inbound.api_keys[1].name").contains("caller label"));
         let unknown = errors(&format!(
             "{CLIENT}inbound:\n  allow_anonymous: true\n  anonymous_caller:\n    lanes: fast\n"
         ));

@@ -10,6 +10,7 @@ use http::{Method, StatusCode};
 use std::sync::Arc;
 
 use crate::cache::{CacheResult, ResultCounts};
+use crate::inbound::UNKNOWN_CALLER;
 use crate::metrics::Metrics;
 use crate::pool::PoolClient;
 
@@ -20,6 +21,9 @@ pub(super) struct Exchange<'a> {
     method: &'static str,
     /// The operation template, or `other`.
     pub(super) route: &'static str,
+    /// Who asked, once the inbound checks know: a configured caller's name or
+    /// `anonymous`; `unknown` until then.
+    pub(super) caller: Option<Arc<str>>,
     /// Time spent waiting for admission, over all attempts (`x-gcpool-wait-ms`).
     queued: Duration,
     /// How the cache answered, on a cached route.
@@ -44,6 +48,7 @@ impl<'a> Exchange<'a> {
             metrics,
             method: method_label(method),
             route: "other",
+            caller: None,
             queued: Duration::ZERO,
             cache: None,
             cache_counts: None,
@@ -100,11 +105,12 @@ impl<'a> Exchange<'a> {
             Outcome::Rejected(_) => "rejected",
             Outcome::Error => "error",
         };
+        let caller = self.caller.as_deref().unwrap_or(UNKNOWN_CALLER);
         m.requests
-            .with_label_values(&[self.route, self.method, status.as_str(), label])
+            .with_label_values(&[self.route, self.method, status.as_str(), label, caller])
             .inc();
         if let Outcome::Rejected(reason) = outcome {
-            m.rejections.with_label_values(&[reason]).inc();
+            m.rejections.with_label_values(&[reason, caller]).inc();
         }
     }
 }

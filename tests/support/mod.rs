@@ -515,12 +515,21 @@ pub async fn metrics(gcpool: &gcpool::app::Gcpool) -> String {
         .text()
 }
 
-/// `gcpool_rejections_total{reason}`, 0 while absent: its series appears at the first
-/// rejection for `reason`. Tests here see `bad_request` and `header_timeout` counted, so a 0
-/// for those is not a misspelt label; no test here sees `header_too_large` counted.
+/// `gcpool_rejections_total{reason}` over every caller, 0 while absent: a series appears at
+/// the first rejection for `reason`. Tests here see `bad_request` and `header_timeout`
+/// counted, so a 0 for those is not a misspelt label; no test here sees `header_too_large`
+/// counted.
 pub fn rejections(exposition: &str, reason: &str) -> f64 {
-    let series = format!(r#"gcpool_rejections_total{{reason="{reason}"}}"#);
-    metric_value(exposition, &series).unwrap_or(0.0)
+    let label = format!(r#"reason="{reason}""#);
+    exposition
+        .lines()
+        .filter(|line| line.starts_with("gcpool_rejections_total{"))
+        .filter(|line| {
+            line.split_once('}')
+                .is_some_and(|(labels, _)| labels.split([',', '{']).any(|l| l == label))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Reads until the peer closes (or `limit` passes); returns what arrived and whether the
