@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{BudgetId, BudgetKind};
 use crate::cache::{Cache, CacheResult};
 use crate::generation::Live;
+use crate::inbound::Policy;
 use crate::metrics::Metrics;
 use crate::pool::ClientStatus;
 use crate::proxy::{ProxyBody, json_response, whole_body};
@@ -59,6 +60,22 @@ pub struct View {
     pub last_minute: LastMinute,
     /// The response cache; `None` when no route is cached.
     pub cache: Option<CacheView>,
+    /// Each caller (SPEC §12): the api keys' in config order, then `anonymous` when allowed.
+    pub callers: Vec<CallerStatus>,
+}
+
+/// One caller: its own rules, and its requests since start (`gcpool_requests_total`,
+/// `gcpool_rejections_total` with its `caller` label).
+#[derive(Debug, Clone, Serialize)]
+pub struct CallerStatus {
+    pub name: String,
+    /// Its `max_wait`; `None`: `budgets.queue.max_wait`.
+    pub max_wait_ms: Option<u64>,
+    /// Its own route list; empty: none of its own.
+    pub allow_routes: Vec<String>,
+    /// Answered since start, and of those refused by gcpool.
+    pub requests: u64,
+    pub rejected: u64,
 }
 
 /// The response cache: what it holds and how each cached route was answered since start.
@@ -254,7 +271,26 @@ impl Admin {
             budgets,
             last_minute: self.rates.last_minute(now, Counts::read(&self.metrics)),
             cache: live.cache.as_deref().map(|cache| self.cache_view(cache)),
+            callers: self.callers(&live.inbound),
         }
+    }
+
+    fn callers(&self, inbound: &Policy) -> Vec<CallerStatus> {
+        let requests = per_caller(&self.metrics.requests);
+        let rejected = per_caller(&self.metrics.rejections);
+        inbound
+            .callers()
+            .into_iter()
+            .map(|c| CallerStatus {
+                requests: requests.get(&*c.name).copied().unwrap_or(0),
+                rejected: rejected.get(&*c.name).copied().unwrap_or(0),
+                name: c.name.to_string(),
+                max_wait_ms: c
+                    .max_wait
+                    .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+                allow_routes: c.allow_routes,
+            })
+            .collect()
     }
 
     fn cache_view(&self, cache: &Cache) -> CacheView {
@@ -341,6 +377,22 @@ impl Admin {
                 .set(i64::try_from(status.token_expires_in_s).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// A counter family's sum per `caller` label.
+fn per_caller(counters: &prometheus::IntCounterVec) -> BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut sums = BTreeMap::new();
+    for family in counters.collect() {
+        for m in family.get_metric() {
+            if let Some(caller) = m.get_label().iter().find(|l| l.name() == "caller") {
+                // Integer counters: exact in f64 up to 2^53.
+                *sums.entry(caller.value().to_owned()).or_default() +=
+                    m.get_counter().get_value().max(0.0) as u64;
+            }
+        }
+    }
+    sums
 }
 
 fn kind_name(kind: BudgetKind) -> &'static str {

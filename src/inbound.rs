@@ -124,6 +124,33 @@ impl CallerRules {
     }
 }
 
+/// One caller as `/status` shows it: its label and its own rules.
+#[derive(Debug, Clone)]
+pub struct CallerInfo {
+    pub name: Arc<str>,
+    pub max_wait: Option<Duration>,
+    /// Its own route list, sorted (`"GET /api/v2/..."`); empty: none of its own.
+    pub allow_routes: Vec<String>,
+}
+
+impl CallerRules {
+    fn info(&self) -> CallerInfo {
+        let table = RouteTable::genesys();
+        let mut allow_routes: Vec<String> = self
+            .allow_routes
+            .iter()
+            .flatten()
+            .map(|&id| table.operation(id).to_string())
+            .collect();
+        allow_routes.sort();
+        CallerInfo {
+            name: self.name.clone(),
+            max_wait: self.max_wait,
+            allow_routes,
+        }
+    }
+}
+
 /// A request that passed every check: its head, its route and its whole body.
 #[derive(Debug)]
 pub struct CallerRequest {
@@ -164,6 +191,16 @@ impl Policy {
             max_body_bytes: config.server.max_body_bytes,
             body_memory,
         }
+    }
+
+    /// Every caller this generation knows: the api keys' in config order, then the
+    /// anonymous caller when anonymous access is on.
+    pub fn callers(&self) -> Vec<CallerInfo> {
+        let mut callers: Vec<CallerInfo> = self.callers.iter().map(CallerRules::info).collect();
+        if self.auth.anonymous {
+            callers.push(self.anonymous.info());
+        }
+        callers
     }
 
     /// The semaphore counting the body bytes in flight, sized by `config` (one per process).

@@ -220,6 +220,38 @@ async fn each_caller_has_its_own_routes_and_max_wait() {
             "{series} in:\n{metrics}"
         );
     }
+
+    // /status lists each caller with its rules and counts (no anonymous one here).
+    let status = client
+        .get(&format!("http://{}/status", gcpool.admin_addr()))
+        .await
+        .json();
+    let callers = status["callers"].as_array().expect("callers");
+    assert_eq!(callers.len(), 2, "{status}");
+    let ivr = &callers[0];
+    assert_eq!(ivr["name"], "ivr-flows");
+    assert_eq!(ivr["max_wait_ms"], 1000);
+    assert_eq!(ivr["allow_routes"][0], "GET /api/v2/users/{userId}");
+    // users/u1 answered, users/u2 a local 429, the queue refused.
+    assert_eq!(
+        (ivr["requests"].as_u64(), ivr["rejected"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let batch = &callers[1];
+    assert_eq!(batch["name"], "batch");
+    assert!(
+        batch["max_wait_ms"].is_null()
+            && batch["allow_routes"].as_array().is_some_and(Vec::is_empty)
+    );
+    assert_eq!(batch["requests"], 1);
+    let page = client
+        .get(&format!("http://{}/", gcpool.admin_addr()))
+        .await
+        .text();
+    assert!(
+        page.contains("<td id=\"caller-0-name\">ivr-flows</td>"),
+        "{page}"
+    );
 }
 
 /// A real run with real secrets, tokens and an API key, at debug level: none of them

@@ -42,6 +42,7 @@ pub fn render(view: &View) -> String {
     budgets(&mut html, view);
     learned(&mut html, view);
     cache(&mut html, view);
+    callers(&mut html, view);
     let _ = write!(
         html,
         "<p class=\"note\">Last-minute figures: gcpool samples its Prometheus counters every \
@@ -282,6 +283,39 @@ fn cache(html: &mut String, view: &View) {
     html.push_str("</tbody></table>\n");
 }
 
+fn callers(html: &mut String, view: &View) {
+    if view.callers.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>Callers</h2>\n<p>Each API key is a caller; requests since start, and of those \
+         refused by gcpool. Max wait: the caller's own cap (else the queue's); routes: its own \
+         list on top of the global one.</p>\n<table id=\"callers\"><thead><tr><th>caller</th>\
+         <th>max wait</th><th>routes</th><th>requests</th><th>refused</th></tr></thead><tbody>\n",
+    );
+    for (i, c) in view.callers.iter().enumerate() {
+        let wait = c
+            .max_wait_ms
+            .map_or_else(|| "queue's".to_owned(), |ms| format!("{ms} ms"));
+        let routes = if c.allow_routes.is_empty() {
+            "all allowed".to_owned()
+        } else {
+            escape(&c.allow_routes.join(", "))
+        };
+        let _ = writeln!(
+            html,
+            "<tr><td id=\"caller-{i}-name\">{name}</td><td class=\"n\">{wait}</td>\
+             <td id=\"caller-{i}-routes\">{routes}</td>\
+             <td class=\"n\" id=\"caller-{i}-requests\">{requests}</td>\
+             <td class=\"n\" id=\"caller-{i}-rejected\">{rejected}</td></tr>",
+            name = escape(&c.name),
+            requests = c.requests,
+            rejected = c.rejected,
+        );
+    }
+    html.push_str("</tbody></table>\n");
+}
+
 /// An inline SVG bar of `used` out of `limit`: amber from 70 %, red from 90 %.
 fn bar(used: u32, limit: u32) -> String {
     const W: u64 = 100;
@@ -323,7 +357,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::admin::{BudgetUse, CacheView, CachedRoute, SharedState, Usage};
+    use crate::admin::{BudgetUse, CacheView, CachedRoute, CallerStatus, SharedState, Usage};
     use crate::pool::ClientStatus;
 
     fn view(name: &str, learned: &str) -> View {
@@ -377,6 +411,13 @@ mod tests {
                     hit_ratio: 0.75,
                 }],
             }),
+            callers: vec![CallerStatus {
+                name: name.to_owned(),
+                max_wait_ms: Some(2000),
+                allow_routes: vec![format!("GET /api/v2/{name}")],
+                requests: 5,
+                rejected: 1,
+            }],
         }
     }
 
@@ -405,6 +446,9 @@ mod tests {
             "<td id=\"budget-0-name\">token:a&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;</td>"
         ));
         assert!(html.contains("<td id=\"learned-0-name\">endpoint:GET /x&lt;img src=y&gt;</td>"));
+        assert!(html.contains(
+            "<td id=\"caller-0-name\">a&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;</td>"
+        ));
     }
 
     #[test]
