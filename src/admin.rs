@@ -73,6 +73,8 @@ pub struct CallerStatus {
     pub max_wait_ms: Option<u64>,
     /// Its own route list; empty: none of its own.
     pub allow_routes: Vec<String>,
+    /// Its sub-pool's clients; empty: all of them.
+    pub clients: Vec<String>,
     /// Answered since start, and of those refused by gcpool.
     pub requests: u64,
     pub rejected: u64,
@@ -289,6 +291,7 @@ impl Admin {
                     .max_wait
                     .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
                 allow_routes: c.allow_routes,
+                clients: c.clients,
             })
             .collect()
     }

@@ -489,12 +489,15 @@ impl Admission {
     ///
     /// `max_wait`: the request's own cap on its wait (`x-gcpool-max-wait`), below
     /// `queue.max_wait`; a slot past it is a local 429 at once, as past the deadline.
+    ///
+    /// `clients`: the caller's sub-pool (client indices), if it is confined to one.
     pub async fn admit(
         &self,
         pool: &Pool,
         route: Option<RouteId>,
         deadline: Instant,
         max_wait: Option<Duration>,
+        clients: Option<&[usize]>,
     ) -> Result<Permit, Refusal> {
         let max_wait = max_wait.map_or(self.max_wait, |cap| cap.min(self.max_wait));
         // No client with a usable token: wait (queued, within `max_wait` and the deadline)
@@ -502,7 +505,7 @@ impl Admission {
         let token_wait_until = (Instant::now() + max_wait).min(deadline);
         let mut token_waited = Duration::ZERO;
         let (client, reservation) = loop {
-            match self.reserve(pool, route, deadline, max_wait).await {
+            match self.reserve(pool, route, deadline, max_wait, clients).await {
                 Err(Refusal::NoHealthyClient) => {
                     let _pending = Pending::enter(self);
                     let since = Instant::now();
@@ -552,9 +555,13 @@ impl Admission {
         route: Option<RouteId>,
         deadline: Instant,
         max_wait: Duration,
+        clients: Option<&[usize]>,
     ) -> Result<(usize, Reservation), Refusal> {
         let now = Instant::now();
-        let order = pool.candidates(now);
+        let mut order = pool.candidates(now);
+        if let Some(clients) = clients {
+            order.retain(|i| clients.contains(i));
+        }
         if order.is_empty() {
             return Err(Refusal::NoHealthyClient);
         }

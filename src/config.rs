@@ -153,6 +153,8 @@ pub struct CallerPolicy {
     /// Routes it may call, on top of `inbound.allow_routes` (both must allow a route);
     /// empty: no limit of its own.
     pub allow_routes: Vec<RouteRule>,
+    /// Its sub-pool: the names of the `clients` its requests may use; empty: all of them.
+    pub clients: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

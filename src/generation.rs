@@ -29,7 +29,7 @@ use tracing::{Instrument, info_span};
 use crate::admission::{Admission, BudgetTable, Permit, Refusal, Registry};
 use crate::budget::BudgetStore;
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{ANONYMOUS_CALLER, Config};
 use crate::inbound::Policy;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
@@ -50,6 +50,9 @@ pub struct Generation {
     pub request_timeout: Duration,
     /// The response cache; `None` when no route is cached.
     pub cache: Option<Arc<Cache>>,
+    /// Callers confined to a sub-pool (`clients`), by caller label: the client indices
+    /// their requests may use. Empty when no caller is confined.
+    pub sub_pools: HashMap<Arc<str>, Arc<[usize]>>,
 }
 
 /// The current generation, swapped whole by a reload.
@@ -111,16 +114,31 @@ impl Live {
     /// As [`Admission::admit`], and [`Refusal::Reconfigured`] when a reload changed the
     /// budgets the chosen client meets for `route` while the request waited (its slot is
     /// given back).
+    ///
+    /// `caller`: the request's caller label; a caller confined to a sub-pool is admitted
+    /// only on its clients.
     pub async fn admit(
         &self,
         route: Option<RouteId>,
         deadline: Instant,
         max_wait: Option<Duration>,
+        caller: &str,
     ) -> Result<(Arc<Generation>, Permit), Refusal> {
         let generation = self.current();
+        let sub_pool = if generation.sub_pools.is_empty() {
+            None
+        } else {
+            generation.sub_pools.get(caller).cloned()
+        };
         let permit = generation
             .admission
-            .admit(&generation.pool, route, deadline, max_wait)
+            .admit(
+                &generation.pool,
+                route,
+                deadline,
+                max_wait,
+                sub_pool.as_deref(),
+            )
             .await?;
         let now = self.current.load();
         if now.number != generation.number
@@ -200,6 +218,7 @@ impl Builder {
             pool,
             admission,
             inbound: Policy::new(config, self.body_memory.clone()),
+            sub_pools: self.sub_pools(config),
             request_timeout: config.server.request_timeout,
             cache: Cache::build(
                 &config.cache,
@@ -208,6 +227,29 @@ impl Builder {
             ),
         };
         (generation, summary)
+    }
+
+    /// Each confined caller's client indices (see [`Generation::sub_pools`]).
+    fn sub_pools(&mut self, config: &Config) -> HashMap<Arc<str>, Arc<[usize]>> {
+        let inbound = &config.inbound;
+        inbound
+            .api_keys
+            .iter()
+            .map(|k| (k.name.as_str(), &k.caller))
+            .chain(std::iter::once((
+                ANONYMOUS_CALLER,
+                &inbound.anonymous_caller,
+            )))
+            .filter(|(_, caller)| !caller.clients.is_empty())
+            .map(|(name, caller)| {
+                let indices: Vec<usize> = caller
+                    .clients
+                    .iter()
+                    .map(|c| self.registry.client(c))
+                    .collect();
+                (Arc::from(name), Arc::from(indices))
+            })
+            .collect()
     }
 
     /// The pool of `config`'s clients: kept, rotated or new (each new slot with its

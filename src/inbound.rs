@@ -108,6 +108,8 @@ pub struct Policy {
 struct CallerRules {
     /// Its `caller` label: the api key's name, or `anonymous`.
     name: Arc<str>,
+    /// Its sub-pool (admission confines it; kept here for `/status`).
+    clients: Vec<String>,
     max_wait: Option<Duration>,
     /// `None`: no route list of its own.
     allow_routes: Option<HashSet<RouteId>>,
@@ -118,6 +120,7 @@ impl CallerRules {
         let allowed = &policy.allow_routes;
         Self {
             name: name.into(),
+            clients: policy.clients.clone(),
             max_wait: policy.max_wait,
             allow_routes: (!allowed.is_empty()).then(|| allowed.iter().map(|r| r.route).collect()),
         }
@@ -131,6 +134,8 @@ pub struct CallerInfo {
     pub max_wait: Option<Duration>,
     /// Its own route list, sorted (`"GET /api/v2/..."`); empty: none of its own.
     pub allow_routes: Vec<String>,
+    /// Its sub-pool's clients; empty: all of them.
+    pub clients: Vec<String>,
 }
 
 impl CallerRules {
@@ -147,6 +152,7 @@ impl CallerRules {
             name: self.name.clone(),
             max_wait: self.max_wait,
             allow_routes,
+            clients: self.clients.clone(),
         }
     }
 }

@@ -198,7 +198,7 @@ impl Proxy {
             let (generation, permit) = match self
                 .inner
                 .live
-                .admit(caller.route.id(), deadline, caller.max_wait)
+                .admit(caller.route.id(), deadline, caller.max_wait, &caller.caller)
                 .await
             {
                 Ok(admitted) => admitted,

@@ -369,3 +369,67 @@ async fn a_request_max_wait_header_gets_the_local_429_at_once() {
         "nothing refused reached the upstream"
     );
 }
+
+/// A caller confined to a sub-pool (`clients: [pool-03]`, SPEC §12) never reaches another
+/// client, by the simulator's count per client; a caller without one spreads over all three.
+/// When its one client is spent, it waits or gets a local 429, though the others have room.
+#[tokio::test]
+async fn a_caller_confined_to_a_sub_pool_uses_only_its_clients() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(5),
+    )
+    .await
+    .unwrap();
+    let yaml = support::config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        &budgets(5, ""),
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        "inbound:\n  api_keys:\n    - {name: ivr-flows, key: ivr-key, clients: [pool-03], max_wait: 100ms}\n    \
+         - {name: batch, key: batch-key}\n",
+    );
+    let gcpool = support::start_config(support::config(&yaml)).await;
+    let url = format!("http://{}/api/v2/users?pageSize=1", gcpool.api_addr());
+    let client = HttpClient::new();
+
+    let mut local = 0;
+    for _ in 0..8 {
+        let answer = client
+            .request(Method::GET, &url, &[("x-api-key", "ivr-key")], "")
+            .await;
+        match answer.status {
+            StatusCode::OK => assert_eq!(answer.header("x-gcpool-client"), "pool-03"),
+            StatusCode::TOO_MANY_REQUESTS => local += 1,
+            other => panic!("{other}: {}", answer.text()),
+        }
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.client("sim-client-03").accepted, 5, "{stats:?}");
+    assert_eq!(local, 3, "pool-03's 5 per window, then local 429s");
+    for other in ["sim-client-01", "sim-client-02"] {
+        assert_eq!(stats.client(other).accepted, 0, "{other}: {stats:?}");
+    }
+
+    for _ in 0..6 {
+        let answer = client
+            .request(Method::GET, &url, &[("x-api-key", "batch-key")], "")
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_ne!(
+            answer.header("x-gcpool-client"),
+            "pool-03",
+            "pool-03 is spent"
+        );
+    }
+    let status = client
+        .get(&format!("http://{}/status", gcpool.admin_addr()))
+        .await
+        .json();
+    assert_eq!(status["callers"][0]["clients"][0], "pool-03", "{status}");
+}

@@ -289,9 +289,10 @@ fn callers(html: &mut String, view: &View) {
     }
     html.push_str(
         "<h2>Callers</h2>\n<p>Each API key is a caller; requests since start, and of those \
-         refused by gcpool. Max wait: the caller's own cap (else the queue's); routes: its own \
-         list on top of the global one.</p>\n<table id=\"callers\"><thead><tr><th>caller</th>\
-         <th>max wait</th><th>routes</th><th>requests</th><th>refused</th></tr></thead><tbody>\n",
+         refused by gcpool. Clients: its sub-pool; max wait: the caller's own cap (else the \
+         queue's); routes: its own list on top of the global one.</p>\n<table id=\"callers\"><thead><tr><th>caller</th>\
+         <th>clients</th><th>max wait</th><th>routes</th><th>requests</th><th>refused</th></tr>\
+         </thead><tbody>\n",
     );
     for (i, c) in view.callers.iter().enumerate() {
         let wait = c
@@ -302,9 +303,15 @@ fn callers(html: &mut String, view: &View) {
         } else {
             escape(&c.allow_routes.join(", "))
         };
+        let clients = if c.clients.is_empty() {
+            "all".to_owned()
+        } else {
+            escape(&c.clients.join(", "))
+        };
         let _ = writeln!(
             html,
-            "<tr><td id=\"caller-{i}-name\">{name}</td><td class=\"n\">{wait}</td>\
+            "<tr><td id=\"caller-{i}-name\">{name}</td><td id=\"caller-{i}-clients\">{clients}</td>\
+             <td class=\"n\">{wait}</td>\
              <td id=\"caller-{i}-routes\">{routes}</td>\
              <td class=\"n\" id=\"caller-{i}-requests\">{requests}</td>\
              <td class=\"n\" id=\"caller-{i}-rejected\">{rejected}</td></tr>",
@@ -415,6 +422,7 @@ mod tests {
                 name: name.to_owned(),
                 max_wait_ms: Some(2000),
                 allow_routes: vec![format!("GET /api/v2/{name}")],
+                clients: vec![],
                 requests: 5,
                 rejected: 1,
             }],

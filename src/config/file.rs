@@ -109,6 +109,7 @@ pub(super) struct ApiKey {
     pub(super) key_file: Option<String>,
     pub(super) max_wait: Option<String>,
     pub(super) allow_routes: Option<Vec<String>>,
+    pub(super) clients: Option<Vec<String>>,
 }
 
 /// `inbound.anonymous_caller`: what an api key entry says of its caller, for the caller
@@ -118,6 +119,7 @@ pub(super) struct ApiKey {
 pub(super) struct AnonymousCaller {
     pub(super) max_wait: Option<String>,
     pub(super) allow_routes: Option<Vec<String>>,
+    pub(super) clients: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +243,8 @@ pub(super) struct ResolvedCaller {
     pub(super) max_wait: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(super) allow_routes: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) clients: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]

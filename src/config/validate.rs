@@ -255,10 +255,12 @@ impl Validator<'_> {
         // Budgets come before clients: a client's budget defaults to `token_per_minute`.
         let budgets = self.budgets(f.budgets.unwrap_or_default());
         let clients = self.clients(f.clients.unwrap_or_default(), budgets.token_per_minute);
+        let client_names: Vec<&str> = clients.iter().map(|c| c.name.as_str()).collect();
         let inbound = self.inbound(
             f.inbound.unwrap_or_default(),
             listen_ok.then_some(server.listen),
             budgets.queue.max_wait,
+            &client_names,
         );
         let shared_state = f.shared_state.map(|s| self.shared_state(s));
         let cache = self.cache(f.cache.unwrap_or_default());
@@ -779,13 +781,18 @@ impl Validator<'_> {
     }
 
     /// `listen` is `server.listen` when it was valid; `queue_max_wait` bounds a caller's
-    /// `max_wait`.
+    /// `max_wait`; a caller's `clients` are among `client_names`.
     fn inbound(
         &mut self,
         i: file::Inbound,
         listen: Option<SocketAddr>,
         queue_max_wait: Duration,
+        client_names: &[&str],
     ) -> InboundConfig {
+        let limits = CallerLimits {
+            queue_max_wait,
+            client_names,
+        };
         let raw_keys = i.api_keys.unwrap_or_default();
         let key_count = raw_keys.len();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -815,7 +822,15 @@ impl Validator<'_> {
                 }
             }
             let sha256 = self.api_key_digest(&p, k.key_sha256, k.key, k.key_file);
-            let caller = self.caller_policy(&p, k.max_wait, k.allow_routes, queue_max_wait);
+            let caller = self.caller_policy(
+                &p,
+                file::AnonymousCaller {
+                    max_wait: k.max_wait,
+                    allow_routes: k.allow_routes,
+                    clients: k.clients,
+                },
+                &limits,
+            );
             if let (Some(name), Some(sha256)) = (name, sha256) {
                 api_keys.push(ApiKey {
                     name,
@@ -845,12 +860,7 @@ impl Validator<'_> {
 
         let allow_routes = self.routes("inbound.allow_routes", i.allow_routes);
         let anonymous_caller = match i.anonymous_caller {
-            Some(a) => self.caller_policy(
-                "inbound.anonymous_caller",
-                a.max_wait,
-                a.allow_routes,
-                queue_max_wait,
-            ),
+            Some(a) => self.caller_policy("inbound.anonymous_caller", a, &limits),
             None => CallerPolicy::default(),
         };
         InboundConfig {
@@ -872,16 +882,17 @@ impl Validator<'_> {
         routes
     }
 
-    /// A caller's own rules at `parent` (`max_wait`, `allow_routes`).
+    /// A caller's own rules at `parent` (`max_wait`, `allow_routes`, `clients`; an api key
+    /// entry's are read into the anonymous caller's shape).
     fn caller_policy(
         &mut self,
         parent: &str,
-        max_wait: Option<String>,
-        allow_routes: Option<Vec<String>>,
-        queue_max_wait: Duration,
+        raw: file::AnonymousCaller,
+        limits: &CallerLimits<'_>,
     ) -> CallerPolicy {
+        let queue_max_wait = limits.queue_max_wait;
         let path = format!("{parent}.max_wait");
-        let max_wait = match self.parse(&path, max_wait, parse_duration) {
+        let max_wait = match self.parse(&path, raw.max_wait, parse_duration) {
             Ok(Some(wait)) if wait > queue_max_wait => {
                 self.error(
                     &path,
@@ -897,9 +908,35 @@ impl Validator<'_> {
             Ok(wait) => wait,
             Err(Reported) => None,
         };
+        let mut clients: Vec<String> = Vec::new();
+        if let Some(raw) = &raw.clients
+            && raw.is_empty()
+        {
+            self.error(
+                format!("{parent}.clients"),
+                "is empty: name at least one client of the pool, or leave the key out (all of them)",
+            );
+        }
+        for (n, name) in raw.clients.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("{parent}.clients[{n}]");
+            if !limits.client_names.contains(&name.as_str()) {
+                self.error(
+                    &path,
+                    format!(
+                        "{name:?} is not a client of the pool (clients: {})",
+                        limits.client_names.join(", ")
+                    ),
+                );
+            } else if clients.contains(&name) {
+                self.error(&path, format!("{name:?} is listed twice"));
+            } else {
+                clients.push(name);
+            }
+        }
         CallerPolicy {
             max_wait,
-            allow_routes: self.routes(&format!("{parent}.allow_routes"), allow_routes),
+            allow_routes: self.routes(&format!("{parent}.allow_routes"), raw.allow_routes),
+            clients,
         }
     }
 
@@ -1293,7 +1330,14 @@ fn resolved_caller(caller: &CallerPolicy) -> file::ResolvedCaller {
     file::ResolvedCaller {
         max_wait: caller.max_wait.map(format_duration),
         allow_routes: route_texts(&caller.allow_routes),
+        clients: caller.clients.clone(),
     }
+}
+
+/// What bounds a caller's own rules: the queue's wait, the pool's clients.
+struct CallerLimits<'a> {
+    queue_max_wait: Duration,
+    client_names: &'a [&'a str],
 }
 
 fn parse_route(s: &str) -> Result<RouteRule, String> {
@@ -1814,6 +1858,15 @@ inbound:
             error_at(&errs, "inbound.anonymous_caller.max_wait")
                 .contains("4s is longer than budgets.queue.max_wait (3s)")
         );
+        let pools = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1, clients: [pool-9]}}\n    - {{name: b, key: k2, clients: []}}\n"
+        ));
+        assert!(
+            error_at(&pools, "inbound.api_keys[0].clients[0]")
+                .contains("\"pool-9\" is not a client of the pool"),
+            "{pools:#?}"
+        );
+        assert!(error_at(&pools, "inbound.api_keys[1].clients").contains("is empty"));
         let reserved = errors(&format!(
             "{CLIENT}inbound:\n  api_keys:\n    - {{name: anonymous, key: k1}}\n    - {{name: unknown, key: k2}}\n"
         ));
