@@ -178,6 +178,11 @@ fn check(path: &Path) -> ExitCode {
                 eprintln!("warning: {warning}");
             }
             print!("{}", config.redacted_yaml());
+            // As YAML comments: the output stays the config, readable by a script.
+            println!("# callers, in effect:");
+            for line in config.callers_explained() {
+                println!("#   {line}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -20,6 +20,7 @@ mod expand;
 mod file;
 mod validate;
 
+use duration::format_duration;
 pub use duration::parse_duration;
 pub use expand::{Env, ProcessEnv};
 
@@ -266,5 +267,60 @@ impl Config {
     /// (printed by `gcpool check`).
     pub fn redacted_yaml(&self) -> String {
         validate::redacted_yaml(self)
+    }
+
+    /// What each caller may do, in words, one line each (printed by `gcpool check`): its
+    /// clients, its longest wait, its routes.
+    pub fn callers_explained(&self) -> Vec<String> {
+        let inbound = &self.inbound;
+        let callers = inbound
+            .api_keys
+            .iter()
+            .map(|k| (k.name.as_str(), &k.caller))
+            .chain(
+                inbound
+                    .allow_anonymous
+                    .then_some((ANONYMOUS_CALLER, &inbound.anonymous_caller)),
+            );
+        callers
+            .map(|(name, caller)| {
+                let clients = if caller.clients.is_empty() {
+                    format!("all {} clients", self.clients.len())
+                } else {
+                    format!("clients {}", caller.clients.join(", "))
+                };
+                let wait = match caller.max_wait {
+                    Some(wait) => format!("waits at most {}", format_duration(wait)),
+                    None => format!(
+                        "waits at most {} (budgets.queue.max_wait)",
+                        format_duration(self.budgets.queue.max_wait)
+                    ),
+                };
+                let routes = match (
+                    caller.allow_routes.is_empty(),
+                    inbound.allow_routes.is_empty(),
+                ) {
+                    (true, true) => "every route".to_owned(),
+                    (true, false) => "the routes of inbound.allow_routes".to_owned(),
+                    (false, global_open) => {
+                        let own: Vec<String> = caller
+                            .allow_routes
+                            .iter()
+                            .filter(|r| {
+                                global_open
+                                    || inbound.allow_routes.iter().any(|g| g.route == r.route)
+                            })
+                            .map(|r| format!("{} {}", r.method, r.path))
+                            .collect();
+                        if own.is_empty() {
+                            "no route (its allow_routes are all off the global list)".to_owned()
+                        } else {
+                            format!("only {}", own.join(", "))
+                        }
+                    }
+                };
+                format!("{name}: {clients}; {wait}; {routes}")
+            })
+            .collect()
     }
 }

@@ -412,3 +412,28 @@ fn a_cache_route_that_depends_on_the_token_or_writes_is_refused() {
         ],
     );
 }
+
+/// `check` explains each caller in effect (SPEC §12): its clients, its longest wait, its
+/// routes; as YAML comments, so stdout stays the config.
+#[test]
+fn check_explains_each_caller() {
+    let out = check(&fixture("callers.yaml"), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_names(
+        &stdout,
+        &[
+            "# callers, in effect:",
+            "#   ivr-flows: clients pool-02; waits at most 2s; only GET /api/v2/users/{userId}",
+            "#   batch: all 2 clients; waits at most 10s (budgets.queue.max_wait); every route",
+            "#   anonymous: all 2 clients; waits at most 10s (budgets.queue.max_wait); every route",
+        ],
+    );
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&stdout).expect("still YAML");
+    assert!(parsed.get("inbound").is_some());
+}
