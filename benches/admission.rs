@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
         let order: Vec<usize> = (0..clients).collect();
         c.bench_function(&format!("admit/{clients}_clients/1000_routes"), |b| {
             b.iter(|| {
-                let candidates = lists.build(&table, &order, Some(route));
+                let candidates = lists.build(&table, &order, Some(route), None);
                 let decision = store.admit_now(AdmitRequest {
                     candidates: &candidates,
                     route: Some(route),

@@ -403,6 +403,7 @@ fn kind_name(kind: BudgetKind) -> &'static str {
         BudgetKind::Token => "token",
         BudgetKind::Endpoint => "endpoint",
         BudgetKind::Org => "org",
+        BudgetKind::Caller => "caller",
     }
 }
 

@@ -23,7 +23,7 @@ use crate::budget::{
     self, AdmitRequest, Binding, BudgetDef, BudgetId, BudgetKind, BudgetStore, Candidate, CoolDown,
     Decision, Reservation, per_window,
 };
-use crate::config::{BudgetScope, Config};
+use crate::config::{ANONYMOUS_CALLER, BudgetScope, Config};
 use crate::metrics::Metrics;
 use crate::pool::{Lease, Pool};
 use crate::routes::RouteId;
@@ -87,6 +87,8 @@ pub struct BudgetTable {
     token: Vec<Option<BudgetId>>,
     org: BudgetId,
     endpoints: HashMap<RouteId, EndpointBudgets>,
+    /// Callers with a quota of their own (`per_minute`), by caller label.
+    callers: HashMap<String, BudgetId>,
     window: Duration,
 }
 
@@ -125,6 +127,13 @@ pub struct Admission {
     /// Shared with the admissions of later configs (learned limits outlive a reload).
     learned: Arc<Mutex<BTreeMap<String, u32>>>,
     candidate_lists: CandidateLists,
+}
+
+/// Who asks for admission: its label, and its sub-pool if it is confined to one.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub name: &'a str,
+    pub clients: Option<&'a [usize]>,
 }
 
 /// Leave to use one client now, with its token (counted in flight while held).
@@ -272,24 +281,55 @@ impl BudgetTable {
             };
             endpoints.insert(e.route, ids);
         }
+        let inbound = &config.inbound;
+        let callers = inbound
+            .api_keys
+            .iter()
+            .map(|k| (k.name.as_str(), &k.caller))
+            .chain(std::iter::once((
+                ANONYMOUS_CALLER,
+                &inbound.anonymous_caller,
+            )))
+            .filter_map(|(name, caller)| {
+                let rate = caller.per_minute?.get();
+                let id = add(BudgetKind::Caller, format!("caller:{name}"), rate);
+                Some((name.to_owned(), id))
+            })
+            .collect();
         Self {
             defs: registry.defs.clone(),
             per_minute: registry.per_minute.clone(),
             token,
             org,
             endpoints,
+            callers,
             window,
         }
+    }
+
+    /// The quota of the caller labelled `caller`, if it has one.
+    pub fn caller_budget(&self, caller: &str) -> Option<BudgetId> {
+        if self.callers.is_empty() {
+            return None;
+        }
+        self.callers.get(caller).copied()
     }
 
     pub fn defs(&self) -> &[BudgetDef] {
         &self.defs
     }
 
-    /// Budgets that apply when `client` serves `route`: shared ones first.
-    pub fn for_client(&self, client: usize, route: Option<RouteId>) -> Vec<BudgetId> {
+    /// Budgets that apply when `client` serves `route` for a caller with quota `caller`:
+    /// shared ones first.
+    pub fn for_client(
+        &self,
+        client: usize,
+        route: Option<RouteId>,
+        caller: Option<BudgetId>,
+    ) -> Vec<BudgetId> {
         let mut ids = Vec::with_capacity(3);
-        self.push_budgets(client, route.and_then(|r| self.endpoints.get(&r)), &mut ids);
+        let endpoint = route.and_then(|r| self.endpoints.get(&r));
+        self.push_budgets(client, endpoint, caller, &mut ids);
         ids
     }
 
@@ -299,6 +339,7 @@ impl BudgetTable {
         &self,
         clients: &[usize],
         route: Option<RouteId>,
+        caller: Option<BudgetId>,
         list: &mut Vec<Candidate>,
     ) {
         let endpoint = route.and_then(|r| self.endpoints.get(&r));
@@ -308,25 +349,28 @@ impl BudgetTable {
                 Some(candidate) => {
                     candidate.client = client;
                     candidate.budgets.clear();
-                    self.push_budgets(client, endpoint, &mut candidate.budgets);
+                    self.push_budgets(client, endpoint, caller, &mut candidate.budgets);
                 }
                 None => {
                     let mut budgets = Vec::with_capacity(3);
-                    self.push_budgets(client, endpoint, &mut budgets);
+                    self.push_budgets(client, endpoint, caller, &mut budgets);
                     list.push(Candidate { client, budgets });
                 }
             }
         }
     }
 
-    /// Appends the budgets that apply when `client` serves a route with budgets `endpoint`:
-    /// shared ones (org, route in org scope) first.
+    /// Appends the budgets that apply when `client` serves a route with budgets `endpoint`
+    /// for a caller with quota `caller`: shared ones (the caller's, org, route in org
+    /// scope) first.
     fn push_budgets(
         &self,
         client: usize,
         endpoint: Option<&EndpointBudgets>,
+        caller: Option<BudgetId>,
         ids: &mut Vec<BudgetId>,
     ) {
+        ids.extend(caller);
         ids.push(self.org);
         match endpoint {
             Some(EndpointBudgets::Org(id)) => ids.push(*id),
@@ -360,6 +404,7 @@ impl BudgetTable {
     pub fn in_use(&self) -> Vec<BudgetId> {
         let mut ids = self.tokens();
         ids.push(self.org);
+        ids.extend(self.callers.values());
         for budgets in self.endpoints.values() {
             match budgets {
                 EndpointBudgets::Org(id) => ids.push(*id),
@@ -406,9 +451,10 @@ impl CandidateLists {
         table: &BudgetTable,
         clients: &[usize],
         route: Option<RouteId>,
+        caller: Option<BudgetId>,
     ) -> CandidateList<'a> {
         let mut list = self.lock().pop().unwrap_or_default();
-        table.fill_candidates(clients, route, &mut list);
+        table.fill_candidates(clients, route, caller, &mut list);
         CandidateList { lists: self, list }
     }
 
@@ -490,14 +536,15 @@ impl Admission {
     /// `max_wait`: the request's own cap on its wait (`x-gcpool-max-wait`), below
     /// `queue.max_wait`; a slot past it is a local 429 at once, as past the deadline.
     ///
-    /// `clients`: the caller's sub-pool (client indices), if it is confined to one.
+    /// `caller`: who asks; its sub-pool (client indices), if it is confined to one, and its
+    /// quota, if it has one, apply.
     pub async fn admit(
         &self,
         pool: &Pool,
         route: Option<RouteId>,
         deadline: Instant,
         max_wait: Option<Duration>,
-        clients: Option<&[usize]>,
+        caller: Caller<'_>,
     ) -> Result<Permit, Refusal> {
         let max_wait = max_wait.map_or(self.max_wait, |cap| cap.min(self.max_wait));
         // No client with a usable token: wait (queued, within `max_wait` and the deadline)
@@ -505,7 +552,7 @@ impl Admission {
         let token_wait_until = (Instant::now() + max_wait).min(deadline);
         let mut token_waited = Duration::ZERO;
         let (client, reservation) = loop {
-            match self.reserve(pool, route, deadline, max_wait, clients).await {
+            match self.reserve(pool, route, deadline, max_wait, caller).await {
                 Err(Refusal::NoHealthyClient) => {
                     let _pending = Pending::enter(self);
                     let since = Instant::now();
@@ -555,11 +602,11 @@ impl Admission {
         route: Option<RouteId>,
         deadline: Instant,
         max_wait: Duration,
-        clients: Option<&[usize]>,
+        caller: Caller<'_>,
     ) -> Result<(usize, Reservation), Refusal> {
         let now = Instant::now();
         let mut order = pool.candidates(now);
-        if let Some(clients) = clients {
+        if let Some(clients) = caller.clients {
             order.retain(|i| clients.contains(i));
         }
         if order.is_empty() {
@@ -568,7 +615,10 @@ impl Admission {
         if self.pending.load(Ordering::Relaxed) >= self.max_pending {
             return Err(Refusal::QueueFull);
         }
-        let candidates = self.candidate_lists.build(&self.table, &order, route);
+        let quota = self.table.caller_budget(caller.name);
+        let candidates = self
+            .candidate_lists
+            .build(&self.table, &order, route, quota);
         let until_deadline = deadline.saturating_duration_since(now);
         let request = AdmitRequest {
             candidates: &candidates,
@@ -596,7 +646,15 @@ impl Admission {
             Some(Binding::Budget(b)) => self.table.limit_info(b),
             _ => None,
         };
-        if refused.wait.is_some_and(|wait| wait <= self.max_wait) {
+        let kind = match refused.binding {
+            Some(Binding::Budget(b)) => self.table.defs.get(b).map(|d| d.kind),
+            _ => None,
+        };
+        // A caller's own quota is named as such however soon its next slot comes: the
+        // caller spent it, no deadline did.
+        if refused.wait.is_some_and(|wait| wait <= self.max_wait)
+            && kind != Some(BudgetKind::Caller)
+        {
             return Refusal::Deadline { retry_after, limit };
         }
         let over = |kind| Refusal::OverBudget {
@@ -618,10 +676,18 @@ impl Admission {
 
     /// Whether `client` serving `route` meets the same budgets, with the same limits, under
     /// `next` (a reloaded config's admission) as under this one.
-    pub fn same_budgets(&self, next: &Admission, client: usize, route: Option<RouteId>) -> bool {
+    pub fn same_budgets(
+        &self,
+        next: &Admission,
+        client: usize,
+        route: Option<RouteId>,
+        caller: &str,
+    ) -> bool {
         let (now, then) = (
-            self.table.for_client(client, route),
-            next.table.for_client(client, route),
+            self.table
+                .for_client(client, route, self.table.caller_budget(caller)),
+            next.table
+                .for_client(client, route, next.table.caller_budget(caller)),
         );
         let limit = |table: &BudgetTable, id: BudgetId| table.defs.get(id).map(|d| d.limit);
         now == then
@@ -722,6 +788,7 @@ fn budget_phrase(kind: BudgetKind) -> &'static str {
         BudgetKind::Token => "token budget of every client",
         BudgetKind::Endpoint => "route's budget",
         BudgetKind::Org => "org budget",
+        BudgetKind::Caller => "caller's budget",
     }
 }
 

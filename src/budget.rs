@@ -39,6 +39,8 @@ pub enum BudgetKind {
     Token,
     Endpoint,
     Org,
+    /// A caller's own quota (`inbound.api_keys[].per_minute`), over every client.
+    Caller,
 }
 
 /// One budget as configured.
@@ -199,6 +201,7 @@ impl BudgetKind {
             Self::Token => "token_budget",
             Self::Endpoint => "endpoint_budget",
             Self::Org => "org_budget",
+            Self::Caller => "caller_budget",
         }
     }
 }

@@ -156,6 +156,9 @@ pub struct CallerPolicy {
     pub allow_routes: Vec<RouteRule>,
     /// Its sub-pool: the names of the `clients` its requests may use; empty: all of them.
     pub clients: Vec<String>,
+    /// Its own quota: admissions per minute over every client, a budget like the others
+    /// (`caller:<name>`, local 429 reason `caller_budget`).
+    pub per_minute: Option<NonZeroU32>,
 }
 
 #[derive(Debug, Clone)]
@@ -319,7 +322,11 @@ impl Config {
                         }
                     }
                 };
-                format!("{name}: {clients}; {wait}; {routes}")
+                let quota = caller
+                    .per_minute
+                    .map(|n| format!("; a quota of {n} a minute"))
+                    .unwrap_or_default();
+                format!("{name}: {clients}{quota}; {wait}; {routes}")
             })
             .collect()
     }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::admission::{Admission, BudgetTable, Permit, Refusal, Registry};
+use crate::admission::{Admission, BudgetTable, Caller, Permit, Refusal, Registry};
 use crate::budget::BudgetStore;
 use crate::cache::Cache;
 use crate::config::{ANONYMOUS_CALLER, Config};
@@ -137,14 +137,17 @@ impl Live {
                 route,
                 deadline,
                 max_wait,
-                sub_pool.as_deref(),
+                Caller {
+                    name: caller,
+                    clients: sub_pool.as_deref(),
+                },
             )
             .await?;
         let now = self.current.load();
         if now.number != generation.number
             && !generation
                 .admission
-                .same_budgets(&now.admission, permit.client, route)
+                .same_budgets(&now.admission, permit.client, route, caller)
         {
             let waited = permit.waited;
             generation.admission.give_back(permit);

@@ -433,3 +433,75 @@ async fn a_caller_confined_to_a_sub_pool_uses_only_its_clients() {
         .json();
     assert_eq!(status["callers"][0]["clients"][0], "pool-03", "{status}");
 }
+
+/// A caller's quota (`per_minute`, SPEC §12) is a budget like the others: exact, over every
+/// client, reserved with them; past it that caller gets a local 429 that names it
+/// (`caller_budget`, `limit.key: caller:<name>`) while other callers still pass.
+#[tokio::test]
+async fn a_caller_quota_is_exact_and_leaves_the_others_their_room() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(5),
+    )
+    .await
+    .unwrap();
+    // 5 per 2 s window for ivr-flows (150 a minute), 15 for the pool.
+    let yaml = support::config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        &budgets(5, ""),
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        "inbound:\n  api_keys:\n    - {name: ivr-flows, key: ivr-key, per_minute: 150, max_wait: 100ms}\n    \
+         - {name: batch, key: batch-key, max_wait: 100ms}\n",
+    );
+    let gcpool = support::start_config(support::config(&yaml)).await;
+    let url = format!("http://{}/api/v2/users?pageSize=1", gcpool.api_addr());
+    let client = HttpClient::new();
+    let send = |key: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .request(Method::GET, &url, &[("x-api-key", key)], "")
+                .await
+        }
+    };
+
+    let mut ok = 0;
+    for _ in 0..10 {
+        let answer = send("ivr-key").await;
+        match answer.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(answer.header("x-gcpool-reason"), "caller_budget");
+                assert_eq!(answer.json()["limit"]["key"], "caller:ivr-flows");
+            }
+            other => panic!("{other}: {}", answer.text()),
+        }
+    }
+    assert_eq!(ok, 5, "exactly the caller's 5 per window");
+    for _ in 0..10 {
+        let answer = send("batch-key").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    assert_eq!(sim.stats().accepted, 15);
+    assert_eq!(sim.stats().rejected_429, 0);
+    let status = client
+        .get(&format!("http://{}/status", gcpool.admin_addr()))
+        .await
+        .json();
+    let quota = status["budgets"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "caller:ivr-flows"))
+        .cloned()
+        .unwrap_or_else(|| panic!("the caller's budget in /status: {status}"));
+    assert_eq!(quota["kind"], "caller");
+    assert_eq!(
+        (quota["used"].as_u64(), quota["limit"].as_u64()),
+        (Some(5), Some(5))
+    );
+}

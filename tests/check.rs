@@ -430,7 +430,7 @@ fn check_explains_each_caller() {
         &[
             "# callers, in effect:",
             "#   ivr-flows: clients pool-02; waits at most 2s; only GET /api/v2/users/{userId}",
-            "#   batch: all 2 clients; waits at most 10s (budgets.queue.max_wait); every route",
+            "#   batch: all 2 clients; a quota of 120 a minute; waits at most 10s (budgets.queue.max_wait); every route",
             "#   anonymous: all 2 clients; waits at most 10s (budgets.queue.max_wait); every route",
         ],
     );

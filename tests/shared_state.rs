@@ -288,3 +288,42 @@ async fn each_replica_caches_on_its_own_and_reports_its_own_hit_ratio() {
         (REQUESTS - KEYS) as f64 / REQUESTS as f64
     );
 }
+
+/// A caller's quota is exact across a fleet too (SPEC §12): it is one more budget in the
+/// same Redis reservation, so two replicas admit its 5 per window between them, not 5 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_quota_holds_across_the_fleet() {
+    let redis = RedisServer::start();
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(5),
+    )
+    .await
+    .unwrap();
+    let yaml = replica_yaml(&sim.base_url(), &redis.url()).replace(
+        "inbound:\n  allow_anonymous: true\n",
+        "inbound:\n  api_keys:\n    - {name: ivr-flows, key: ivr-key, per_minute: 150, max_wait: 100ms}\n",
+    );
+    let (replicas, client) = start_fleet(&yaml, 2).await;
+    let mut ok = 0;
+    for i in 0..12 {
+        let api = replicas[i % 2].api;
+        let answer = client
+            .request(
+                http::Method::GET,
+                &format!("http://{api}/api/v2/users?pageSize=1"),
+                &[("x-api-key", "ivr-key")],
+                "",
+            )
+            .await;
+        match answer.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(answer.header("x-gcpool-reason"), "caller_budget");
+            }
+            other => panic!("{other}: {}", answer.text()),
+        }
+    }
+    assert_eq!(ok, 5, "the caller's 5 per window, fleet-wide");
+}

@@ -110,6 +110,7 @@ pub(super) struct ApiKey {
     pub(super) max_wait: Option<String>,
     pub(super) allow_routes: Option<Vec<String>>,
     pub(super) clients: Option<Vec<String>>,
+    pub(super) per_minute: Option<String>,
 }
 
 /// `inbound.anonymous_caller`: what an api key entry says of its caller, for the caller
@@ -120,6 +121,7 @@ pub(super) struct AnonymousCaller {
     pub(super) max_wait: Option<String>,
     pub(super) allow_routes: Option<Vec<String>>,
     pub(super) clients: Option<Vec<String>>,
+    pub(super) per_minute: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +247,8 @@ pub(super) struct ResolvedCaller {
     pub(super) allow_routes: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(super) clients: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) per_minute: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]

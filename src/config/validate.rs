@@ -828,6 +828,7 @@ impl Validator<'_> {
                     max_wait: k.max_wait,
                     allow_routes: k.allow_routes,
                     clients: k.clients,
+                    per_minute: k.per_minute,
                 },
                 &limits,
             );
@@ -933,10 +934,19 @@ impl Validator<'_> {
                 clients.push(name);
             }
         }
+        let per_minute = self
+            .parse(
+                &format!("{parent}.per_minute"),
+                raw.per_minute,
+                parse_positive_u32,
+            )
+            .ok()
+            .flatten();
         CallerPolicy {
             max_wait,
             allow_routes: self.routes(&format!("{parent}.allow_routes"), raw.allow_routes),
             clients,
+            per_minute,
         }
     }
 
@@ -1331,6 +1341,7 @@ fn resolved_caller(caller: &CallerPolicy) -> file::ResolvedCaller {
         max_wait: caller.max_wait.map(format_duration),
         allow_routes: route_texts(&caller.allow_routes),
         clients: caller.clients.clone(),
+        per_minute: caller.per_minute.map(NonZeroU32::get),
     }
 }
 
@@ -1867,6 +1878,13 @@ inbound:
             "{pools:#?}"
         );
         assert!(error_at(&pools, "inbound.api_keys[1].clients").contains("is empty"));
+        let quota = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1, per_minute: 0}}\n"
+        ));
+        assert!(
+            error_at(&quota, "inbound.api_keys[0].per_minute").contains("greater than 0"),
+            "{quota:#?}"
+        );
         let reserved = errors(&format!(
             "{CLIENT}inbound:\n  api_keys:\n    - {{name: anonymous, key: k1}}\n    - {{name: unknown, key: k2}}\n"
         ));
