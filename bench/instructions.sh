@@ -20,6 +20,9 @@
 #                                                 # (`cache:`) and in nginx (`proxy_cache`)
 #   CACHE=1 CACHE_TTL=0s NGINX=0 bench/instructions.sh  # per coalesced-only miss (`ttl: 0s`):
 #                                                 # every request leads a flight, keeps nothing
+#   CALLERS=1 NGINX=0 BARE=0 bench/instructions.sh  # with callers (issue 15): each request
+#                                                 # sends an API key whose caller has every rule
+#   KEYS=1 NGINX=0 BARE=0 bench/instructions.sh   # with one API key and no caller rules
 #
 # The floor: `examples/bare_proxy.rs`, the least a hyper proxy does per request (hyper's
 # HTTP/1.1 server and client connections, one thread, no admission, no metrics), measured the
@@ -33,6 +36,10 @@ if [[ -z "${SKIP_BUILD:-}" && -z "${GCPOOL_BIN:-}" ]]; then
 fi
 BARE_BIN=""
 CACHE=${CACHE:-0}
+# CALLERS=1 / KEYS=1: every request sends the API key (to every proxy alike).
+if [[ "${CALLERS:-0}" != 0 || "${KEYS:-0}" != 0 ]]; then
+  export GCPOOL_BENCH_KEY=1
+fi
 # The floor caches nothing: no floor for hits.
 [[ "$CACHE" == 0 ]] || BARE=0
 if [[ "${BARE:-1}" != 0 ]]; then
@@ -63,7 +70,9 @@ send() {
 import socket, sys, time
 port, n, gap = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) / 1000
 s = socket.create_connection(("127.0.0.1", port))
-req = b"GET /api/v2/users/bench?pageSize=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+req = b"GET /api/v2/users/bench?pageSize=1 HTTP/1.1\r\nHost: x\r\n" + (
+    b"X-API-Key: bench-caller-key\r\n" if "GCPOOL_BENCH_KEY" in __import__("os").environ else b""
+) + b"\r\n"
 buf = b""
 for _ in range(n):
     if gap:
@@ -91,11 +100,22 @@ count() {
   cat > "$tmp/gcpool.yaml" << EOF
 server: {listen: "127.0.0.1:$api", admin_listen: "127.0.0.1:$admin"}
 genesys: {api_base: "http://127.0.0.1:$sim_port", login_base: "http://127.0.0.1:$sim_port"}
-inbound: {allow_anonymous: true}
 budgets: {token_per_minute: 1000000, org_per_minute: 3000000}
 clients:
   - {name: pool-01, client_id: sim-client-01, client_secret: sim-secret-01}
 EOF
+  if [[ "${CALLERS:-0}" != 0 ]]; then
+    cat >> "$tmp/gcpool.yaml" << EOF
+inbound:
+  api_keys:
+    - {name: bench, key: bench-caller-key, clients: [pool-01], per_minute: 100000000, max_wait: 5s, allow_routes: ["GET /api/v2/users/{userId}"]}
+    - {name: other, key: other-caller-key, per_minute: 1000}
+EOF
+  elif [[ "${KEYS:-0}" != 0 ]]; then
+    printf 'inbound:\n  api_keys:\n    - {name: bench, key: bench-caller-key}\n' >> "$tmp/gcpool.yaml"
+  else
+    printf 'inbound: {allow_anonymous: true}\n' >> "$tmp/gcpool.yaml"
+  fi
   if [[ "$CACHE" != 0 ]]; then
     cat >> "$tmp/gcpool.yaml" << EOF
 cache:

@@ -5,6 +5,8 @@
 #   bench/overhead.sh [--json]
 #   CACHE=1 bench/overhead.sh    # cache hits: the route cached in gcpool (`cache:`) and in
 #                                # nginx (`proxy_cache`, proxy_cache_lock, open_file_cache)
+#   CALLERS=1 bench/overhead.sh  # callers configured (issue 15): every request carries an
+#                                # API key; its caller has a sub-pool, a quota, routes, a wait
 #
 # Env: DURATION (10s) length of each 64-connection run; ROUNDS (3) nginx/gcpool rounds;
 #      LAT_DURATION (3s) length of each 1-connection run; WARMUP (2s); CONNS (64);
@@ -23,7 +25,7 @@ for arg in "$@"; do
     case "$arg" in
         --json) json=1 ;;
         -h | --help)
-            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -40,6 +42,10 @@ WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 CACHE=${CACHE:-0}
+CALLERS=${CALLERS:-0}
+# wrk's extra header (CALLERS=1: the API key, sent to every target alike).
+WRK_HEADER=()
+[[ "$CALLERS" == 0 ]] || WRK_HEADER=(-H "X-API-Key: bench-caller-key")
 PATH_Q='/api/v2/users/bench?pageSize=1'
 
 log() { printf '%s\n' "$*" >&2; }
@@ -126,7 +132,7 @@ free_port() {
 wait_http() { # url expected-status seconds
     local url=$1 want=$2 secs=$3 code
     for _ in $(seq $((secs * 10))); do
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${WRK_HEADER[@]}" "$url" 2>/dev/null || true)
         [[ "$code" == "$want" || ("$want" == any && "$code" != 000 && -n "$code") ]] && return 0
         sleep 0.1
     done
@@ -194,9 +200,26 @@ budgets:
   token_per_minute: 100000000
   org_per_minute: 300000000
   window: 60s
-inbound:
-  allow_anonymous: true
 EOF
+if [[ "$CALLERS" == 0 ]]; then
+    printf 'inbound:\n  allow_anonymous: true\n' >>"$tmp/gcpool.yaml"
+else
+    # Three callers; wrk is the first. Its rules all apply on every request: the key's
+    # digest, its route list, its sub-pool, its quota (one more budget in each reservation,
+    # never binding), its wait.
+    cat >>"$tmp/gcpool.yaml" <<EOF
+inbound:
+  api_keys:
+    - name: bench
+      key: bench-caller-key
+      clients: [pool-01, pool-02, pool-03]
+      per_minute: 100000000
+      max_wait: 5s
+      allow_routes: ["GET /api/v2/users/{userId}", "GET /api/v2/routing/queues/{queueId}"]
+    - {name: other, key: other-caller-key, clients: [pool-01], per_minute: 1000}
+    - {name: third, key: third-caller-key, max_wait: 1s}
+EOF
+fi
 if [[ "$CACHE" != 0 ]]; then
     cat >>"$tmp/gcpool.yaml" <<EOF
 cache:
@@ -224,7 +247,7 @@ declare -A URL=(
     [gcpool]="http://127.0.0.1:$GCPOOL_PORT$PATH_Q"
 )
 for t in direct nginx gcpool; do
-    body=$(curl -fsS --max-time 2 "${URL[$t]}") || die "$t: request failed"
+    body=$(curl -fsS --max-time 2 "${WRK_HEADER[@]}" "${URL[$t]}") || die "$t: request failed"
     [[ "$body" == '{"id":"bench","name":"x"}' ]] || die "$t answered $body"
 done
 # How many of gcpool's requests were answered from its cache (hit) and by upstream (miss).
@@ -234,9 +257,9 @@ cache_count() { # result
             END { print s + 0 }'
 }
 if [[ "$CACHE" != 0 ]]; then
-    hdr=$(curl -fsS --max-time 2 -D - -o /dev/null "${URL[nginx]}" | tr -d '\r')
+    hdr=$(curl -fsS --max-time 2 "${WRK_HEADER[@]}" -D - -o /dev/null "${URL[nginx]}" | tr -d '\r')
     grep -qi '^x-cache-status: HIT' <<<"$hdr" || die "nginx did not answer from its cache: $hdr"
-    hdr=$(curl -fsS --max-time 2 -D - -o /dev/null "${URL[gcpool]}" | tr -d '\r')
+    hdr=$(curl -fsS --max-time 2 "${WRK_HEADER[@]}" -D - -o /dev/null "${URL[gcpool]}" | tr -d '\r')
     grep -qi '^x-gcpool-cache: hit' <<<"$hdr" || die "gcpool did not answer from its cache: $hdr"
 fi
 
@@ -269,7 +292,7 @@ cpu_ticks() { # target
 run_wrk() { # name target conns threads duration
     local name=$1 target=$2 c=$3 t=$4 d=$5 out="$tmp/wrk-$1.txt" cpu0 cpu1
     cpu0=$(cpu_ticks "$target")
-    timeout $(($(secs "$d") + 30)) wrk -c "$c" -t "$t" -d "$d" --latency "${URL[$target]}" \
+    timeout $(($(secs "$d") + 30)) wrk -c "$c" -t "$t" -d "$d" --latency "${WRK_HEADER[@]}" "${URL[$target]}" \
         >"$out" 2>&1 || die "wrk failed for $name: $(cat "$out")"
     cpu1=$(cpu_ticks "$target")
     awk -v ticks=$((cpu1 - cpu0)) -v hz="$CLK_TCK" '
@@ -344,6 +367,7 @@ done
 
 # --- report ---------------------------------------------------------------------------------
 mode="proxied"
+[[ "$CALLERS" == 0 ]] || mode="proxied, callers configured"
 if [[ "$CACHE" != 0 ]]; then
     mode="cache hits"
     hits=$(cache_count hit)
