@@ -1,0 +1,188 @@
+//! Attacks on the callers of issue 15 (SPEC §12): per-caller `max_wait` and
+//! `x-gcpool-max-wait`, sub-pools, quotas, labels, correlation ids. Each test here failed on
+//! the code it was written against (see the commit message).
+
+mod support;
+
+use std::time::Duration;
+
+use gcpool::sim::{SimOptions, Simulator};
+use http::{Method, StatusCode};
+use support::{HttpClient, THREE_CLIENTS, config, config_yaml, eventually, start_config};
+
+const STEP: Duration = Duration::from_millis(20);
+
+/// One-per-10-s budgets per client, a 15 s queue, the queues route cached, and `callers`
+/// (YAML lines under `api_keys:`, indented by four spaces).
+fn yaml(sim: &Simulator, clients: usize, callers: &str) -> String {
+    config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS[..clients],
+        "budgets:\n  token_per_minute: 6\n  org_per_minute: 100000\n  window: 10s\n  \
+         queue:\n    max_wait: 15s\n\
+         cache:\n  routes:\n    - {route: 'GET /api/v2/routing/queues/{queueId}', ttl: 5m, \
+         ignore_upstream_cache_headers: true}\n",
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        &format!("inbound:\n  api_keys:\n{callers}"),
+    )
+}
+
+/// A caller's `max_wait` (and a request's `x-gcpool-max-wait`) caps its wait for a slot. A
+/// request that joins a cached route's flight whose leader is queued for a slot waits for
+/// that slot too: it must not wait past its own cap (a Data Action with a 2 s timeout that
+/// waits 10 s has failed its flow). Found: the follower waits for the leader until the
+/// request deadline (`server.request_timeout`), ~10 s here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_follower_keeps_its_callers_max_wait() {
+    let sim = Simulator::start(SimOptions::with_clients(1)).await.unwrap();
+    let callers = "    - {name: ivr-flows, key: ivr-key, max_wait: 1s}\n    \
+                   - {name: batch, key: batch-key}\n";
+    let gcpool = start_config(config(&yaml(&sim, 1, callers))).await;
+    let base = format!("http://{}", gcpool.api_addr());
+    let client = HttpClient::new();
+
+    // The window's one slot is spent; the next is ~10 s away.
+    let first = client
+        .request(
+            Method::GET,
+            &format!("{base}/api/v2/users/me"),
+            &[("x-api-key", "batch-key")],
+            "",
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+
+    // The batch caller leads the flight of queues/q-1 and queues for that slot.
+    let queue = format!("{base}/api/v2/routing/queues/q-1");
+    let leader = {
+        let (client, queue) = (client.clone(), queue.clone());
+        tokio::spawn(async move {
+            client
+                .request(Method::GET, &queue, &[("x-api-key", "batch-key")], "")
+                .await
+        })
+    };
+    let admission = gcpool.admission();
+    eventually("the leader queued", STEP, async || {
+        match admission.pending() {
+            1 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    })
+    .await;
+
+    // Two followers: the ivr caller (its own max_wait 1 s) and the batch caller capping this
+    // one request with the header.
+    let follow = |headers: Vec<(&'static str, &'static str)>| {
+        let (client, queue) = (client.clone(), queue.clone());
+        tokio::spawn(async move {
+            let asked = tokio::time::Instant::now();
+            let answer = client.request(Method::GET, &queue, &headers, "").await;
+            (answer, asked.elapsed())
+        })
+    };
+    let ivr = follow(vec![("x-api-key", "ivr-key")]);
+    let capped = follow(vec![
+        ("x-api-key", "batch-key"),
+        ("x-gcpool-max-wait", "1s"),
+    ]);
+    let mut took = Vec::new();
+    for (who, follower) in [("ivr-flows (max_wait 1s)", ivr), ("x-gcpool-max-wait: 1s", capped)] {
+        let (answer, elapsed) = follower.await.unwrap();
+        took.push((who, answer.status, answer.header("x-gcpool-cache").to_owned(), elapsed));
+    }
+    let leader = leader.await.unwrap();
+    assert_eq!(leader.status, StatusCode::OK, "{}", leader.text());
+    assert!(
+        took.iter()
+            .all(|(_, _, _, elapsed)| *elapsed <= Duration::from_millis(2500)),
+        "a follower waited past its 1 s cap: {took:?}"
+    );
+}
+
+/// A reload that moves a caller to another sub-pool while one of its requests waits for a
+/// slot: the request must not then be sent with a client the caller no longer may use (a
+/// reload that changes a waiting request's budgets already makes it start over). Found: it
+/// waits out its old client's slot and is sent with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_a_caller_sends_no_waiting_request_with_its_old_client() {
+    let sim = Simulator::start(SimOptions::with_clients(2)).await.unwrap();
+    let on = |client: &str| {
+        yaml(
+            &sim,
+            2,
+            &format!("    - {{name: ivr-flows, key: ivr-key, clients: [{client}]}}\n"),
+        )
+    };
+    let gcpool = start_config(config(&on("pool-01"))).await;
+    let url = format!("http://{}/api/v2/users/me", gcpool.api_addr());
+    let client = HttpClient::new();
+    let ivr = [("x-api-key", "ivr-key")];
+
+    let first = client.request(Method::GET, &url, &ivr, "").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.header("x-gcpool-client"), "pool-01");
+    // pool-01's next slot is ~10 s away: the next request waits for it.
+    let waiting = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.request(Method::GET, &url, &ivr, "").await })
+    };
+    let admission = gcpool.admission();
+    eventually("the request queued", STEP, async || {
+        match admission.pending() {
+            1 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    })
+    .await;
+    gcpool.reload(config(&on("pool-02"))).unwrap();
+
+    let answer = waiting.await.unwrap();
+    let stats = sim.stats();
+    assert_eq!(
+        (answer.status, answer.header("x-gcpool-client")),
+        (StatusCode::OK, "pool-02"),
+        "ivr-flows is confined to pool-02 now; sim per client: 01 {} / 02 {}",
+        stats.client("sim-client-01").accepted,
+        stats.client("sim-client-02").accepted
+    );
+}
+
+/// A caller confined to a sub-pool (`clients: [pool-03]`) is isolated from the other clients:
+/// one OAuth client per flow, each with its own roles and divisions in Genesys. A cached
+/// route's answer fetched with another client's token is not that caller's to read. Found:
+/// the cache key does not know the sub-pool, so ivr-flows gets pool-01's answer
+/// (`x-gcpool-cache: hit`, pool-03 never asked).
+#[tokio::test]
+async fn a_confined_caller_is_not_served_another_clients_cached_answer() {
+    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
+    let callers = "    - {name: ivr-flows, key: ivr-key, clients: [pool-03]}\n    \
+                   - {name: reports, key: reports-key, clients: [pool-01]}\n";
+    let gcpool = start_config(config(&yaml(&sim, 3, callers))).await;
+    let queue = format!("http://{}/api/v2/routing/queues/q-1", gcpool.api_addr());
+    let client = HttpClient::new();
+
+    let reports = client
+        .request(Method::GET, &queue, &[("x-api-key", "reports-key")], "")
+        .await;
+    assert_eq!(reports.status, StatusCode::OK);
+    assert_eq!(reports.header("x-gcpool-client"), "pool-01");
+    let ivr = client
+        .request(Method::GET, &queue, &[("x-api-key", "ivr-key")], "")
+        .await;
+    assert_eq!(ivr.status, StatusCode::OK);
+    let stats = sim.stats();
+    assert_eq!(
+        stats.client("sim-client-03").accepted,
+        1,
+        "ivr-flows may use pool-03 only, yet got an answer fetched with pool-01's token \
+         (x-gcpool-cache: {}; sim per client: 01 {} / 03 {})",
+        ivr.header("x-gcpool-cache"),
+        stats.client("sim-client-01").accepted,
+        stats.client("sim-client-03").accepted
+    );
+}
