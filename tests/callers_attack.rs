@@ -186,3 +186,52 @@ async fn a_confined_caller_is_not_served_another_clients_cached_answer() {
         stats.client("sim-client-03").accepted
     );
 }
+
+/// A reload that renames a caller (same key, same sub-pool and quota) while one of its
+/// requests waits on its quota: the waiting request starts over (its quota budget changed
+/// name), and must start over as the caller the new config knows, confined to its
+/// sub-pool. Found: it starts over under the old name, which the new config has no rules
+/// for, so it is admitted at once on a client outside the sub-pool and outside any quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_starts_over_after_a_rename_keeps_its_callers_sub_pool() {
+    let sim = Simulator::start(SimOptions::with_clients(2)).await.unwrap();
+    let named = |name: &str| {
+        yaml(
+            &sim,
+            2,
+            &format!("    - {{name: {name}, key: ivr-key, clients: [pool-02], per_minute: 6}}\n"),
+        )
+        .replace("token_per_minute: 6\n", "token_per_minute: 6000\n")
+    };
+    let gcpool = start_config(config(&named("ivr"))).await;
+    let url = format!("http://{}/api/v2/users/me", gcpool.api_addr());
+    let client = HttpClient::new();
+    let ivr = [("x-api-key", "ivr-key")];
+
+    let first = client.request(Method::GET, &url, &ivr, "").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.header("x-gcpool-client"), "pool-02");
+    // Its quota's next slot is ~10 s away: the next request waits for it.
+    let waiting = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.request(Method::GET, &url, &ivr, "").await })
+    };
+    let admission = gcpool.admission();
+    eventually("the request queued", STEP, async || {
+        match admission.pending() {
+            1 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    })
+    .await;
+    gcpool.reload(config(&named("ivr-flows"))).unwrap();
+
+    let answer = waiting.await.unwrap();
+    assert_eq!(
+        (answer.status, answer.header("x-gcpool-client")),
+        (StatusCode::OK, "pool-02"),
+        "the renamed caller is still confined to pool-02; sim per client: 01 {} / 02 {}",
+        sim.stats().client("sim-client-01").accepted,
+        sim.stats().client("sim-client-02").accepted
+    );
+}
