@@ -235,3 +235,45 @@ async fn a_request_that_starts_over_after_a_rename_keeps_its_callers_sub_pool() 
         sim.stats().client("sim-client-02").accepted
     );
 }
+
+/// `gcpool check` prints each caller in effect as YAML comments after the config, so that
+/// stdout stays the config. A caller name is any non-empty string, line breaks included:
+/// such a name must be refused by validation or printed so it stays inside its comment.
+/// Found: `check` exits 0 and the name's second line is printed as live YAML after the
+/// config (here a second `inbound:` that turns anonymous access off).
+#[test]
+fn check_keeps_a_caller_name_inside_its_comment() {
+    let dir = std::env::temp_dir().join(format!("gcpool-callers-attack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("callers.yaml");
+    std::fs::write(
+        &path,
+        "genesys:\n  api_base: http://127.0.0.1:9000\n  login_base: http://127.0.0.1:9000\n\
+         clients:\n  - {name: pool-01, client_id: a, client_secret: b}\n\
+         inbound:\n  allow_anonymous: true\n  api_keys:\n    \
+         - {name: \"evil\\ninbound:\\n  allow_anonymous: false\\n#\", key: k1}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gcpool"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("the gcpool binary must run");
+    let _ = std::fs::remove_dir_all(&dir);
+    if out.status.code() != Some(0) {
+        return; // refused: fine
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, explained) = stdout
+        .split_once("# callers, in effect:\n")
+        .unwrap_or_else(|| panic!("no callers explained:\n{stdout}"));
+    let live: Vec<&str> = explained
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        live.is_empty(),
+        "check printed a caller name as live YAML after the config: {live:?}"
+    );
+}
