@@ -91,9 +91,17 @@ async fn a_flight_follower_keeps_its_callers_max_wait() {
         ("x-gcpool-max-wait", "1s"),
     ]);
     let mut took = Vec::new();
-    for (who, follower) in [("ivr-flows (max_wait 1s)", ivr), ("x-gcpool-max-wait: 1s", capped)] {
+    for (who, follower) in [
+        ("ivr-flows (max_wait 1s)", ivr),
+        ("x-gcpool-max-wait: 1s", capped),
+    ] {
         let (answer, elapsed) = follower.await.unwrap();
-        took.push((who, answer.status, answer.header("x-gcpool-cache").to_owned(), elapsed));
+        took.push((
+            who,
+            answer.status,
+            answer.header("x-gcpool-cache").to_owned(),
+            elapsed,
+        ));
     }
     let leader = leader.await.unwrap();
     assert_eq!(leader.status, StatusCode::OK, "{}", leader.text());
