@@ -55,6 +55,18 @@ pub struct Generation {
     pub sub_pools: HashMap<Arc<str>, Arc<[usize]>>,
 }
 
+impl Generation {
+    /// Whether `client` may serve `caller` under this config: the caller is known and its
+    /// sub-pool, if any, holds the client.
+    pub fn serves(&self, caller: &str, client: usize) -> bool {
+        self.inbound.knows(caller)
+            && self
+                .sub_pools
+                .get(caller)
+                .is_none_or(|clients| clients.contains(&client))
+    }
+}
+
 /// The current generation, swapped whole by a reload.
 #[derive(Debug)]
 pub struct Live {
@@ -115,16 +127,22 @@ impl Live {
     /// budgets the chosen client meets for `route` while the request waited (its slot is
     /// given back).
     ///
-    /// `caller`: the request's caller label; a caller confined to a sub-pool is admitted
-    /// only on its clients.
+    /// `caller`: the request's caller label, as the generation numbered `checked_under`
+    /// knew it; a caller confined to a sub-pool is admitted only on its clients. A caller
+    /// that a reload since removed or renamed is admitted nowhere (`NoHealthyClient`): its
+    /// rules are gone with its name.
     pub async fn admit(
         &self,
         route: Option<RouteId>,
         deadline: Instant,
         max_wait: Option<Duration>,
         caller: &str,
+        checked_under: u64,
     ) -> Result<(Arc<Generation>, Permit), Refusal> {
         let generation = self.current();
+        if generation.number != checked_under && !generation.inbound.knows(caller) {
+            return Err(Refusal::NoHealthyClient);
+        }
         let sub_pool = if generation.sub_pools.is_empty() {
             None
         } else {
@@ -148,6 +166,7 @@ impl Live {
             && !generation
                 .admission
                 .same_budgets(&now.admission, permit.client, route, caller)
+            || !now.serves(caller, permit.client)
         {
             let waited = permit.waited;
             generation.admission.give_back(permit);

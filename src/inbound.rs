@@ -199,6 +199,12 @@ impl Policy {
         }
     }
 
+    /// Whether `caller` (a label) is a caller of this generation.
+    pub fn knows(&self, caller: &str) -> bool {
+        (self.auth.anonymous && caller == ANONYMOUS_CALLER)
+            || self.callers.iter().any(|c| &*c.name == caller)
+    }
+
     /// Every caller this generation knows: the api keys' in config order, then the
     /// anonymous caller when anonymous access is on.
     pub fn callers(&self) -> Vec<CallerInfo> {

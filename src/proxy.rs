@@ -169,6 +169,7 @@ impl Proxy {
         let deadline = started + generation.request_timeout;
         let checked = generation.inbound.check(request, deadline).await;
         let cache = generation.cache.clone();
+        let checked_under = generation.number;
         drop(generation);
         let mut caller = checked.map_err(|refused| {
             exchange.route = refused.route;
@@ -180,7 +181,7 @@ impl Proxy {
         // Before the head takes the caller's headers over: the key reads some of them.
         let mut cached = cached::Cached::of(cache.as_ref(), &caller);
         if let Some(cached) = &mut cached
-            && let Some(answer) = Box::pin(cached.before(deadline, exchange)).await
+            && let Some(answer) = Box::pin(cached.before(deadline, caller.max_wait, exchange)).await
         {
             return answer;
         }
@@ -198,7 +199,13 @@ impl Proxy {
             let (generation, permit) = match self
                 .inner
                 .live
-                .admit(caller.route.id(), deadline, caller.max_wait, &caller.caller)
+                .admit(
+                    caller.route.id(),
+                    deadline,
+                    caller.max_wait,
+                    &caller.caller,
+                    checked_under,
+                )
                 .await
             {
                 Ok(admitted) => admitted,

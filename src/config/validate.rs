@@ -802,7 +802,21 @@ impl Validator<'_> {
             let name_path = format!("{p}.name");
             let name = self.required(&name_path, k.name, non_empty);
             if let Some(name) = &name {
-                if [ANONYMOUS_CALLER, UNKNOWN_CALLER].contains(&name.as_str()) {
+                if !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                {
+                    self.error(
+                        &name_path,
+                        format!(
+                            "{name:?}: a caller's name is its metrics label; use letters, \
+                             digits, '.', '_' and '-' only"
+                        ),
+                    );
+                } else if [ANONYMOUS_CALLER, UNKNOWN_CALLER]
+                    .iter()
+                    .any(|taken| name.eq_ignore_ascii_case(taken))
+                {
                     self.error(
                         &name_path,
                         format!(
@@ -1890,6 +1904,11 @@ inbound:
         ));
         assert!(error_at(&reserved, "inbound.api_keys[0].name").contains("caller label"));
         assert!(error_at(&reserved, "inbound.api_keys[1].name").contains("caller label"));
+        let odd = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: 'ivr flows', key: k1}}\n    - {{name: Anonymous, key: k2}}\n"
+        ));
+        assert!(error_at(&odd, "inbound.api_keys[0].name").contains("letters, digits"));
+        assert!(error_at(&odd, "inbound.api_keys[1].name").contains("caller label"));
         let unknown = errors(&format!(
             "{CLIENT}inbound:\n  allow_anonymous: true\n  anonymous_caller:\n    lanes: fast\n"
         ));

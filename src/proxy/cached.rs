@@ -115,11 +115,17 @@ impl Cached {
 
     /// A fresh answer from the store, or the flight's answer (or a refusal: a follower
     /// past its deadline); `None`: call upstream, as the flight's leader or alone.
+    ///
+    /// `wait_cap`: the request's own cap on its wait (the caller's `max_wait`,
+    /// `x-gcpool-max-wait`): a follower waits for its flight no longer than that either,
+    /// since the flight's leader may itself be waiting for a slot.
     pub(super) async fn before(
         &mut self,
         deadline: Instant,
+        wait_cap: Option<Duration>,
         exchange: &mut Exchange<'_>,
     ) -> Option<Result<Response<ProxyBody>, Reject>> {
+        let wait_until = wait_cap.map_or(deadline, |cap| deadline.min(Instant::now() + cap));
         exchange.cache_counts = self.counts.take();
         exchange.cache = Some(if self.refresh {
             CacheResult::Bypass
@@ -148,7 +154,7 @@ impl Cached {
                     return None;
                 }
                 Role::Follower(follow) => {
-                    match tokio::time::timeout_at(deadline, follow.wait()).await {
+                    match tokio::time::timeout_at(wait_until, follow.wait()).await {
                         Ok(Waited::Answered(entry)) => {
                             exchange.cache = Some(CacheResult::Coalesced);
                             return Some(Ok(entry_response(&entry, None)));
