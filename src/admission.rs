@@ -23,7 +23,7 @@ use crate::budget::{
     self, AdmitRequest, Binding, BudgetDef, BudgetId, BudgetKind, BudgetStore, Candidate, CoolDown,
     Decision, Reservation, per_window,
 };
-use crate::config::{ANONYMOUS_CALLER, BudgetScope, Config};
+use crate::config::{BudgetScope, Config};
 use crate::metrics::Metrics;
 use crate::pool::{Lease, Pool};
 use crate::routes::RouteId;
@@ -281,15 +281,9 @@ impl BudgetTable {
             };
             endpoints.insert(e.route, ids);
         }
-        let inbound = &config.inbound;
-        let callers = inbound
-            .api_keys
-            .iter()
-            .map(|k| (k.name.as_str(), &k.caller))
-            .chain(std::iter::once((
-                ANONYMOUS_CALLER,
-                &inbound.anonymous_caller,
-            )))
+        let callers = config
+            .inbound
+            .callers()
             .filter_map(|(name, caller)| {
                 let rate = caller.per_minute?.get();
                 let id = add(BudgetKind::Caller, format!("caller:{name}"), rate);

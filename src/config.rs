@@ -138,6 +138,17 @@ pub struct ApiKey {
     pub caller: CallerPolicy,
 }
 
+impl InboundConfig {
+    /// Every caller's label and rules: the api keys' in config order, then the anonymous
+    /// caller's (whether or not anonymous access is on).
+    pub fn callers(&self) -> impl Iterator<Item = (&str, &CallerPolicy)> {
+        self.api_keys
+            .iter()
+            .map(|k| (k.name.as_str(), &k.caller))
+            .chain(std::iter::once((ANONYMOUS_CALLER, &self.anonymous_caller)))
+    }
+}
+
 /// The `caller` label of the anonymous caller (`inbound.anonymous_caller`); no api key may
 /// take it as its name.
 pub const ANONYMOUS_CALLER: &str = "anonymous";
@@ -276,16 +287,9 @@ impl Config {
     /// clients, its longest wait, its routes.
     pub fn callers_explained(&self) -> Vec<String> {
         let inbound = &self.inbound;
-        let callers = inbound
-            .api_keys
-            .iter()
-            .map(|k| (k.name.as_str(), &k.caller))
-            .chain(
-                inbound
-                    .allow_anonymous
-                    .then_some((ANONYMOUS_CALLER, &inbound.anonymous_caller)),
-            );
-        callers
+        inbound
+            .callers()
+            .filter(|&(name, _)| name != ANONYMOUS_CALLER || inbound.allow_anonymous)
             .map(|(name, caller)| {
                 let clients = if caller.clients.is_empty() {
                     format!("all {} clients", self.clients.len())

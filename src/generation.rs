@@ -29,7 +29,7 @@ use tracing::{Instrument, info_span};
 use crate::admission::{Admission, BudgetTable, Caller, Permit, Refusal, Registry};
 use crate::budget::BudgetStore;
 use crate::cache::Cache;
-use crate::config::{ANONYMOUS_CALLER, Config};
+use crate::config::Config;
 use crate::inbound::Policy;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
@@ -253,15 +253,9 @@ impl Builder {
 
     /// Each confined caller's client indices (see [`Generation::sub_pools`]).
     fn sub_pools(&mut self, config: &Config) -> HashMap<Arc<str>, Arc<[usize]>> {
-        let inbound = &config.inbound;
-        inbound
-            .api_keys
-            .iter()
-            .map(|k| (k.name.as_str(), &k.caller))
-            .chain(std::iter::once((
-                ANONYMOUS_CALLER,
-                &inbound.anonymous_caller,
-            )))
+        config
+            .inbound
+            .callers()
             .filter(|(_, caller)| !caller.clients.is_empty())
             .map(|(name, caller)| {
                 let indices: Vec<usize> = caller

@@ -17,6 +17,31 @@ fn budgets(per_window: u32, extra: &str) -> String {
     )
 }
 
+/// The simulator (3 clients of 5 per 2 s) and gcpool in front of it with `budgets(5, "")`,
+/// its callers the YAML lines `api_keys` (under `inbound.api_keys`, 4 spaces in).
+async fn keyed(api_keys: &str) -> (Simulator, gcpool::app::Gcpool) {
+    let sim = Simulator::start(
+        SimOptions::with_clients(3)
+            .window(Duration::from_secs(2))
+            .token_limit(5),
+    )
+    .await
+    .expect("simulator");
+    let yaml = support::config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS,
+        &budgets(5, ""),
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        &format!("inbound:\n  api_keys:\n{api_keys}"),
+    );
+    let gcpool = support::start_config(support::config(&yaml)).await;
+    (sim, gcpool)
+}
+
 /// 100 callers ramping up within 2 s against 3 clients of 5 per 2 s: no upstream 429,
 /// no window over a limit, every caller gets 200 or a local 429 with Retry-After.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,26 +400,11 @@ async fn a_request_max_wait_header_gets_the_local_429_at_once() {
 /// When its one client is spent, it waits or gets a local 429, though the others have room.
 #[tokio::test]
 async fn a_caller_confined_to_a_sub_pool_uses_only_its_clients() {
-    let sim = Simulator::start(
-        SimOptions::with_clients(3)
-            .window(Duration::from_secs(2))
-            .token_limit(5),
-    )
-    .await
-    .unwrap();
-    let yaml = support::config_yaml(
-        &sim.base_url(),
-        "127.0.0.1:0",
-        "127.0.0.1:1",
-        &THREE_CLIENTS,
-        &budgets(5, ""),
-    )
-    .replace(
-        "inbound:\n  allow_anonymous: true\n",
-        "inbound:\n  api_keys:\n    - {name: ivr-flows, key: ivr-key, clients: [pool-03], max_wait: 100ms}\n    \
+    let (sim, gcpool) = keyed(
+        "    - {name: ivr-flows, key: ivr-key, clients: [pool-03], max_wait: 100ms}\n    \
          - {name: batch, key: batch-key}\n",
-    );
-    let gcpool = support::start_config(support::config(&yaml)).await;
+    )
+    .await;
     let url = format!("http://{}/api/v2/users?pageSize=1", gcpool.api_addr());
     let client = HttpClient::new();
 
@@ -439,27 +449,12 @@ async fn a_caller_confined_to_a_sub_pool_uses_only_its_clients() {
 /// (`caller_budget`, `limit.key: caller:<name>`) while other callers still pass.
 #[tokio::test]
 async fn a_caller_quota_is_exact_and_leaves_the_others_their_room() {
-    let sim = Simulator::start(
-        SimOptions::with_clients(3)
-            .window(Duration::from_secs(2))
-            .token_limit(5),
-    )
-    .await
-    .unwrap();
     // 5 per 2 s window for ivr-flows (150 a minute), 15 for the pool.
-    let yaml = support::config_yaml(
-        &sim.base_url(),
-        "127.0.0.1:0",
-        "127.0.0.1:1",
-        &THREE_CLIENTS,
-        &budgets(5, ""),
-    )
-    .replace(
-        "inbound:\n  allow_anonymous: true\n",
-        "inbound:\n  api_keys:\n    - {name: ivr-flows, key: ivr-key, per_minute: 150, max_wait: 100ms}\n    \
+    let (sim, gcpool) = keyed(
+        "    - {name: ivr-flows, key: ivr-key, per_minute: 150, max_wait: 100ms}\n    \
          - {name: batch, key: batch-key, max_wait: 100ms}\n",
-    );
-    let gcpool = support::start_config(support::config(&yaml)).await;
+    )
+    .await;
     let url = format!("http://{}/api/v2/users?pageSize=1", gcpool.api_addr());
     let client = HttpClient::new();
     let send = |key: &'static str| {
