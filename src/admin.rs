@@ -75,6 +75,9 @@ pub struct CallerStatus {
     pub allow_routes: Vec<String>,
     /// Its sub-pool's clients; empty: all of them.
     pub clients: Vec<String>,
+    /// Its quota (`per_minute`): admissions in the current window, and the limit per window;
+    /// `None` without one.
+    pub quota: Option<Usage>,
     /// Answered since start, and of those refused by gcpool.
     pub requests: u64,
     pub rejected: u64,
@@ -273,11 +276,20 @@ impl Admin {
             budgets,
             last_minute: self.rates.last_minute(now, Counts::read(&self.metrics)),
             cache: live.cache.as_deref().map(|cache| self.cache_view(cache)),
-            callers: self.callers(&live.inbound),
+            callers: self.callers(&live.inbound, |caller| {
+                let id = table.caller_budget(caller)?;
+                let (used, limit) = usage.get(&id).copied().unwrap_or_default();
+                Some(Usage { used, limit })
+            }),
         }
     }
 
-    fn callers(&self, inbound: &Policy) -> Vec<CallerStatus> {
+    /// Each caller of `inbound`, with its quota's window (`quota`: by caller label).
+    fn callers(
+        &self,
+        inbound: &Policy,
+        quota: impl Fn(&str) -> Option<Usage>,
+    ) -> Vec<CallerStatus> {
         let requests = per_caller(&self.metrics.requests);
         let rejected = per_caller(&self.metrics.rejections);
         inbound
@@ -290,6 +302,7 @@ impl Admin {
                 max_wait_ms: c
                     .max_wait
                     .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+                quota: quota(&c.name),
                 allow_routes: c.allow_routes,
                 clients: c.clients,
             })

@@ -499,4 +499,15 @@ async fn a_caller_quota_is_exact_and_leaves_the_others_their_room() {
         (quota["used"].as_u64(), quota["limit"].as_u64()),
         (Some(5), Some(5))
     );
+    let ivr = &status["callers"][0];
+    assert_eq!(ivr["name"], "ivr-flows");
+    assert_eq!(
+        ivr["quota"],
+        serde_json::json!({"used": 5, "limit": 5}),
+        "{status}"
+    );
+    assert!(
+        status["callers"][1]["quota"].is_null(),
+        "batch has no quota"
+    );
 }

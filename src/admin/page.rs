@@ -291,7 +291,8 @@ fn callers(html: &mut String, view: &View) {
         "<h2>Callers</h2>\n<p>Each API key is a caller; requests since start, and of those \
          refused by gcpool. Clients: its sub-pool; max wait: the caller's own cap (else the \
          queue's); routes: its own list on top of the global one.</p>\n<table id=\"callers\"><thead><tr><th>caller</th>\
-         <th>clients</th><th>max wait</th><th>routes</th><th>requests</th><th>refused</th></tr>\
+         <th>clients</th><th>quota (this window)</th><th>max wait</th><th>routes</th>\
+         <th>requests</th><th>refused</th></tr>\
          </thead><tbody>\n",
     );
     for (i, c) in view.callers.iter().enumerate() {
@@ -303,6 +304,10 @@ fn callers(html: &mut String, view: &View) {
         } else {
             escape(&c.allow_routes.join(", "))
         };
+        let quota = c.quota.map_or_else(
+            || "none".to_owned(),
+            |q| format!("{} / {}", q.used, q.limit),
+        );
         let clients = if c.clients.is_empty() {
             "all".to_owned()
         } else {
@@ -311,7 +316,7 @@ fn callers(html: &mut String, view: &View) {
         let _ = writeln!(
             html,
             "<tr><td id=\"caller-{i}-name\">{name}</td><td id=\"caller-{i}-clients\">{clients}</td>\
-             <td class=\"n\">{wait}</td>\
+             <td class=\"n\" id=\"caller-{i}-quota\">{quota}</td><td class=\"n\">{wait}</td>\
              <td id=\"caller-{i}-routes\">{routes}</td>\
              <td class=\"n\" id=\"caller-{i}-requests\">{requests}</td>\
              <td class=\"n\" id=\"caller-{i}-rejected\">{rejected}</td></tr>",
@@ -423,6 +428,7 @@ mod tests {
                 max_wait_ms: Some(2000),
                 allow_routes: vec![format!("GET /api/v2/{name}")],
                 clients: vec![],
+                quota: Some(Usage { used: 3, limit: 10 }),
                 requests: 5,
                 rejected: 1,
             }],
@@ -457,6 +463,7 @@ mod tests {
         assert!(html.contains(
             "<td id=\"caller-0-name\">a&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;</td>"
         ));
+        assert!(html.contains("<td class=\"n\" id=\"caller-0-quota\">3 / 10</td>"));
     }
 
     #[test]
