@@ -31,6 +31,16 @@ fn yaml(sim: &Simulator, clients: usize, callers: &str) -> String {
     )
 }
 
+/// Waits until exactly one request waits for a slot (`what` names it in a failure).
+async fn one_queued(gcpool: &gcpool::app::Gcpool, what: &str) {
+    let admission = gcpool.admission();
+    eventually(what, STEP, async || match admission.pending() {
+        1 => Ok(()),
+        n => Err(format!("{n} pending")),
+    })
+    .await;
+}
+
 /// A caller's `max_wait` (and a request's `x-gcpool-max-wait`) caps its wait for a slot. A
 /// request that joins a cached route's flight whose leader is queued for a slot waits for
 /// that slot too: it must not wait past its own cap (a Data Action with a 2 s timeout that
@@ -66,14 +76,7 @@ async fn a_flight_follower_keeps_its_callers_max_wait() {
                 .await
         })
     };
-    let admission = gcpool.admission();
-    eventually("the leader queued", STEP, async || {
-        match admission.pending() {
-            1 => Ok(()),
-            n => Err(format!("{n} pending")),
-        }
-    })
-    .await;
+    one_queued(&gcpool, "the leader queued").await;
 
     // Two followers: the ivr caller (its own max_wait 1 s) and the batch caller capping this
     // one request with the header.
@@ -139,14 +142,7 @@ async fn a_reload_that_moves_a_caller_sends_no_waiting_request_with_its_old_clie
         let (client, url) = (client.clone(), url.clone());
         tokio::spawn(async move { client.request(Method::GET, &url, &ivr, "").await })
     };
-    let admission = gcpool.admission();
-    eventually("the request queued", STEP, async || {
-        match admission.pending() {
-            1 => Ok(()),
-            n => Err(format!("{n} pending")),
-        }
-    })
-    .await;
+    one_queued(&gcpool, "the request queued").await;
     gcpool.reload(config(&on("pool-02"))).unwrap();
 
     let answer = waiting.await.unwrap();
@@ -190,14 +186,7 @@ async fn a_request_that_starts_over_after_a_rename_keeps_its_callers_sub_pool() 
         let (client, url) = (client.clone(), url.clone());
         tokio::spawn(async move { client.request(Method::GET, &url, &ivr, "").await })
     };
-    let admission = gcpool.admission();
-    eventually("the request queued", STEP, async || {
-        match admission.pending() {
-            1 => Ok(()),
-            n => Err(format!("{n} pending")),
-        }
-    })
-    .await;
+    one_queued(&gcpool, "the request queued").await;
     gcpool.reload(config(&named("ivr-flows"))).unwrap();
 
     let answer = waiting.await.unwrap();
