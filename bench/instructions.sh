@@ -108,8 +108,9 @@ EOF
     cat >> "$tmp/gcpool.yaml" << EOF
 inbound:
   api_keys:
-    - {name: bench, key: bench-caller-key, clients: [pool-01], per_minute: 100000000, max_wait: 5s, allow_routes: ["GET /api/v2/users/{userId}"]}
-    - {name: other, key: other-caller-key, per_minute: 1000}
+    - {name: bench, key: bench-caller-key, clients: [pool-01], per_minute: 100000000, max_wait: 5s, lane: batch, allow_routes: ["GET /api/v2/users/{userId}"]}
+    - {name: other, key: other-caller-key, per_minute: 1000, lane: realtime}
+  lanes: {standard: 0.95, batch: 0.9}
 EOF
   elif [[ "${KEYS:-0}" != 0 ]]; then
     printf 'inbound:\n  api_keys:\n    - {name: bench, key: bench-caller-key}\n' >> "$tmp/gcpool.yaml"

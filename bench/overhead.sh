@@ -206,7 +206,7 @@ if [[ "$CALLERS" == 0 ]]; then
 else
     # Three callers; wrk is the first. Its rules all apply on every request: the key's
     # digest, its route list, its sub-pool, its quota (one more budget in each reservation,
-    # never binding), its wait.
+    # never binding), its wait, its lane's share (batch: 0.9 of every budget, never binding).
     cat >>"$tmp/gcpool.yaml" <<EOF
 inbound:
   api_keys:
@@ -215,9 +215,11 @@ inbound:
       clients: [pool-01, pool-02, pool-03]
       per_minute: 100000000
       max_wait: 5s
+      lane: batch
       allow_routes: ["GET /api/v2/users/{userId}", "GET /api/v2/routing/queues/{queueId}"]
-    - {name: other, key: other-caller-key, clients: [pool-01], per_minute: 1000}
+    - {name: other, key: other-caller-key, clients: [pool-01], per_minute: 1000, lane: realtime}
     - {name: third, key: third-caller-key, max_wait: 1s}
+  lanes: {standard: 0.95, batch: 0.9}
 EOF
 fi
 if [[ "$CACHE" != 0 ]]; then

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gcpool::admission::{BudgetTable, CandidateLists};
-use gcpool::budget::{AdmitRequest, Decision, MemoryStore};
+use gcpool::budget::{AdmitRequest, Decision, MemoryStore, Share};
 use gcpool::config::Config;
 use gcpool::routes::RouteTable;
 
@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
                     candidates: &candidates,
                     route: Some(route),
                     max_wait: Duration::from_secs(10),
+                    share: Share::WHOLE,
                 });
                 assert!(
                     matches!(&decision, Decision::Admitted(r) if r.wait.is_zero()),

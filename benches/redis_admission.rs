@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use gcpool::budget::{
     AdmitRequest, BudgetDef, BudgetKind, BudgetStore, Candidate, Decision, FallbackStore,
-    RedisStore,
+    RedisStore, Share,
 };
 use gcpool::config::SharedStateConfig;
 use gcpool::secret::Secret;
@@ -145,6 +145,7 @@ async fn run(
         candidates: &candidates,
         route: None,
         max_wait: Duration::ZERO,
+        share: Share::WHOLE,
     };
     if !expect_admit {
         // Fill the org window so every admission reads `org_limit` instants and refuses.

@@ -75,6 +75,10 @@ pub struct CallerStatus {
     pub allow_routes: Vec<String>,
     /// Its sub-pool's clients; empty: all of them.
     pub clients: Vec<String>,
+    /// Its lane (`realtime`, `standard`, `batch`) and the share of every token, route and
+    /// org budget that lane may fill (1.0: all of it).
+    pub lane: &'static str,
+    pub lane_share: f64,
     /// Its quota (`per_minute`): admissions in the current window, and the limit per window;
     /// `None` without one.
     pub quota: Option<Usage>,
@@ -305,6 +309,8 @@ impl Admin {
                 quota: quota(&c.name),
                 allow_routes: c.allow_routes,
                 clients: c.clients,
+                lane: c.lane.name(),
+                lane_share: f64::from(c.share_permille) / 1000.0,
             })
             .collect()
     }

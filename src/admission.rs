@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::budget::{
     self, AdmitRequest, Binding, BudgetDef, BudgetId, BudgetKind, BudgetStore, Candidate, CoolDown,
-    Decision, Reservation, per_window,
+    Decision, Reservation, Share, per_window,
 };
 use crate::config::{BudgetScope, Config};
 use crate::metrics::Metrics;
@@ -129,11 +129,13 @@ pub struct Admission {
     candidate_lists: CandidateLists,
 }
 
-/// Who asks for admission: its label, and its sub-pool if it is confined to one.
+/// Who asks for admission: its label, its sub-pool if it is confined to one, and the
+/// share of every budget its lane may fill.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub name: &'a str,
     pub clients: Option<&'a [usize]>,
+    pub share: Share,
 }
 
 /// Leave to use one client now, with its token (counted in flight while held).
@@ -618,6 +620,7 @@ impl Admission {
             candidates: &candidates,
             route,
             max_wait: max_wait.min(until_deadline),
+            share: caller.share,
         };
         let decision = self
             .store

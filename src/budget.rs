@@ -27,6 +27,8 @@ pub use fallback::{FallbackStore, SharedStore};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
+pub use crate::config::per_window;
+
 /// Index of a budget in the store's table.
 pub type BudgetId = usize;
 
@@ -64,13 +66,25 @@ pub struct Candidate {
     pub budgets: Vec<BudgetId>,
 }
 
-/// What to admit: candidates in order of preference, the route, how long it may wait.
+/// What to admit: candidates in order of preference, the route, how long it may wait, and
+/// how much of each budget it may fill.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmitRequest<'a> {
     pub candidates: &'a [Candidate],
     pub route: Option<RouteKey>,
     pub max_wait: Duration,
+    /// The request's lane's share: it is admitted only where every token, route and org
+    /// budget it reserves in stays within this share of its limit (a caller's own quota is
+    /// its own and not shared: it always counts whole).
+    pub share: Share,
 }
+
+/// The part of a budget's limit a request may fill (its caller's lane, SPEC §12), in
+/// thousandths: `Share::WHOLE` fills it all. A budget of limit `N` admits a request of share
+/// `s` only while each window holding it stays within `floor(N × s)`, counting every
+/// admission whatever its share: the lanes below never take the room above them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Share(u16);
 
 /// Something that cools down after an upstream 429.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +206,47 @@ pub trait BudgetStore: Send + Sync + fmt::Debug {
     fn is_up(&self) -> bool;
 }
 
+// === impl Share ===
+
+impl Share {
+    /// All of every budget.
+    pub const WHOLE: Share = Share(1000);
+
+    /// `fraction` (clamped to `0..=1`) to the nearest thousandth.
+    pub fn from_fraction(fraction: f64) -> Self {
+        let permille = (fraction.clamp(0.0, 1.0) * 1000.0).round();
+        // In 0..=1000 after the clamp: the cast neither truncates nor wraps.
+        Share(permille as u16)
+    }
+
+    /// `permille` thousandths (at most 1000).
+    pub fn from_permille(permille: u16) -> Self {
+        Share(permille.min(1000))
+    }
+
+    /// In thousandths, `0..=1000`.
+    pub fn permille(self) -> u16 {
+        self.0
+    }
+
+    /// The admissions per window this share may fill of a budget of `limit`: rounded down,
+    /// so a share never exceeds its part.
+    pub fn of(self, limit: u32) -> u32 {
+        crate::config::share_of(self.0, limit)
+    }
+
+    /// Whether the share of a budget of `kind` applies: every budget but a caller's own.
+    pub fn applies_to(kind: BudgetKind) -> bool {
+        kind != BudgetKind::Caller
+    }
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share::WHOLE
+    }
+}
+
 // === impl BudgetKind ===
 
 impl BudgetKind {
@@ -215,12 +270,6 @@ impl Reservation {
     pub fn at_micros(&self) -> window::Micros {
         self.slot.at
     }
-}
-
-/// Admissions per window for a per-minute rate: `rate × window / 60 s`, at least 1.
-pub fn per_window(per_minute: u32, window: Duration) -> u32 {
-    let n = u128::from(per_minute) * window.as_micros() / 60_000_000;
-    u32::try_from(n).unwrap_or(u32::MAX).max(1)
 }
 
 #[cfg(test)]

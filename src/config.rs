@@ -170,6 +170,86 @@ pub struct CallerPolicy {
     /// Its own quota: admissions per minute over every client, a budget like the others
     /// (`caller:<name>`, local 429 reason `caller_budget`).
     pub per_minute: Option<NonZeroU32>,
+    /// Its lane: the share of every budget its requests may fill (`inbound.lanes`).
+    pub lane: Lane,
+}
+
+/// A caller's lane (SPEC §12): which share of every token, route and org budget its
+/// requests may fill, so that lower lanes leave the headroom above them to higher ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Lane {
+    Realtime,
+    #[default]
+    Standard,
+    Batch,
+}
+
+impl Lane {
+    /// Every lane, highest first.
+    pub const ALL: [Lane; 3] = [Lane::Realtime, Lane::Standard, Lane::Batch];
+
+    /// Its name in config, `/status` and `check`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Realtime => "realtime",
+            Lane::Standard => "standard",
+            Lane::Batch => "batch",
+        }
+    }
+}
+
+/// `inbound.lanes`: the share of every budget each lane may fill, in thousandths (1000: the
+/// whole budget). A lane not configured fills the whole budget; so does every lane when
+/// `inbound.lanes` is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneShares {
+    pub realtime: u16,
+    pub standard: u16,
+    pub batch: u16,
+}
+
+impl Default for LaneShares {
+    fn default() -> Self {
+        Self {
+            realtime: 1000,
+            standard: 1000,
+            batch: 1000,
+        }
+    }
+}
+
+impl LaneShares {
+    /// `lane`'s share, in thousandths.
+    pub fn permille(&self, lane: Lane) -> u16 {
+        match lane {
+            Lane::Realtime => self.realtime,
+            Lane::Standard => self.standard,
+            Lane::Batch => self.batch,
+        }
+    }
+}
+
+/// Admissions per window for a per-minute rate: `rate × window / 60 s`, at least 1.
+pub fn per_window(per_minute: u32, window: Duration) -> u32 {
+    let n = u128::from(per_minute) * window.as_micros() / 60_000_000;
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
+/// What a share of `permille` thousandths may fill of a budget of `limit` admissions per
+/// window: rounded down, so a share never exceeds its part.
+pub fn share_of(permille: u16, limit: u32) -> u32 {
+    let part = u64::from(limit) * u64::from(permille.min(1000)) / 1000;
+    u32::try_from(part).unwrap_or(limit)
+}
+
+/// A share in thousandths as config writes it: `0.5`, `0.9`, `1.0`.
+pub fn format_share(permille: u16) -> String {
+    let (whole, rest) = (permille / 1000, permille % 1000);
+    if rest == 0 {
+        format!("{whole}.0")
+    } else {
+        format!("{whole}.{}", format!("{rest:03}").trim_end_matches('0'))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +269,8 @@ pub struct InboundConfig {
     pub allow_routes: Vec<RouteRule>,
     /// The rules of the caller without a key (`inbound.anonymous_caller`).
     pub anonymous_caller: CallerPolicy,
+    /// The share of every budget each lane may fill (`inbound.lanes`).
+    pub lanes: LaneShares,
 }
 
 #[derive(Debug, Clone)]
@@ -330,7 +412,18 @@ impl Config {
                     .per_minute
                     .map(|n| format!("; a quota of {n} a minute"))
                     .unwrap_or_default();
-                format!("{name}: {clients}{quota}; {wait}; {routes}")
+                let lane = caller.lane;
+                let share = inbound.lanes.permille(lane);
+                let lane = if share == 1000 {
+                    format!("lane {} (fills whole budgets)", lane.name())
+                } else {
+                    format!(
+                        "lane {} (fills {} of each token, route and org budget)",
+                        lane.name(),
+                        format_share(share)
+                    )
+                };
+                format!("{name}: {clients}{quota}; {lane}; {wait}; {routes}")
             })
             .collect()
     }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::admission::{Admission, BudgetTable, Caller, Permit, Refusal, Registry};
-use crate::budget::BudgetStore;
+use crate::budget::{BudgetStore, Share};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::inbound::Policy;
@@ -53,9 +53,20 @@ pub struct Generation {
     /// Callers confined to a sub-pool (`clients`), by caller label: the client indices
     /// their requests may use. Empty when no caller is confined.
     pub sub_pools: HashMap<Arc<str>, Arc<[usize]>>,
+    /// Callers whose lane fills less than whole budgets (`inbound.lanes`), by caller
+    /// label: their share. Empty when every lane fills whole budgets.
+    pub shares: HashMap<Arc<str>, Share>,
 }
 
 impl Generation {
+    /// The share of every budget `caller`'s requests may fill (its lane's).
+    pub fn share(&self, caller: &str) -> Share {
+        if self.shares.is_empty() {
+            return Share::WHOLE;
+        }
+        self.shares.get(caller).copied().unwrap_or(Share::WHOLE)
+    }
+
     /// Whether `client` may serve `caller` under this config: the caller is known and its
     /// sub-pool, if any, holds the client.
     pub fn serves(&self, caller: &str, client: usize) -> bool {
@@ -148,6 +159,7 @@ impl Live {
         } else {
             generation.sub_pools.get(caller).cloned()
         };
+        let share = generation.share(caller);
         let permit = generation
             .admission
             .admit(
@@ -158,6 +170,7 @@ impl Live {
                 Caller {
                     name: caller,
                     clients: sub_pool.as_deref(),
+                    share,
                 },
             )
             .await?;
@@ -241,6 +254,7 @@ impl Builder {
             admission,
             inbound: Policy::new(config, self.body_memory.clone()),
             sub_pools: self.sub_pools(config),
+            shares: shares(config),
             request_timeout: config.server.request_timeout,
             cache: Cache::build(
                 &config.cache,
@@ -339,4 +353,17 @@ impl Builder {
                 .instrument(info_span!(parent: None, "token_refresh", client = %slot.name())),
         );
     }
+}
+
+/// Each caller whose lane fills less than whole budgets, with its share (see
+/// [`Generation::shares`]).
+fn shares(config: &Config) -> HashMap<Arc<str>, Share> {
+    let lanes = &config.inbound.lanes;
+    config
+        .inbound
+        .callers()
+        .map(|(name, caller)| (name, Share::from_permille(lanes.permille(caller.lane))))
+        .filter(|&(_, share)| share != Share::WHOLE)
+        .map(|(name, share)| (Arc::from(name), share))
+        .collect()
 }

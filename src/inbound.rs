@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use crate::config::{ANONYMOUS_CALLER, UNKNOWN_CALLER};
-use crate::config::{CallerPolicy, Config, InboundConfig, parse_duration};
+use crate::config::{CallerPolicy, Config, InboundConfig, Lane, LaneShares, parse_duration};
 use crate::routes::{Operation, Route, RouteId, RouteMethod, RouteTable};
 
 /// The header callers may carry their key in.
@@ -113,15 +113,21 @@ struct CallerRules {
     max_wait: Option<Duration>,
     /// `None`: no route list of its own.
     allow_routes: Option<HashSet<RouteId>>,
+    /// Its lane and that lane's share of every budget, in thousandths (admission applies
+    /// it; kept here for `/status`).
+    lane: Lane,
+    share_permille: u16,
 }
 
 impl CallerRules {
-    fn new(name: &str, policy: &CallerPolicy) -> Self {
+    fn new(name: &str, policy: &CallerPolicy, lanes: &LaneShares) -> Self {
         let allowed = &policy.allow_routes;
         Self {
             name: name.into(),
             clients: policy.clients.clone(),
             max_wait: policy.max_wait,
+            lane: policy.lane,
+            share_permille: lanes.permille(policy.lane),
             allow_routes: (!allowed.is_empty()).then(|| allowed.iter().map(|r| r.route).collect()),
         }
     }
@@ -136,6 +142,9 @@ pub struct CallerInfo {
     pub allow_routes: Vec<String>,
     /// Its sub-pool's clients; empty: all of them.
     pub clients: Vec<String>,
+    pub lane: Lane,
+    /// Its lane's share of every token, route and org budget, in thousandths.
+    pub share_permille: u16,
 }
 
 impl CallerRules {
@@ -153,6 +162,8 @@ impl CallerRules {
             max_wait: self.max_wait,
             allow_routes,
             clients: self.clients.clone(),
+            lane: self.lane,
+            share_permille: self.share_permille,
         }
     }
 }
@@ -191,9 +202,13 @@ impl Policy {
                 .inbound
                 .api_keys
                 .iter()
-                .map(|k| CallerRules::new(&k.name, &k.caller))
+                .map(|k| CallerRules::new(&k.name, &k.caller, &config.inbound.lanes))
                 .collect(),
-            anonymous: CallerRules::new(ANONYMOUS_CALLER, &config.inbound.anonymous_caller),
+            anonymous: CallerRules::new(
+                ANONYMOUS_CALLER,
+                &config.inbound.anonymous_caller,
+                &config.inbound.lanes,
+            ),
             max_body_bytes: config.server.max_body_bytes,
             body_memory,
         }
@@ -756,6 +771,7 @@ mod tests {
             allow_anonymous: false,
             allow_routes: vec![],
             anonymous_caller: CallerPolicy::default(),
+            lanes: Default::default(),
         };
         let auth = Authenticator::new(&config);
         let mut h = HeaderMap::new();

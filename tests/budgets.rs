@@ -511,3 +511,134 @@ async fn a_caller_quota_is_exact_and_leaves_the_others_their_room() {
         "batch has no quota"
     );
 }
+
+/// Lanes (SPEC §12): a batch caller flooding the pool fills at most its share of each
+/// budget, so a realtime caller still finds room at once: every realtime request is
+/// admitted without waiting (`x-gcpool-wait-ms: 0`, asked with `x-gcpool-max-wait: 0s`, so
+/// a wait would be a 429) while batch is queued or refused. Without lanes the same flood
+/// takes every slot, and the same realtime requests are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_flood_leaves_realtime_its_headroom() {
+    let keys = "    - {name: ivr, key: ivr-key, lane: realtime}\n    \
+                - {name: export, key: export-key, lane: batch}\n";
+    // 3 clients of 5 per 2 s window: batch may fill 2 of each (0.4), realtime all 5.
+    let lanes = "  lanes:\n    standard: 0.8\n    batch: 0.4\n";
+    let with_lanes = batch_flood_then_realtime(&format!("{keys}{lanes}")).await;
+    assert_eq!(
+        with_lanes.realtime,
+        vec![(StatusCode::OK, Some(0)); 8],
+        "realtime must never wait behind batch: {with_lanes:?}"
+    );
+    assert_eq!(
+        with_lanes.batch_now, 6,
+        "batch fills 2 of 5 per client: {with_lanes:?}"
+    );
+    assert_eq!(
+        with_lanes.batch_queued, 6,
+        "then 2 per client in the next window"
+    );
+    assert_eq!(with_lanes.batch_refused, 30 - 12, "{with_lanes:?}");
+    assert_eq!(with_lanes.upstream_429, 0);
+
+    let without = batch_flood_then_realtime(keys).await;
+    assert_eq!(without.batch_now, 15, "batch takes every slot: {without:?}");
+    assert!(
+        without
+            .realtime
+            .iter()
+            .all(|&(status, _)| status == StatusCode::TOO_MANY_REQUESTS),
+        "without lanes realtime finds no room: {without:?}"
+    );
+}
+
+/// What [`batch_flood_then_realtime`] saw.
+#[derive(Debug)]
+struct Flood {
+    /// Each realtime answer's status and `x-gcpool-wait-ms`.
+    realtime: Vec<(StatusCode, Option<u64>)>,
+    /// Batch answers: 200 at once (wait 0), 200 after a queued wait, local 429.
+    batch_now: usize,
+    batch_queued: usize,
+    batch_refused: usize,
+    upstream_429: u64,
+}
+
+/// 30 concurrent batch requests (`export-key`, queueing up to 3 s), then, while they are
+/// queued, 8 realtime requests one after the other (`ivr-key`, no wait allowed).
+async fn batch_flood_then_realtime(api_keys: &str) -> Flood {
+    let (sim, gcpool) = keyed(api_keys).await;
+    let url = format!("http://{}/api/v2/users?pageSize=1", gcpool.api_addr());
+    let client = HttpClient::new();
+    let batch: Vec<_> = (0..30)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .request(Method::GET, &url, &[("x-api-key", "export-key")], "")
+                    .await
+            })
+        })
+        .collect();
+    // Let the whole flood be decided first: admitted now, queued, or refused.
+    let metrics_url = format!("http://{}/metrics", gcpool.admin_addr());
+    support::eventually(
+        "the batch flood decided",
+        Duration::from_secs(5),
+        async || {
+            let metrics = client.get(&metrics_url).await.text();
+            let queued = support::metric_value(&metrics, "gcpool_queue_pending").unwrap_or(0.0);
+            let refused: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with("gcpool_rejections_total{"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            let decided = sim.stats().accepted as f64 + queued + refused;
+            if decided >= 30.0 {
+                Ok(())
+            } else {
+                Err(format!("{decided} of 30 decided"))
+            }
+        },
+    )
+    .await;
+    let mut realtime = Vec::new();
+    for _ in 0..8 {
+        let answer = client
+            .request(
+                Method::GET,
+                &url,
+                &[("x-api-key", "ivr-key"), ("x-gcpool-max-wait", "0s")],
+                "",
+            )
+            .await;
+        let wait = answer
+            .headers
+            .get("x-gcpool-wait-ms")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        realtime.push((answer.status, wait));
+    }
+    let (mut batch_now, mut batch_queued, mut batch_refused) = (0, 0, 0);
+    for task in batch {
+        let answer = task.await.expect("a batch request task");
+        match answer.status {
+            StatusCode::OK
+                if answer
+                    .headers
+                    .get("x-gcpool-wait-ms")
+                    .is_some_and(|v| v == "0") =>
+            {
+                batch_now += 1
+            }
+            StatusCode::OK => batch_queued += 1,
+            StatusCode::TOO_MANY_REQUESTS => batch_refused += 1,
+            other => panic!("batch: {other}: {}", answer.text()),
+        }
+    }
+    Flood {
+        realtime,
+        batch_now,
+        batch_queued,
+        batch_refused,
+        upstream_429: sim.stats().rejected_429,
+    }
+}

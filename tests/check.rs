@@ -429,11 +429,22 @@ fn check_explains_each_caller() {
         &stdout,
         &[
             "# callers, in effect:",
-            "#   ivr-flows: clients pool-02; waits at most 2s; only GET /api/v2/users/{userId}",
-            "#   batch: all 2 clients; a quota of 120 a minute; waits at most 10s (budgets.queue.max_wait); every route",
-            "#   anonymous: all 2 clients; waits at most 10s (budgets.queue.max_wait); every route",
+            "#   ivr-flows: clients pool-02; lane realtime (fills whole budgets); waits at most 2s; only GET /api/v2/users/{userId}",
+            "#   batch: all 2 clients; a quota of 120 a minute; lane batch (fills 0.5 of each token, route and org budget); waits at most 10s (budgets.queue.max_wait); every route",
+            "#   anonymous: all 2 clients; lane standard (fills 0.9 of each token, route and org budget); waits at most 10s (budgets.queue.max_wait); every route",
         ],
     );
     let parsed: serde_yaml::Value = serde_yaml::from_str(&stdout).expect("still YAML");
-    assert!(parsed.get("inbound").is_some());
+    let inbound = parsed.get("inbound").expect("the inbound section");
+    let lanes = &inbound["lanes"];
+    assert_eq!(
+        (&lanes["realtime"], &lanes["standard"], &lanes["batch"]),
+        (
+            &serde_yaml::Value::from("1.0"),
+            &serde_yaml::Value::from("0.9"),
+            &serde_yaml::Value::from("0.5")
+        ),
+        "{stdout}"
+    );
+    assert_eq!(inbound["api_keys"][1]["lane"], "batch", "{stdout}");
 }

@@ -15,7 +15,7 @@ use gcpool::budget::journal::Admission;
 use gcpool::budget::window::Micros;
 use gcpool::budget::{
     AdmitRequest, Binding, BudgetDef, BudgetError, BudgetKind, BudgetStore, Candidate, CoolDown,
-    Decision, MemoryStore, RedisStore, Reservation,
+    Decision, MemoryStore, RedisStore, Reservation, Share,
 };
 use gcpool::config::SharedStateConfig;
 use gcpool::secret::Secret;
@@ -91,6 +91,7 @@ async fn admit(store: &dyn BudgetStore, candidates: &[Candidate], max_wait: Dura
             candidates,
             route: None,
             max_wait,
+            share: Share::WHOLE,
         })
         .await
         .expect("redis is up, so the store decides")
@@ -198,6 +199,7 @@ async fn run_scenario(
                 candidates: &candidates,
                 route: None,
                 max_wait,
+                share: Share::WHOLE,
             })
             .await
             .map_err(|e| TestCaseError::fail(format!("store failed: {e}")))?;
@@ -536,6 +538,7 @@ async fn a_route_cool_down_holds_the_route_back() {
             candidates: &c,
             route: Some(route),
             max_wait: Duration::ZERO,
+            share: Share::WHOLE,
         })
         .await
         .unwrap();
@@ -692,6 +695,7 @@ async fn goes_down_with_redis_and_comes_back_by_itself() {
             candidates: &c,
             route: None,
             max_wait: Duration::ZERO,
+            share: Share::WHOLE,
         })
         .await;
     assert!(result.is_err(), "no decision without Redis");
@@ -745,6 +749,7 @@ async fn shared_store_epoch_settle_and_write_back() {
         candidates: &c,
         route: None,
         max_wait: Duration::from_secs(1),
+        share: Share::WHOLE,
     };
 
     let created = store
@@ -886,6 +891,20 @@ struct ChoiceCase {
     route_cool: Option<Micros>,
     pool_cool: Option<Micros>,
     max_wait: Duration,
+    /// The request's lane's share (issue 15): of every budget but a caller's quota.
+    share: Share,
+}
+
+/// What the request of `case` may fill of budget `b`: its effective limit (configured or
+/// learned, the lower), times the lane's share unless it is a caller's quota.
+fn fill_limit(case: &ChoiceCase, b: usize) -> u32 {
+    let d = &case.defs[b];
+    let limit = case.learned[b].map_or(d.limit, |l| l.min(d.limit));
+    if Share::applies_to(d.kind) {
+        case.share.of(limit)
+    } else {
+        limit
+    }
 }
 
 /// What window.rs decides for `case` at `now`: the chosen candidate, its instant, the
@@ -920,9 +939,11 @@ fn reference(case: &ChoiceCase, now: Micros) -> Option<(usize, Micros, i64, usiz
                 (from, kind) = (until, k);
             }
         }
-        let Some((at, binding)) =
-            joint_earliest(candidate.budgets.iter().map(|&b| &windows[b]), from)
-        else {
+        let within = candidate
+            .budgets
+            .iter()
+            .map(|&b| (&windows[b], fill_limit(case, b)));
+        let Some((at, binding)) = joint_earliest(within, from) else {
             continue;
         };
         let (kind, pos) = binding.map_or((kind, 0), |pos| (1, pos));
@@ -939,6 +960,7 @@ fn reference(case: &ChoiceCase, now: Micros) -> Option<(usize, Micros, i64, usiz
 /// future reservations; learned limits; client, route and pool cool-downs.
 fn choice_case(seed: u64, now: Micros) -> ChoiceCase {
     use rand::rngs::StdRng;
+    use rand::seq::IndexedRandom;
     use rand::{Rng, SeedableRng, seq::SliceRandom};
     let mut rng = StdRng::seed_from_u64(seed);
     let n = if rng.random_bool(0.25) {
@@ -954,7 +976,7 @@ fn choice_case(seed: u64, now: Micros) -> ChoiceCase {
         defs.push(def(kind, &name, limit, window));
         defs.len() - 1
     };
-    let shared: Vec<usize> = (0..rng.random_range(0..=2))
+    let mut shared: Vec<usize> = (0..rng.random_range(0..=2))
         .map(|i| {
             let (kind, name) = if i == 0 {
                 (BudgetKind::Org, "org".to_owned())
@@ -964,6 +986,16 @@ fn choice_case(seed: u64, now: Micros) -> ChoiceCase {
             budget(&mut defs, &mut rng, kind, name)
         })
         .collect();
+    if rng.random_bool(0.3) {
+        // A caller's quota comes first; no lane's share applies to it.
+        let quota = budget(
+            &mut defs,
+            &mut rng,
+            BudgetKind::Caller,
+            "caller:c".to_owned(),
+        );
+        shared.insert(0, quota);
+    }
     let tokens: Vec<usize> = (0..n)
         .map(|c| {
             budget(
@@ -1015,7 +1047,13 @@ fn choice_case(seed: u64, now: Micros) -> ChoiceCase {
         rng.random_bool(p)
             .then(|| now - 500_000 + rng.random_range(0..2_000_000))
     };
+    let share = if rng.random_bool(0.5) {
+        Share::WHOLE
+    } else {
+        Share::from_permille(*[900u16, 500, 334, 250].choose(&mut rng).expect("not empty"))
+    };
     ChoiceCase {
+        share,
         client_cool: (0..n).map(|_| cool(0.3, &mut rng)).collect(),
         route_cool: cool(0.15, &mut rng),
         pool_cool: cool(0.1, &mut rng),
@@ -1079,8 +1117,7 @@ fn expected_usage(
         .iter()
         .map(|&b| {
             let w = us(case.defs[b].window);
-            let limit = case.learned[b].map_or(case.defs[b].limit, |l| l.min(case.defs[b].limit));
-            let pruned = case.instants[b].len() >= limit as usize;
+            let pruned = case.instants[b].len() >= fill_limit(case, b) as usize;
             let all: Vec<Micros> = case.instants[b]
                 .iter()
                 .copied()
@@ -1202,6 +1239,7 @@ async fn the_script_chooses_as_window_rs_and_as_the_script_before() {
                     candidates: &case.candidates,
                     route: route_asked,
                     max_wait: case.max_wait,
+                    share: case.share,
                 },
                 "*",
             )
@@ -1270,6 +1308,10 @@ async fn the_script_chooses_as_window_rs_and_as_the_script_before() {
             (None, other) => panic!("{ctx}: no candidate can ever be admitted, got {other:?}"),
         }
 
+        if case.share != Share::WHOLE {
+            // The script before knew no lanes.
+            continue;
+        }
         let before = connect(
             &server,
             &format!("before-{seed}"),
@@ -1300,5 +1342,113 @@ async fn the_script_chooses_as_window_rs_and_as_the_script_before() {
     assert!(
         read_more > 10,
         "cases must also choose past the first candidate"
+    );
+}
+
+/// The lane rule on Redis (issue 15): requests of random lanes (shares 1.0, 0.9, 0.5, 1/3),
+/// some queued, some given back, over a caller's quota, the org cap, a route budget and two
+/// tokens: in every window of every budget, requests whose share fills `k` of it never hold
+/// more than `k` (counted over every reservation the script made, whatever its lane), and
+/// the caller's quota, which no share shrinks, never more than its limit.
+#[tokio::test]
+async fn no_lane_fills_more_than_its_share_on_redis() {
+    use gcpool::budget::window::share_overrun;
+    use rand::rngs::StdRng;
+    use rand::seq::IndexedRandom;
+    use rand::{Rng, SeedableRng};
+    let server = RedisServer::start();
+    let w = Duration::from_millis(300);
+    let defs = vec![
+        def(BudgetKind::Caller, "caller:x", 9, w),
+        def(BudgetKind::Org, "org", 10, w),
+        def(BudgetKind::Endpoint, "endpoint:GET /x", 7, w),
+        def(BudgetKind::Token, "token:a", 4, w),
+        def(BudgetKind::Token, "token:b", 5, w),
+    ];
+    let clients = vec!["a".to_owned(), "b".to_owned()];
+    let mut refused_by_share = 0;
+    for seed in 0..8u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let store = connect(&server, &format!("lanes-{seed}"), &defs, &clients).await;
+        let mut admitted: Vec<Vec<(Micros, u32)>> = vec![Vec::new(); defs.len()];
+        let mut live: Vec<(Reservation, Vec<usize>)> = Vec::new();
+        for _ in 0..70 {
+            if rng.random_bool(0.1) {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(20..120))).await;
+            }
+            if rng.random_bool(0.08) && !live.is_empty() {
+                let (reservation, budgets) = live.swap_remove(rng.random_range(0..live.len()));
+                let at = reservation.at_micros();
+                store.release(reservation).await;
+                for b in budgets {
+                    let i = admitted[b]
+                        .iter()
+                        .position(|&(t, _)| t == at)
+                        .expect("a reservation given back was admitted");
+                    admitted[b].remove(i);
+                }
+                continue;
+            }
+            let share = Share::from_permille(
+                *[1000u16, 900, 500, 334]
+                    .choose(&mut rng)
+                    .expect("not empty"),
+            );
+            let quota: Vec<usize> = if rng.random_bool(0.5) {
+                vec![0]
+            } else {
+                vec![]
+            };
+            let candidates: Vec<Candidate> = [(0, 3), (1, 4)]
+                .into_iter()
+                .map(|(client, token)| Candidate {
+                    client,
+                    budgets: quota.iter().copied().chain([1, 2, token]).collect(),
+                })
+                .collect();
+            let max_wait = *[Duration::ZERO, Duration::from_millis(250)]
+                .choose(&mut rng)
+                .expect("not empty");
+            let decision = store
+                .admit(AdmitRequest {
+                    candidates: &candidates,
+                    route: None,
+                    max_wait,
+                    share,
+                })
+                .await
+                .expect("the test's redis-server answers");
+            match decision {
+                Decision::Admitted(reservation) => {
+                    let budgets = candidates[reservation.candidate].budgets.clone();
+                    for &b in &budgets {
+                        let d = &defs[b];
+                        let fill = if Share::applies_to(d.kind) {
+                            share.of(d.limit)
+                        } else {
+                            d.limit
+                        };
+                        admitted[b].push((reservation.at_micros(), fill));
+                    }
+                    live.push((reservation, budgets));
+                }
+                Decision::Refused(_) if share != Share::WHOLE => refused_by_share += 1,
+                Decision::Refused(_) => {}
+            }
+        }
+        for (b, admissions) in admitted.iter().enumerate() {
+            assert!(
+                admissions.len() > 3,
+                "seed {seed}: budget {} saw too few admissions to test anything",
+                defs[b].name
+            );
+            if let Some(overrun) = share_overrun(admissions, us(w)) {
+                panic!("seed {seed}, budget {}: {overrun}", defs[b].name);
+            }
+        }
+    }
+    assert!(
+        refused_by_share > 20,
+        "the shares must bind: {refused_by_share}"
     );
 }

@@ -289,9 +289,10 @@ fn callers(html: &mut String, view: &View) {
     }
     html.push_str(
         "<h2>Callers</h2>\n<p>Each API key is a caller; requests since start, and of those \
-         refused by gcpool. Clients: its sub-pool; max wait: the caller's own cap (else the \
+         refused by gcpool. Clients: its sub-pool; lane: the share of every token, route and \
+         org budget its requests may fill; max wait: the caller's own cap (else the \
          queue's); routes: its own list on top of the global one.</p>\n<table id=\"callers\"><thead><tr><th>caller</th>\
-         <th>clients</th><th>quota (this window)</th><th>max wait</th><th>routes</th>\
+         <th>clients</th><th>lane</th><th>quota (this window)</th><th>max wait</th><th>routes</th>\
          <th>requests</th><th>refused</th></tr>\
          </thead><tbody>\n",
     );
@@ -316,11 +317,13 @@ fn callers(html: &mut String, view: &View) {
         let _ = writeln!(
             html,
             "<tr><td id=\"caller-{i}-name\">{name}</td><td id=\"caller-{i}-clients\">{clients}</td>\
-             <td class=\"n\" id=\"caller-{i}-quota\">{quota}</td><td class=\"n\">{wait}</td>\
+             <td id=\"caller-{i}-lane\">{lane} ({share})</td><td class=\"n\" id=\"caller-{i}-quota\">{quota}</td><td class=\"n\">{wait}</td>\
              <td id=\"caller-{i}-routes\">{routes}</td>\
              <td class=\"n\" id=\"caller-{i}-requests\">{requests}</td>\
              <td class=\"n\" id=\"caller-{i}-rejected\">{rejected}</td></tr>",
             name = escape(&c.name),
+            lane = c.lane,
+            share = c.lane_share,
             requests = c.requests,
             rejected = c.rejected,
         );
@@ -428,6 +431,8 @@ mod tests {
                 max_wait_ms: Some(2000),
                 allow_routes: vec![format!("GET /api/v2/{name}")],
                 clients: vec![],
+                lane: "batch",
+                lane_share: 0.5,
                 quota: Some(Usage { used: 3, limit: 10 }),
                 requests: 5,
                 rejected: 1,
@@ -464,6 +469,7 @@ mod tests {
             "<td id=\"caller-0-name\">a&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;</td>"
         ));
         assert!(html.contains("<td class=\"n\" id=\"caller-0-quota\">3 / 10</td>"));
+        assert!(html.contains("<td id=\"caller-0-lane\">batch (0.5)</td>"));
     }
 
     #[test]

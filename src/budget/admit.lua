@@ -7,10 +7,12 @@
 -- KEYS[4+i] {prefix}:b:<budget name>  sorted set of reserved instants (score = µs), i = 1..K
 --
 -- ARGV[1] the epoch the replica wrote back into ('*': no check)   ARGV[2] max_wait µs
--- ARGV[3] route cool-down field or ""   ARGV[4] K
--- ARGV[4+i] budget i: "<configured limit> <window µs (guard included)> <budget name>"
--- ARGV[5+K] the budgets every candidate's list starts with: positions (1..K) joined by ','
--- ARGV[6+K] M, then per candidate: "<its other budgets' positions, joined by ','> <client
+-- ARGV[3] the request's lane's share, in thousandths (1000: whole budgets)
+-- ARGV[4] route cool-down field or ""   ARGV[5] K
+-- ARGV[5+i] budget i: "<configured limit> <window µs (guard included)> <1 if the lane's
+--           share applies, else 0> <budget name>"
+-- ARGV[6+K] the budgets every candidate's list starts with: positions (1..K) joined by ','
+-- ARGV[7+K] M, then per candidate: "<its other budgets' positions, joined by ','> <client
 --           cool-down field or ''>" (a candidate's list: the shared ones, then its own)
 -- One argument per budget and per candidate: Redis parses every argument of every call,
 -- and the script reads only the budgets and candidates it reaches.
@@ -51,12 +53,15 @@ if ARGV[1] ~= '*' then
 end
 
 local max_wait = tonumber(ARGV[2])
-local route_field = ARGV[3]
-local k = tonumber(ARGV[4])
+local share = tonumber(ARGV[3])
+local route_field = ARGV[4]
+local k = tonumber(ARGV[5])
 
 -- Budget i is read (its argument, then its learned limit) only when a candidate that has
--- it is reached: names[i] set means read.
-local names, limits, lens = {}, {}, {}
+-- it is reached: names[i] set means read. limits[i] is what this request may fill: the
+-- effective limit (configured or learned, the lower), times the lane's share where it
+-- applies, rounded down (window.rs `Window::earliest_within`, budget.rs `Share::of`).
+local names, limits, lens, laned = {}, {}, {}, {}
 
 -- Appends the positions of a ','-joined list to `into`.
 local function positions(text, into)
@@ -67,8 +72,8 @@ local function positions(text, into)
 end
 
 -- The budgets every candidate starts with (the org cap, an org-scope route budget).
-local shared = positions(ARGV[5 + k], {})
-local m = tonumber(ARGV[6 + k])
+local shared = positions(ARGV[6 + k], {})
+local m = tonumber(ARGV[7 + k])
 
 -- Candidates, their learned limits and cool-downs are read as the walk over candidates
 -- reaches them: the first one alone, then, only if a later one may beat it, all the others
@@ -81,8 +86,9 @@ local function read(upto)
   local function need(list)
     for _, i in ipairs(list) do
       if not names[i] then
-        local limit, len, name = string.match(ARGV[4 + i], '^(%d+) (%d+) (.*)$')
+        local limit, len, lane, name = string.match(ARGV[5 + i], '^(%d+) (%d+) ([01]) (.*)$')
         names[i], limits[i], lens[i] = name, tonumber(limit), math.max(tonumber(len), 1)
+        laned[i] = lane == '1'
         want[#want + 1] = i
       end
     end
@@ -95,7 +101,7 @@ local function read(upto)
     need(shared)
   end
   for c = parsed + 1, upto do
-    local own, field = string.match(ARGV[6 + k + c], '^([%d,]*) (.*)$')
+    local own, field = string.match(ARGV[7 + k + c], '^([%d,]*) (.*)$')
     local list = positions(own, { unpack(shared) })
     need(list)
     cands[c] = { field = field, budgets = list }
@@ -104,7 +110,7 @@ local function read(upto)
     end
   end
   parsed = upto
-  -- Effective limit = min(configured, learned).
+  -- Effective limit = min(configured, learned), then the lane's share of it.
   if #want > 0 then
     local wanted = {}
     for j = 1, #want do
@@ -116,6 +122,9 @@ local function read(upto)
       local l = learned[j] and tonumber(learned[j])
       if l and l < limits[i] then
         limits[i] = l
+      end
+      if laned[i] and share < 1000 then
+        limits[i] = math.floor(limits[i] * share / 1000)
       end
     end
   end

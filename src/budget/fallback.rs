@@ -798,7 +798,7 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
-    use crate::budget::{BudgetKind, Candidate, RedisStore};
+    use crate::budget::{BudgetKind, Candidate, RedisStore, Share};
     use crate::config::SharedStateConfig;
     use crate::secret::Secret;
 
@@ -880,6 +880,7 @@ mod tests {
             candidates: &candidates,
             route: None,
             max_wait: Duration::ZERO,
+            share: Share::WHOLE,
         };
         let mut admitted = 0;
         loop {

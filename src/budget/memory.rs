@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::window::{Micros, Window, joint_earliest, joint_earliest_before};
+use super::window::{Micros, Window, Within, joint_earliest, joint_earliest_before};
 use super::{
     AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, Candidate,
-    CoolDown, Decision, Refusal, Reservation, RouteKey, Slot, Snapshot,
+    CoolDown, Decision, Refusal, Reservation, RouteKey, Share, Slot, Snapshot,
 };
 
 /// Budgets and cool-downs of this process.
@@ -36,6 +36,8 @@ struct State {
     windows: Vec<Window>,
     /// Each budget's configured limit (its window's may be lower: learned from a 429).
     configured: Vec<u32>,
+    /// Whether a lane's share applies to each budget ([`Share::applies_to`]).
+    shared_by_lanes: Vec<bool>,
     /// Instant (µs since epoch) before which each client admits nothing.
     client_cool: Vec<Micros>,
     route_cool: HashMap<RouteKey, Micros>,
@@ -50,6 +52,7 @@ impl State {
         candidate: &Candidate,
         now: Micros,
         route_cool: Micros,
+        share: Share,
     ) -> Option<(Micros, Option<Binding>)> {
         let client_cool = self.client_cool.get(candidate.client).copied().unwrap_or(0);
         let (from, mut binding) = [
@@ -65,11 +68,7 @@ impl State {
                 w.prune(now);
             }
         }
-        let windows = candidate
-            .budgets
-            .iter()
-            .filter_map(|&b| self.windows.get(b));
-        let (at, moved_by) = joint_earliest(windows, from)?;
+        let (at, moved_by) = joint_earliest(self.windows_of(&candidate.budgets, share), from)?;
         if let Some(k) = moved_by {
             binding = Some(Binding::Budget(candidate.budgets[k]));
         }
@@ -83,6 +82,7 @@ impl State {
         candidates: &[Candidate],
         now: Micros,
         route_cool: Micros,
+        share: Share,
     ) -> Option<usize> {
         let (first, rest) = candidates.split_first()?;
         if rest.is_empty() {
@@ -101,7 +101,7 @@ impl State {
         let from = now.max(route_cool).max(self.pool_cool);
         self.prune(shared, now);
         // No candidate admits before the shared budgets do (or ever, if they never do).
-        let (floor, _) = joint_earliest(self.windows_of(shared), from)?;
+        let (floor, _) = joint_earliest(self.windows_of(shared, share), from)?;
         let mut best: Option<(Micros, usize)> = None;
         for (index, candidate) in candidates.iter().enumerate() {
             let client_cool = self.client_cool.get(candidate.client).copied().unwrap_or(0);
@@ -112,7 +112,9 @@ impl State {
             }
             let own = &candidate.budgets[shared_len..];
             self.prune(own, now);
-            let windows = self.windows_of(own).chain(self.windows_of(shared));
+            let windows = self
+                .windows_of(own, share)
+                .chain(self.windows_of(shared, share));
             let Some(at) = joint_earliest_before(windows, start, bound) else {
                 continue;
             };
@@ -133,12 +135,22 @@ impl State {
         }
     }
 
-    /// The windows of `budgets` (unknown ids skipped).
+    /// The windows of `budgets` (unknown ids skipped), each with the limit `share` may fill.
     fn windows_of<'a>(
         &'a self,
         budgets: &'a [BudgetId],
-    ) -> impl Iterator<Item = &'a Window> + Clone + 'a {
-        budgets.iter().filter_map(|&b| self.windows.get(b))
+        share: Share,
+    ) -> impl Iterator<Item = Within<'a>> + Clone + 'a {
+        budgets.iter().filter_map(move |&b| {
+            let window = self.windows.get(b)?;
+            let laned = self.shared_by_lanes.get(b).copied().unwrap_or(true);
+            let limit = if laned {
+                share.of(window.limit())
+            } else {
+                window.limit()
+            };
+            Some((window, limit))
+        })
     }
 }
 
@@ -154,6 +166,7 @@ impl MemoryStore {
             state: Mutex::new(State {
                 windows,
                 configured: budgets.iter().map(|b| b.limit).collect(),
+                shared_by_lanes: budgets.iter().map(|b| Share::applies_to(b.kind)).collect(),
                 client_cool: vec![0; clients],
                 route_cool: HashMap::new(),
                 pool_cool: 0,
@@ -191,12 +204,13 @@ impl MemoryStore {
             .route
             .and_then(|r| state.route_cool.get(&r).copied())
             .unwrap_or(0);
+        let share = request.share;
         let chosen = state
-            .soonest(request.candidates, now, route_cool)
+            .soonest(request.candidates, now, route_cool, share)
             .and_then(|index| {
                 let candidate = request.candidates.get(index)?;
                 // The chosen one's instant and binding, computed as for a lone candidate.
-                let (at, binding) = state.earliest(candidate, now, route_cool)?;
+                let (at, binding) = state.earliest(candidate, now, route_cool, share)?;
                 Some((at, index, binding))
             });
         let Some((at, index, binding)) = chosen else {
@@ -318,6 +332,10 @@ impl MemoryStore {
         let mut state = self.lock();
         let state = &mut *state;
         for (id, def) in budgets.iter().enumerate() {
+            match state.shared_by_lanes.get_mut(id) {
+                Some(laned) => *laned = Share::applies_to(def.kind),
+                None => state.shared_by_lanes.push(Share::applies_to(def.kind)),
+            }
             match (state.windows.get_mut(id), state.configured.get_mut(id)) {
                 (Some(window), Some(configured)) => {
                     let learned = window.limit() < *configured;
@@ -466,6 +484,7 @@ mod tests {
             candidates: cands,
             route: Some(ivr_route()),
             max_wait,
+            share: Share::WHOLE,
         })
     }
 
@@ -548,10 +567,11 @@ mod tests {
         candidates: &[Candidate],
         now: Micros,
         route_cool: Micros,
+        share: Share,
     ) -> Option<(Micros, usize, Option<Binding>)> {
         let mut best: Option<(Micros, usize, Option<Binding>)> = None;
         for (index, candidate) in candidates.iter().enumerate() {
-            let Some((at, binding)) = state.earliest(candidate, now, route_cool) else {
+            let Some((at, binding)) = state.earliest(candidate, now, route_cool, share) else {
                 continue;
             };
             if best.as_ref().is_none_or(|(t, _, _)| at < *t) {
@@ -589,6 +609,8 @@ mod tests {
         route_cool: Micros,
         /// Give back this earlier reservation instead (index into the live ones).
         release: Option<usize>,
+        /// The request's lane's share.
+        share: Share,
     }
 
     const SHARED: usize = 3;
@@ -605,9 +627,10 @@ mod tests {
             prop::option::weighted(0.2, (0u8..7, 0u64..80)),
             prop::sample::select(vec![0u64, 0, 0, 20, 60]),
             prop::option::weighted(0.1, 0usize..8),
+            prop::sample::select(vec![1000u16, 1000, 900, 500, 334]),
         )
             .prop_map(
-                |(dt, order, shared, own, arbitrary, cool, route_cool, release)| Step {
+                |(dt, order, shared, own, arbitrary, cool, route_cool, release, share)| Step {
                     dt,
                     order,
                     shared,
@@ -616,6 +639,7 @@ mod tests {
                     cool,
                     route_cool,
                     release,
+                    share: Share::from_permille(share),
                 },
             )
     }
@@ -639,10 +663,12 @@ mod tests {
                 SHARED + CLIENTS * OWN,
             ),
             steps in prop::collection::vec(step(), 1..60),
+            laned in prop::collection::vec(proptest::bool::weighted(0.8), SHARED + CLIENTS * OWN),
         ) {
             let mut state = State {
                 windows: limits.iter().map(|&(n, w)| Window::new(n, w)).collect(),
                 configured: limits.iter().map(|&(n, _)| n).collect(),
+                shared_by_lanes: laned,
                 client_cool: vec![0; CLIENTS],
                 route_cool: HashMap::new(),
                 pool_cool: 0,
@@ -684,9 +710,10 @@ mod tests {
                     })
                     .collect();
                 let route_cool = now + step.route_cool;
-                let expected = full_scan(&mut rebuilt(&state), &candidates, now, route_cool);
-                let chosen = state.soonest(&candidates, now, route_cool).and_then(|index| {
-                    let (at, binding) = state.earliest(&candidates[index], now, route_cool)?;
+                let share = step.share;
+                let expected = full_scan(&mut rebuilt(&state), &candidates, now, route_cool, share);
+                let chosen = state.soonest(&candidates, now, route_cool, share).and_then(|index| {
+                    let (at, binding) = state.earliest(&candidates[index], now, route_cool, share)?;
                     Some((at, index, binding))
                 });
                 proptest::prop_assert_eq!(chosen, expected, "candidates {:?} at {}", candidates, now);
@@ -696,6 +723,85 @@ mod tests {
                         state.windows[b].reserve(at);
                     }
                     live.push((at, budgets));
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// The lane rule on the store's own decisions (random candidates, shares, queued
+        /// reservations, releases, cool-downs): in every window of every budget, requests
+        /// of a lane whose share fills `k` of it never hold more than `k`, whatever the lanes
+        /// above them took; a caller's quota (no share applies) never holds more than its
+        /// limit.
+        #[test]
+        fn no_lane_fills_more_than_its_share(
+            limits in prop::collection::vec(
+                (prop::sample::select(vec![1u32, 2, 3, 4, 6, 10]), 5u64..60),
+                SHARED + CLIENTS * OWN,
+            ),
+            steps in prop::collection::vec(step(), 1..80),
+            laned in prop::collection::vec(proptest::bool::weighted(0.8), SHARED + CLIENTS * OWN),
+        ) {
+            let mut state = State {
+                windows: limits.iter().map(|&(n, w)| Window::new(n, w)).collect(),
+                configured: limits.iter().map(|&(n, _)| n).collect(),
+                shared_by_lanes: laned.clone(),
+                client_cool: vec![0; CLIENTS],
+                route_cool: HashMap::new(),
+                pool_cool: 0,
+            };
+            let own_ids = |c: usize| SHARED + c * OWN..SHARED + (c + 1) * OWN;
+            // Per budget: (instant, what the request could fill of it) of each admission.
+            let mut admitted: Vec<Vec<(Micros, u32)>> = vec![Vec::new(); limits.len()];
+            let mut live: Vec<(Micros, Vec<BudgetId>)> = Vec::new();
+            let mut now: Micros = 0;
+            for step in steps {
+                now += step.dt;
+                if let Some(k) = step.release
+                    && !live.is_empty()
+                {
+                    let (at, budgets) = live.remove(k % live.len());
+                    for b in budgets {
+                        state.windows[b].release(at);
+                        let i = admitted[b].iter().position(|&(t, _)| t == at).expect("admitted");
+                        admitted[b].remove(i);
+                    }
+                    continue;
+                }
+                if let Some((c, d)) = step.cool && usize::from(c) < CLIENTS {
+                    state.client_cool[usize::from(c)] = now + d;
+                }
+                let mut order = step.order.clone();
+                order.dedup();
+                let candidates: Vec<Candidate> = order
+                    .iter()
+                    .map(|&client| {
+                        let mut budgets = bits(step.shared.into(), 0..SHARED);
+                        budgets.extend(bits(step.own[client].into(), own_ids(client)));
+                        Candidate { client, budgets }
+                    })
+                    .collect();
+                let share = step.share;
+                let chosen = state.soonest(&candidates, now, 0, share).and_then(|index| {
+                    let (at, _) = state.earliest(&candidates[index], now, 0, share)?;
+                    Some((at, index))
+                });
+                if let Some((at, index)) = chosen {
+                    let budgets = candidates[index].budgets.clone();
+                    for &b in &budgets {
+                        state.windows[b].reserve(at);
+                        let fill = if laned[b] { share.of(limits[b].0) } else { limits[b].0 };
+                        admitted[b].push((at, fill));
+                    }
+                    live.push((at, budgets));
+                }
+            }
+            for (b, admissions) in admitted.iter().enumerate() {
+                if let Some(overrun) = super::super::window::share_overrun(admissions, limits[b].1) {
+                    proptest::prop_assert!(false, "budget {}: {}", b, overrun);
                 }
             }
         }

@@ -48,7 +48,7 @@ use super::journal::Admission;
 use super::window::Micros;
 use super::{
     AdmitRequest, Binding, BoxFuture, BudgetDef, BudgetError, BudgetId, BudgetStore, Candidate,
-    CoolDown, Decision, Refusal, Reservation, Slot, Snapshot,
+    CoolDown, Decision, Refusal, Reservation, Share, Slot, Snapshot,
 };
 use crate::config::SharedStateConfig;
 use crate::secret::Secret;
@@ -170,7 +170,8 @@ struct BudgetMeta {
     name: String,
     limit: u32,
     window: Micros,
-    /// `admit.lua`'s argument for it: `"<limit> <window µs> <name>"`.
+    /// `admit.lua`'s argument for it: `"<limit> <window µs> <1 if a lane's share applies,
+    /// else 0> <name>"`.
     admit_arg: String,
 }
 
@@ -204,7 +205,13 @@ impl Layout {
                     name: d.name.clone(),
                     limit: d.limit,
                     window: micros(d.window),
-                    admit_arg: format!("{} {} {}", d.limit, micros(d.window), d.name),
+                    admit_arg: format!(
+                        "{} {} {} {}",
+                        d.limit,
+                        micros(d.window),
+                        u8::from(Share::applies_to(d.kind)),
+                        d.name
+                    ),
                 })
                 .collect(),
             client_fields: clients.iter().map(|c| format!("client:{c}")).collect(),
@@ -356,6 +363,7 @@ impl RedisStore {
         invocation
             .arg(epoch)
             .arg(micros(request.max_wait))
+            .arg(request.share.permille())
             .arg(
                 request
                     .route

@@ -29,9 +29,9 @@ pub struct Window {
     length: Micros,
     /// Sorted ascending; may hold future instants (reservations of queued requests).
     times: VecDeque<Micros>,
-    /// The last walk's question and answer `(q, r)`: `earliest(t) = r` for every `t` in
-    /// `[q, r]`. Forgotten whenever `times` or `limit` change.
-    last_answer: Cell<Option<(Micros, Micros)>>,
+    /// The last walk's limit, question and answer `(n, q, r)`: `earliest_within(t, n) = r`
+    /// for every `t` in `[q, r]`. Forgotten whenever `times` or `limit` change.
+    last_answer: Cell<Option<(u32, Micros, Micros)>>,
 }
 
 impl Window {
@@ -74,20 +74,30 @@ impl Window {
     /// Earliest instant `>= from` at which one more admission keeps every window within
     /// the limit. `None` when the limit is 0 (never).
     pub fn earliest(&self, from: Micros) -> Option<Micros> {
-        let n = self.limit as usize;
+        self.earliest_within(from, self.limit)
+    }
+
+    /// Earliest instant `>= from` at which one more admission keeps every window that holds
+    /// it within `limit` (a lane's share of this budget: at most [`Window::limit`]). Every
+    /// admission counts, whoever made it: a request under a smaller limit cannot take the
+    /// room above it. `None` when `limit` is 0 (never).
+    pub fn earliest_within(&self, from: Micros, limit: u32) -> Option<Micros> {
+        let limit = limit.min(self.limit);
+        let n = limit as usize;
         if n == 0 {
             return None;
         }
         if self.times.len() < n {
             return Some(from);
         }
-        if let Some((asked, answer)) = self.last_answer.get()
+        if let Some((memo_limit, asked, answer)) = self.last_answer.get()
+            && memo_limit == limit
             && (asked..=answer).contains(&from)
         {
             return Some(answer);
         }
         let t = self.walk(from, n);
-        self.last_answer.set(Some((from, t)));
+        self.last_answer.set(Some((limit, from, t)));
         Some(t)
     }
 
@@ -160,19 +170,22 @@ impl Window {
     }
 }
 
-/// The earliest instant `>= from` that every window in `windows` admits, and the index of
-/// the window that set it (the binding one; `None` when `from` itself was free).
-/// `None` overall when some window never admits (limit 0).
+/// A window asked under a limit of its own ([`Window::earliest_within`]).
+pub type Within<'a> = (&'a Window, u32);
+
+/// The earliest instant `>= from` that every window in `windows` admits (each within its
+/// limit), and the index of the window that set it (the binding one; `None` when `from`
+/// itself was free). `None` overall when some window never admits (limit 0).
 pub fn joint_earliest<'a>(
-    windows: impl Iterator<Item = &'a Window> + Clone,
+    windows: impl Iterator<Item = Within<'a>> + Clone,
     from: Micros,
 ) -> Option<(Micros, Option<usize>)> {
     let mut t = from;
     let mut binding = None;
     loop {
         let mut moved = false;
-        for (k, window) in windows.clone().enumerate() {
-            let e = window.earliest(t)?;
+        for (k, (window, limit)) in windows.clone().enumerate() {
+            let e = window.earliest_within(t, limit)?;
             if e > t {
                 t = e;
                 binding = Some(k);
@@ -189,7 +202,7 @@ pub fn joint_earliest<'a>(
 /// when some window never admits. Gives up as soon as the search reaches `bound`, so a
 /// caller looking for an instant sooner than one it has can skip a hopeless search cheaply.
 pub fn joint_earliest_before<'a>(
-    windows: impl Iterator<Item = &'a Window> + Clone,
+    windows: impl Iterator<Item = Within<'a>> + Clone,
     from: Micros,
     bound: Micros,
 ) -> Option<Micros> {
@@ -199,8 +212,8 @@ pub fn joint_earliest_before<'a>(
             return None;
         }
         let mut moved = false;
-        for window in windows.clone() {
-            let e = window.earliest(t)?;
+        for (window, limit) in windows.clone() {
+            let e = window.earliest_within(t, limit)?;
             if e > t {
                 if e >= bound {
                     return None;
@@ -213,6 +226,38 @@ pub fn joint_earliest_before<'a>(
             return Some(t);
         }
     }
+}
+
+/// The lane rule checked after the fact, for tests and diagnostics: `admissions` are one
+/// budget's `(instant, limit it was admitted within)`; the answer names a window of
+/// `length` where more than `k` of those admitted within `k` or less lie together (`None`
+/// when there is none). Admissions within the whole limit included, this also finds a
+/// window over the limit.
+pub fn share_overrun(admissions: &[(Micros, u32)], length: Micros) -> Option<String> {
+    let mut sorted = admissions.to_vec();
+    sorted.sort_unstable();
+    // The fullest windows end at an admission: `(end - length, end]`.
+    for &(end, _) in &sorted {
+        let mut within: Vec<u32> = sorted
+            .iter()
+            .filter(|&&(t, _)| t <= end && t.saturating_add(length) > end)
+            .map(|&(_, k)| k)
+            .collect();
+        within.sort_unstable();
+        // The i-th smallest limit (0-based) is one of i + 1 admissions within it or less.
+        if let Some((i, &k)) = within
+            .iter()
+            .enumerate()
+            .find(|&(i, &k)| i + 1 > k as usize)
+        {
+            return Some(format!(
+                "{} admissions within a limit of {k} or less share the window ending at {end} \
+                 (length {length}): {sorted:?}",
+                i + 1
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

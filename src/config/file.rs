@@ -98,6 +98,16 @@ pub(super) struct Inbound {
     pub(super) allow_anonymous: Option<String>,
     pub(super) allow_routes: Option<Vec<String>>,
     pub(super) anonymous_caller: Option<AnonymousCaller>,
+    pub(super) lanes: Option<Lanes>,
+}
+
+/// `inbound.lanes`: each lane's share of every budget.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Lanes {
+    pub(super) realtime: Option<String>,
+    pub(super) standard: Option<String>,
+    pub(super) batch: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +121,7 @@ pub(super) struct ApiKey {
     pub(super) allow_routes: Option<Vec<String>>,
     pub(super) clients: Option<Vec<String>>,
     pub(super) per_minute: Option<String>,
+    pub(super) lane: Option<String>,
 }
 
 /// `inbound.anonymous_caller`: what an api key entry says of its caller, for the caller
@@ -122,6 +133,7 @@ pub(super) struct AnonymousCaller {
     pub(super) allow_routes: Option<Vec<String>>,
     pub(super) clients: Option<Vec<String>>,
     pub(super) per_minute: Option<String>,
+    pub(super) lane: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +241,14 @@ pub(super) struct ResolvedInbound {
     pub(super) allow_anonymous: bool,
     pub(super) allow_routes: Vec<String>,
     pub(super) anonymous_caller: ResolvedCaller,
+    pub(super) lanes: ResolvedLanes,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ResolvedLanes {
+    pub(super) realtime: String,
+    pub(super) standard: String,
+    pub(super) batch: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,6 +269,7 @@ pub(super) struct ResolvedCaller {
     pub(super) clients: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) per_minute: Option<u32>,
+    pub(super) lane: &'static str,
 }
 
 #[derive(Debug, Serialize)]

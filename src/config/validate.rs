@@ -19,8 +19,8 @@ use super::file::{self, FILE_PATH};
 use super::{
     ANONYMOUS_CALLER, ApiKey, BudgetScope, BudgetsConfig, CacheConfig, CacheRoute, CallerPolicy,
     ClientConfig, Config, ConfigError, ConfigErrors, EndpointBudget, Env, GenesysConfig,
-    InboundConfig, QueueConfig, RouteRule, ServerConfig, SharedStateConfig, TlsConfig,
-    UNKNOWN_CALLER,
+    InboundConfig, Lane, LaneShares, QueueConfig, RouteRule, ServerConfig, SharedStateConfig,
+    TlsConfig, UNKNOWN_CALLER, format_share, per_window, share_of,
 };
 use crate::routes::{RouteId, RouteTable};
 use crate::secret::Secret;
@@ -204,6 +204,11 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
             allow_anonymous: c.inbound.allow_anonymous,
             allow_routes: route_texts(&c.inbound.allow_routes),
             anonymous_caller: resolved_caller(&c.inbound.anonymous_caller),
+            lanes: file::ResolvedLanes {
+                realtime: format_share(c.inbound.lanes.realtime),
+                standard: format_share(c.inbound.lanes.standard),
+                batch: format_share(c.inbound.lanes.batch),
+            },
         },
         shared_state: c.shared_state.as_ref().map(|s| file::ResolvedSharedState {
             redis_url: redact_redis_url(s.redis_url.expose()),
@@ -300,6 +305,8 @@ impl Validator<'_> {
                 }
             }
         }
+
+        warnings.extend(empty_lanes(&budgets, &clients, &inbound));
 
         if !cache.routes.is_empty() && cache.max_bytes / 16 < 4096 {
             warnings.push(format!(
@@ -843,6 +850,7 @@ impl Validator<'_> {
                     allow_routes: k.allow_routes,
                     clients: k.clients,
                     per_minute: k.per_minute,
+                    lane: k.lane,
                 },
                 &limits,
             );
@@ -878,11 +886,13 @@ impl Validator<'_> {
             Some(a) => self.caller_policy("inbound.anonymous_caller", a, &limits),
             None => CallerPolicy::default(),
         };
+        let lanes = self.lanes(i.lanes);
         InboundConfig {
             api_keys,
             allow_anonymous: or_default(anonymous, false),
             allow_routes,
             anonymous_caller,
+            lanes,
         }
     }
 
@@ -956,11 +966,58 @@ impl Validator<'_> {
             )
             .ok()
             .flatten();
+        let lane = self
+            .parse(&format!("{parent}.lane"), raw.lane, parse_lane)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         CallerPolicy {
             max_wait,
             allow_routes: self.routes(&format!("{parent}.allow_routes"), raw.allow_routes),
             clients,
             per_minute,
+            lane,
+        }
+    }
+
+    /// `inbound.lanes`: each lane's share in `(0, 1]`, none above a higher lane's.
+    fn lanes(&mut self, raw: Option<file::Lanes>) -> LaneShares {
+        let Some(raw) = raw else {
+            return LaneShares::default();
+        };
+        let mut share = |path: &str, raw: Option<String>| match self.parse(path, raw, parse_share) {
+            Ok(share) => Some(share.unwrap_or(1000)),
+            Err(Reported) => None,
+        };
+        let parsed = [
+            share("inbound.lanes.realtime", raw.realtime),
+            share("inbound.lanes.standard", raw.standard),
+            share("inbound.lanes.batch", raw.batch),
+        ];
+        // Lanes whose share was refused above are not compared: one error each.
+        for pair in [(0, 1), (1, 2), (0, 2)] {
+            let (Some(high), Some(low)) = (parsed[pair.0], parsed[pair.1]) else {
+                continue;
+            };
+            let (higher, lower) = (Lane::ALL[pair.0], Lane::ALL[pair.1]);
+            if low > high && (pair != (0, 2) || parsed[1].is_none()) {
+                self.error(
+                    format!("inbound.lanes.{}", lower.name()),
+                    format!(
+                        "{} is more than {}'s {}: a lane may fill no more of a budget than the \
+                         lanes above it",
+                        format_share(low),
+                        higher.name(),
+                        format_share(high)
+                    ),
+                );
+            }
+        }
+        let [realtime, standard, batch] = parsed.map(|p| p.unwrap_or(1000));
+        LaneShares {
+            realtime,
+            standard,
+            batch,
         }
     }
 
@@ -1180,6 +1237,98 @@ fn parse_positive_usize(s: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("{n} is too large"))
 }
 
+/// Lanes in use whose share rounds some budget down to nothing: their callers can never be
+/// admitted where that budget applies.
+fn empty_lanes(
+    budgets: &BudgetsConfig,
+    clients: &[ClientConfig],
+    inbound: &InboundConfig,
+) -> Vec<String> {
+    let window = budgets.window;
+    let mut limits: Vec<(String, u32)> = clients
+        .iter()
+        .map(|c| {
+            (
+                format!("the token budget of client {}", c.name),
+                per_window(c.requests_per_minute.get(), window),
+            )
+        })
+        .collect();
+    limits.push((
+        "budgets.org_per_minute".to_owned(),
+        per_window(budgets.org_per_minute.get(), window),
+    ));
+    for e in &budgets.endpoints {
+        limits.push((
+            format!("the budget of \"{} {}\"", e.method, e.path),
+            per_window(e.per_minute.get(), window),
+        ));
+    }
+    let mut warnings = Vec::new();
+    for lane in Lane::ALL {
+        let share = inbound.lanes.permille(lane);
+        let callers: Vec<&str> = inbound
+            .callers()
+            .filter(|&(name, c)| {
+                c.lane == lane && (name != ANONYMOUS_CALLER || inbound.allow_anonymous)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if share == 1000 || callers.is_empty() {
+            continue;
+        }
+        for (budget, limit) in &limits {
+            if share_of(share, *limit) == 0 {
+                warnings.push(format!(
+                    "inbound.lanes.{} is {}: of {budget} ({limit} per {} window) it fills \
+                     nothing, so its callers ({}) can never be admitted where it applies",
+                    lane.name(),
+                    format_share(share),
+                    format_duration(window),
+                    callers.join(", ")
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// A lane's name: `realtime`, `standard` or `batch`.
+fn parse_lane(s: &str) -> Result<Lane, String> {
+    Lane::ALL
+        .into_iter()
+        .find(|lane| lane.name() == s.trim())
+        .ok_or_else(|| format!("{s:?} is not a lane: use realtime, standard or batch"))
+}
+
+/// A share of a budget: a number in `(0, 1]` (`0.5`) or a percentage (`50%`), kept in
+/// thousandths.
+fn parse_share(s: &str) -> Result<u16, String> {
+    let text = s.trim();
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(percent) => (percent.trim(), 10.0),
+        None => (text, 1000.0),
+    };
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| format!("{s:?} is not a share such as 0.5 or 50%"))?;
+    let permille = value * scale;
+    if permille <= 0.0 || permille > 1000.0 {
+        return Err(format!(
+            "{s:?} is not in (0, 1]: a lane fills part of a budget, or all of it (1.0)"
+        ));
+    }
+    if (permille - permille.round()).abs() > 1e-6 {
+        return Err(format!(
+            "{s:?}: a share is kept to a thousandth (e.g. 0.125)"
+        ));
+    }
+    // In 1..=1000 after the checks above.
+    Ok(permille.round() as u16)
+}
+
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" => Ok(true),
@@ -1356,6 +1505,7 @@ fn resolved_caller(caller: &CallerPolicy) -> file::ResolvedCaller {
         allow_routes: route_texts(&caller.allow_routes),
         clients: caller.clients.clone(),
         per_minute: caller.per_minute.map(NonZeroU32::get),
+        lane: caller.lane.name(),
     }
 }
 
@@ -1950,6 +2100,87 @@ inbound:
         assert!(yaml.contains("- GET /api/v2/groups/{groupId}"), "{yaml}");
         let again = ok(&yaml.replace("key_sha256: <redacted>", "key: k"));
         assert_eq!(again.inbound.api_keys[0].caller.max_wait, ivr.max_wait);
+    }
+
+    /// Lanes (SPEC §12): a caller's `lane`, each lane's share in `(0, 1]` (or a percentage),
+    /// none above a higher lane's, whole budgets when `inbound.lanes` is absent, a warning
+    /// when a share rounds a budget down to nothing, and both in the redacted config.
+    #[test]
+    fn lanes_share_every_budget() {
+        let errs = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1, lane: urgent}}\n  lanes:\n    realtime: 0.8\n    standard: 0.9\n    batch: 0\n"
+        ));
+        assert!(
+            error_at(&errs, "inbound.api_keys[0].lane").contains("\"urgent\" is not a lane"),
+            "{errs:#?}"
+        );
+        assert!(
+            error_at(&errs, "inbound.lanes.standard").contains("more than realtime's 0.8"),
+            "{errs:#?}"
+        );
+        assert!(error_at(&errs, "inbound.lanes.batch").contains("not in (0, 1]"));
+        let fine = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1}}\n  lanes:\n    batch: 0.0001\n    standard: 1.5\n"
+        ));
+        assert!(error_at(&fine, "inbound.lanes.batch").contains("thousandth"));
+        assert!(error_at(&fine, "inbound.lanes.standard").contains("not in (0, 1]"));
+
+        let absent = ok(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1, lane: batch}}\n"
+        ));
+        assert_eq!(absent.inbound.lanes, LaneShares::default());
+        assert_eq!(absent.inbound.api_keys[0].caller.lane, Lane::Batch);
+
+        let c = ok(&format!(
+            "{CLIENT}budgets:\n  window: 10s\n  endpoints:\n    - {{route: 'PUT /api/v2/architect/ivrs/{{ivrId}}', per_minute: 6}}\n\
+inbound:
+  allow_anonymous: true
+  api_keys:
+    - {{name: ivr, key: k1, lane: realtime}}
+    - {{name: export, key: k2, lane: batch}}
+  lanes:
+    standard: 90%
+    batch: 0.5
+"
+        ));
+        let lanes = c.inbound.lanes;
+        assert_eq!(
+            (lanes.realtime, lanes.standard, lanes.batch),
+            (1000, 900, 500)
+        );
+        assert_eq!(c.inbound.anonymous_caller.lane, Lane::Standard);
+        // The IVR route's budget is 1 per 10 s window: 90 % and half of it are nothing.
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("inbound.lanes.standard is 0.9")
+                && c.warnings[0].contains("its callers (anonymous) can never"),
+            "{}",
+            c.warnings[0]
+        );
+        assert!(
+            c.warnings[1].contains("inbound.lanes.batch is 0.5")
+                && c.warnings[1]
+                    .contains("PUT /api/v2/architect/ivrs/{ivrId}\" (1 per 10s window)")
+                && c.warnings[1].contains("its callers (export) can never"),
+            "{}",
+            c.warnings[1]
+        );
+        let yaml = c.redacted_yaml();
+        assert!(yaml.contains("lane: realtime"), "{yaml}");
+        let again = ok(&yaml.replace("key_sha256: <redacted>", "key: k"));
+        assert_eq!(again.inbound.lanes, lanes);
+        assert_eq!(again.inbound.api_keys[1].caller.lane, Lane::Batch);
+        let explained = c.callers_explained().join("\n");
+        assert!(
+            explained.contains(
+                "export: all 1 clients; lane batch (fills 0.5 of each token, route and org budget)"
+            ),
+            "{explained}"
+        );
+        assert!(
+            explained.contains("ivr: all 1 clients; lane realtime (fills whole budgets)"),
+            "{explained}"
+        );
     }
 
     /// Budget and allow-list routes must be operations of the route table, exactly.

@@ -74,14 +74,19 @@ fn prune_keeps_what_can_still_share_a_window() {
     assert_eq!(w.earliest(10), Some(15));
 }
 
+/// A window asked under its own limit.
+fn whole(w: &Window) -> Within<'_> {
+    (w, w.limit())
+}
+
 #[test]
 fn joint_earliest_names_the_binding_window() {
     let mut token = Window::new(1, 100);
     let org = Window::new(10, 100);
     token.reserve(0);
-    let (t, binding) = joint_earliest([&token, &org].into_iter(), 1).unwrap();
+    let (t, binding) = joint_earliest([&token, &org].into_iter().map(whole), 1).unwrap();
     assert_eq!((t, binding), (100, Some(0)));
-    let (t, binding) = joint_earliest([&org].into_iter(), 1).unwrap();
+    let (t, binding) = joint_earliest([&org].into_iter().map(whole), 1).unwrap();
     assert_eq!((t, binding), (1, None));
 }
 
@@ -136,7 +141,7 @@ proptest! {
             for w in &mut windows {
                 w.prune(now);
             }
-            let (t, _) = joint_earliest(used.iter().map(|&b| &windows[b]), now).unwrap();
+            let (t, _) = joint_earliest(used.iter().map(|&b| whole(&windows[b])), now).unwrap();
             prop_assert!(t >= now);
             let feasible = |c: Micros| {
                 used.iter().all(|&b| naive_valid(&with(&history[b], c), budgets[b].0, budgets[b].1))
@@ -166,8 +171,9 @@ proptest! {
 
 #[derive(Debug, Clone)]
 enum Change {
-    Ask(Micros),
-    Reserve(Micros),
+    /// Asked from an instant, within a limit.
+    Ask(Micros, u32),
+    Reserve(Micros, u32),
     Release(usize),
     Prune(Micros),
     SetLimit(u32),
@@ -175,8 +181,8 @@ enum Change {
 
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
-        4 => (0u64..200).prop_map(Change::Ask),
-        3 => (0u64..200).prop_map(Change::Reserve),
+        4 => (0u64..200, 0u32..5).prop_map(|(t, n)| Change::Ask(t, n)),
+        3 => (0u64..200, 0u32..5).prop_map(|(t, n)| Change::Reserve(t, n)),
         1 => (0usize..16).prop_map(Change::Release),
         1 => (0u64..200).prop_map(Change::Prune),
         1 => (0u32..5).prop_map(Change::SetLimit),
@@ -197,16 +203,21 @@ proptest! {
         let mut pruned_to = 0;
         for change in changes {
             match change {
-                Change::Ask(t) | Change::Reserve(t) => {
+                Change::Ask(t, within) | Change::Reserve(t, within) => {
                     // Callers ask from the last prune's instant on (memory.rs prunes at `now`).
                     let t = t.max(pruned_to);
                     let fresh = Window {
                         last_answer: Cell::new(None),
                         ..w.clone()
                     };
+                    prop_assert_eq!(
+                        w.earliest_within(t, within),
+                        fresh.earliest_within(t, within),
+                        "asked from {} within {}", t, within
+                    );
                     prop_assert_eq!(w.earliest(t), fresh.earliest(t), "asked from {}", t);
-                    if matches!(change, Change::Reserve(_)) {
-                        w.reserve(t);
+                    if let (Change::Reserve(..), Some(at)) = (&change, w.earliest_within(t, within)) {
+                        w.reserve(at);
                     }
                 }
                 Change::Release(k) => {
@@ -221,6 +232,39 @@ proptest! {
                 }
                 Change::SetLimit(n) => w.set_limit(n),
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The lane rule (SPEC §12): admissions asked within `k` never hold more than `k` of any
+    /// window, whatever was admitted within larger limits around them, and the whole never
+    /// exceeds the limit. So a lane's share leaves the room above it to the lanes above.
+    #[test]
+    fn admissions_within_a_share_never_fill_more_than_it(
+        limit in 1u32..6,
+        length in 1u64..60,
+        asks in prop::collection::vec((0u64..8, 0u32..7, any::<bool>()), 1..120),
+    ) {
+        let mut w = Window::new(limit, length);
+        let mut admitted: Vec<(Micros, u32)> = Vec::new();
+        let mut now = 0;
+        for (dt, within, queue) in asks {
+            now += dt;
+            let Some(at) = w.earliest_within(now, within) else {
+                prop_assert_eq!(within.min(limit), 0);
+                continue;
+            };
+            if at > now && !queue {
+                continue;
+            }
+            w.reserve(at);
+            admitted.push((at, within.min(limit)));
+        }
+        if let Some(overrun) = share_overrun(&admitted, length) {
+            prop_assert!(false, "{}", overrun);
         }
     }
 }
