@@ -183,6 +183,9 @@ fn check(path: &Path) -> ExitCode {
             for line in config.callers_explained() {
                 println!("#   {line}");
             }
+            if let Some(gateway) = config.gateway_explained() {
+                println!("# {gateway}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -271,7 +271,29 @@ pub struct InboundConfig {
     pub anonymous_caller: CallerPolicy,
     /// The share of every budget each lane may fill (`inbound.lanes`).
     pub lanes: LaneShares,
+    /// The Genesys SDKs' gateway mode (`inbound.gateway`); `None`: off.
+    pub gateway: Option<GatewayConfig>,
 }
+
+/// `inbound.gateway` (SPEC §12): what the Genesys SDKs' gateway setting (Python
+/// `set_gateway`, JavaScript `setGateway`, the Terraform provider's `gateway` block) needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// `POST {login_path}/oauth/token` answers caller tokens: empty, or `/` and segments of
+    /// letters, digits, `-`, `.`, `_`, `~` (no `.` or `..` segment), no trailing `/`.
+    pub login_path: String,
+    /// API calls are also taken at `{api_path}/api/v2/...`; same form as `login_path`.
+    pub api_path: String,
+    /// How long a caller token is valid: whole seconds, 1s to 48h.
+    pub token_lifetime: Duration,
+}
+
+/// `inbound.gateway.login_path` when the section leaves it out.
+pub const DEFAULT_GATEWAY_LOGIN_PATH: &str = "/login";
+/// `inbound.gateway.token_lifetime` when the section leaves it out.
+pub const DEFAULT_GATEWAY_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest `inbound.gateway.token_lifetime`: Genesys' own longest token (48 h).
+pub const MAX_GATEWAY_TOKEN_LIFETIME: Duration = Duration::from_secs(48 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct SharedStateConfig {
@@ -426,5 +448,36 @@ impl Config {
                 format!("{name}: {clients}{quota}; {lane}; {wait}; {routes}")
             })
             .collect()
+    }
+
+    /// The SDKs' gateway mode in words (printed by `gcpool check`), or `None` when
+    /// `inbound.gateway` is off.
+    pub fn gateway_explained(&self) -> Option<String> {
+        let gateway = self.inbound.gateway.as_ref()?;
+        let callers: Vec<&str> = self
+            .inbound
+            .api_keys
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect();
+        let who = if callers.is_empty() {
+            "no caller (no inbound.api_keys: every login is refused)".to_owned()
+        } else {
+            format!("callers {}", callers.join(", "))
+        };
+        let api = if gateway.api_path.is_empty() {
+            "API calls at /api/v2/...".to_owned()
+        } else {
+            format!(
+                "API calls at {}/api/v2/... and /api/v2/...",
+                gateway.api_path
+            )
+        };
+        Some(format!(
+            "gateway: POST {}/oauth/token answers tokens valid {} to {who} (client id: the \
+             caller's name, secret: its key); {api}",
+            gateway.login_path,
+            format_duration(gateway.token_lifetime),
+        ))
     }
 }

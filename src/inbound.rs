@@ -772,6 +772,7 @@ mod tests {
             allow_routes: vec![],
             anonymous_caller: CallerPolicy::default(),
             lanes: Default::default(),
+            gateway: None,
         };
         let auth = Authenticator::new(&config);
         let mut h = HeaderMap::new();

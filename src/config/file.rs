@@ -99,6 +99,7 @@ pub(super) struct Inbound {
     pub(super) allow_routes: Option<Vec<String>>,
     pub(super) anonymous_caller: Option<AnonymousCaller>,
     pub(super) lanes: Option<Lanes>,
+    pub(super) gateway: Option<Gateway>,
 }
 
 /// `inbound.lanes`: each lane's share of every budget.
@@ -108,6 +109,15 @@ pub(super) struct Lanes {
     pub(super) realtime: Option<String>,
     pub(super) standard: Option<String>,
     pub(super) batch: Option<String>,
+}
+
+/// `inbound.gateway`: the Genesys SDKs' gateway mode (SPEC §12).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Gateway {
+    pub(super) login_path: Option<String>,
+    pub(super) api_path: Option<String>,
+    pub(super) token_lifetime: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +252,8 @@ pub(super) struct ResolvedInbound {
     pub(super) allow_routes: Vec<String>,
     pub(super) anonymous_caller: ResolvedCaller,
     pub(super) lanes: ResolvedLanes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) gateway: Option<ResolvedGateway>,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,6 +261,13 @@ pub(super) struct ResolvedLanes {
     pub(super) realtime: String,
     pub(super) standard: String,
     pub(super) batch: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ResolvedGateway {
+    pub(super) login_path: String,
+    pub(super) api_path: String,
+    pub(super) token_lifetime: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -18,9 +18,10 @@ use super::expand::{expand, lower_first, read_secret_file, resolve_path};
 use super::file::{self, FILE_PATH};
 use super::{
     ANONYMOUS_CALLER, ApiKey, BudgetScope, BudgetsConfig, CacheConfig, CacheRoute, CallerPolicy,
-    ClientConfig, Config, ConfigError, ConfigErrors, EndpointBudget, Env, GenesysConfig,
-    InboundConfig, Lane, LaneShares, QueueConfig, RouteRule, ServerConfig, SharedStateConfig,
-    TlsConfig, UNKNOWN_CALLER, format_share, per_window, share_of,
+    ClientConfig, Config, ConfigError, ConfigErrors, DEFAULT_GATEWAY_LOGIN_PATH,
+    DEFAULT_GATEWAY_TOKEN_LIFETIME, EndpointBudget, Env, GatewayConfig, GenesysConfig,
+    InboundConfig, Lane, LaneShares, MAX_GATEWAY_TOKEN_LIFETIME, QueueConfig, RouteRule,
+    ServerConfig, SharedStateConfig, TlsConfig, UNKNOWN_CALLER, format_share, per_window, share_of,
 };
 use crate::routes::{RouteId, RouteTable};
 use crate::secret::Secret;
@@ -209,6 +210,11 @@ pub(super) fn redacted_yaml(config: &Config) -> String {
                 standard: format_share(c.inbound.lanes.standard),
                 batch: format_share(c.inbound.lanes.batch),
             },
+            gateway: c.inbound.gateway.as_ref().map(|g| file::ResolvedGateway {
+                login_path: g.login_path.clone(),
+                api_path: g.api_path.clone(),
+                token_lifetime: format_duration(g.token_lifetime),
+            }),
         },
         shared_state: c.shared_state.as_ref().map(|s| file::ResolvedSharedState {
             redis_url: redact_redis_url(s.redis_url.expose()),
@@ -307,6 +313,13 @@ impl Validator<'_> {
         }
 
         warnings.extend(empty_lanes(&budgets, &clients, &inbound));
+        if inbound.gateway.is_some() && inbound.api_keys.is_empty() {
+            warnings.push(
+                "inbound.gateway is on but there are no inbound.api_keys: the SDKs' login \
+                 (client id: a caller's name, secret: its key) refuses everyone"
+                    .to_owned(),
+            );
+        }
 
         if !cache.routes.is_empty() && cache.max_bytes / 16 < 4096 {
             warnings.push(format!(
@@ -887,12 +900,68 @@ impl Validator<'_> {
             None => CallerPolicy::default(),
         };
         let lanes = self.lanes(i.lanes);
+        let gateway = i.gateway.map(|g| self.gateway(g));
         InboundConfig {
             api_keys,
             allow_anonymous: or_default(anonymous, false),
             allow_routes,
             anonymous_caller,
             lanes,
+            gateway,
+        }
+    }
+
+    /// `inbound.gateway`: the SDKs' login and API path prefixes and the caller tokens'
+    /// lifetime, each defaulted when left out.
+    fn gateway(&mut self, g: file::Gateway) -> GatewayConfig {
+        let login_path = self.parse(
+            "inbound.gateway.login_path",
+            g.login_path,
+            parse_path_prefix,
+        );
+        let api_path = self.parse("inbound.gateway.api_path", g.api_path, parse_path_prefix);
+        let path = "inbound.gateway.token_lifetime";
+        let token_lifetime = match self.parse(path, g.token_lifetime, parse_duration) {
+            Ok(Some(d)) if d < Duration::from_secs(1) || d.subsec_nanos() != 0 => {
+                self.error(
+                    path,
+                    format!("{}: give whole seconds, at least 1s", format_duration(d)),
+                );
+                DEFAULT_GATEWAY_TOKEN_LIFETIME
+            }
+            Ok(Some(d)) if d > MAX_GATEWAY_TOKEN_LIFETIME => {
+                self.error(
+                    path,
+                    format!(
+                        "{} is longer than {} (Genesys' own longest token lifetime)",
+                        format_duration(d),
+                        format_duration(MAX_GATEWAY_TOKEN_LIFETIME)
+                    ),
+                );
+                DEFAULT_GATEWAY_TOKEN_LIFETIME
+            }
+            other => or_default(other, DEFAULT_GATEWAY_TOKEN_LIFETIME),
+        };
+        let parsed = login_path.is_ok() && api_path.is_ok();
+        let login_path = or_default(login_path, DEFAULT_GATEWAY_LOGIN_PATH.to_owned());
+        let api_path = or_default(api_path, String::new());
+        // The login must not shadow an API path (`/api/v2/...`, `{api_path}/api/v2/...`).
+        let login = format!("{login_path}/oauth/token");
+        if parsed
+            && (login.starts_with("/api/v2/") || login.starts_with(&format!("{api_path}/api/v2/")))
+        {
+            self.error(
+                "inbound.gateway.login_path",
+                format!(
+                    "{login:?} lies where API calls go ({api_path}/api/v2/...): give the login a \
+                     path of its own, e.g. /login"
+                ),
+            );
+        }
+        GatewayConfig {
+            login_path,
+            api_path,
+            token_lifetime,
         }
     }
 
@@ -1346,6 +1415,39 @@ fn non_empty(s: &str) -> Result<String, String> {
 }
 
 /// `[a-z0-9][a-z0-9._-]*`, at most 64 characters: safe as a metric label and in logs.
+/// A path prefix of `inbound.gateway`: empty, or `/` and segments of unreserved characters
+/// (letters, digits, `-`, `.`, `_`, `~`) that are not `.` or `..`; no trailing `/`. Compared
+/// with the request's raw path bytes, so no percent-encoded form can match it.
+fn parse_path_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let Some(rest) = s.strip_prefix('/') else {
+        return Err(format!(
+            "{s:?}: a path starts with / (e.g. /login), or is empty"
+        ));
+    };
+    if rest.is_empty() || rest.ends_with('/') {
+        return Err(format!(
+            "{s:?}: no trailing / (the root is the empty path \"\")"
+        ));
+    }
+    for segment in rest.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!("{s:?}: an empty, . or .. segment"));
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            return Err(format!(
+                "{s:?}: use letters, digits, '-', '.', '_' and '~' between the slashes"
+            ));
+        }
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_client_name(s: &str) -> Result<String, String> {
     let valid_first = s
         .chars()
@@ -2708,5 +2810,98 @@ inbound:
              ignore_upstream_cache_headers: true\n"
         ));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn gateway_defaults_and_rules() {
+        let keys = "inbound:\n  api_keys:\n    - {name: ivr, key: k1}\n";
+        let c = ok(&format!("{CLIENT}{keys}  gateway: {{}}\n"));
+        let g = c
+            .inbound
+            .gateway
+            .as_ref()
+            .expect("an empty section turns it on");
+        assert_eq!(g.login_path, "/login");
+        assert_eq!(g.api_path, "");
+        assert_eq!(g.token_lifetime, Duration::from_secs(24 * 3600));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(ok(&format!("{CLIENT}{keys}")).inbound.gateway.is_none());
+        let explained = c.gateway_explained().expect("explained when on");
+        assert!(explained.contains("POST /login/oauth/token"), "{explained}");
+        assert!(
+            explained.contains("24h") && explained.contains("ivr"),
+            "{explained}"
+        );
+        // The resolved config prints it, and parses back to the same settings.
+        let printed = c.redacted_yaml();
+        assert!(printed.contains("gateway:"), "{printed}");
+
+        let c = ok(&format!(
+            "{CLIENT}{keys}  gateway:\n    login_path: /auth/v1\n    api_path: /genesys\n    \
+             token_lifetime: 90s\n"
+        ));
+        let g = c.inbound.gateway.as_ref().expect("on");
+        assert_eq!(
+            (g.login_path.as_str(), g.api_path.as_str(), g.token_lifetime),
+            ("/auth/v1", "/genesys", Duration::from_secs(90))
+        );
+        let c = ok(&format!("{CLIENT}{keys}  gateway:\n    login_path: \"\"\n"));
+        assert_eq!(c.inbound.gateway.expect("on").login_path, "");
+
+        for (value, says) in [
+            ("login", "starts with /"),
+            ("/login/", "no trailing /"),
+            ("/", "no trailing /"),
+            ("/a//b", "empty, . or .."),
+            ("/a/../b", "empty, . or .."),
+            ("/%2e%2e", "letters, digits"),
+            ("/lo gin", "letters, digits"),
+        ] {
+            let errs = errors(&format!(
+                "{CLIENT}{keys}  gateway:\n    login_path: \"{value}\"\n"
+            ));
+            let msg = error_at(&errs, "inbound.gateway.login_path");
+            assert!(msg.contains(says), "{value}: {msg}");
+            let errs = errors(&format!(
+                "{CLIENT}{keys}  gateway:\n    api_path: \"{value}\"\n"
+            ));
+            let msg = error_at(&errs, "inbound.gateway.api_path");
+            assert!(msg.contains(says), "{value}: {msg}");
+        }
+        for (value, says) in [
+            ("500ms", "at least 1s"),
+            ("1500ms", "whole seconds"),
+            ("49h", "longer than 48h"),
+            ("soon", "soon"),
+        ] {
+            let errs = errors(&format!(
+                "{CLIENT}{keys}  gateway:\n    token_lifetime: {value}\n"
+            ));
+            let msg = error_at(&errs, "inbound.gateway.token_lifetime");
+            assert!(msg.contains(says), "{value}: {msg}");
+        }
+        // A login that an API path would shadow.
+        for gateway in [
+            "login_path: /api/v2",
+            "{login_path: /gc/api/v2, api_path: /gc}",
+        ] {
+            let text = if gateway.starts_with('{') {
+                format!("{CLIENT}{keys}  gateway: {gateway}\n")
+            } else {
+                format!("{CLIENT}{keys}  gateway:\n    {gateway}\n")
+            };
+            let errs = errors(&text);
+            let msg = error_at(&errs, "inbound.gateway.login_path");
+            assert!(msg.contains("where API calls go"), "{gateway}: {msg}");
+        }
+        let errs = errors(&format!("{CLIENT}{keys}  gateway:\n    login: /x\n"));
+        assert!(error_at(&errs, "inbound.gateway.login").contains("unknown key"));
+        // On, but nobody can log in.
+        let c = ok(&format!("{CLIENT}{ANON}  gateway: {{}}\n"));
+        assert!(
+            c.warnings.iter().any(|w| w.contains("refuses everyone")),
+            "{:?}",
+            c.warnings
+        );
     }
 }
