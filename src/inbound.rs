@@ -8,6 +8,11 @@
 //! access is allowed (loopback sidecars only; enforced by config validation), only routes
 //! on the allow-list (when there is one) pass, and the body is read within its size limit,
 //! the bytes all bodies in flight may hold, and the request deadline.
+//!
+//! With `inbound.gateway` on (the SDKs' gateway mode, [`gateway`]), a login at
+//! `{login_path}/oauth/token` is answered here too (after the same target and body checks,
+//! before anything is spent), a caller token authenticates like a key, and API paths may
+//! carry the `{api_path}` prefix, stripped before every check of the path.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +32,10 @@ use tokio::time::Instant;
 pub use crate::config::{ANONYMOUS_CALLER, UNKNOWN_CALLER};
 use crate::config::{CallerPolicy, Config, InboundConfig, Lane, LaneShares, parse_duration};
 use crate::routes::{Operation, Route, RouteId, RouteMethod, RouteTable};
+
+pub mod gateway;
+
+pub use gateway::{Gateway, IssuedToken, LOGIN_ROUTE, LoginError};
 
 /// The header callers may carry their key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -56,7 +65,8 @@ pub enum Refusal {
         allowed: Vec<RouteMethod>,
     },
     #[error(
-        "the caller is not authenticated: send X-API-Key or HTTP Basic with the key as password"
+        "the caller is not authenticated: send X-API-Key, HTTP Basic with the key as password, \
+         or a caller token from the gateway login as Bearer"
     )]
     Unauthorized,
     #[error("route {0} is not on this gcpool's allow-list")]
@@ -73,6 +83,9 @@ pub enum Refusal {
     BodyMemory,
     #[error("x-gcpool-max-wait: {0}")]
     BadMaxWait(String),
+    /// A gateway login refused (OAuth's error shape, not Genesys' API one).
+    #[error(transparent)]
+    Login(#[from] LoginError),
 }
 
 /// A refusal, with the route label of the request as far as it was matched (`other` when
@@ -168,6 +181,26 @@ impl CallerRules {
     }
 }
 
+/// What a request that passed the checks is: an API call to forward, or a gateway login
+/// answered with a caller token.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every request is an API call: boxing it would cost each an allocation"
+)]
+pub enum Checked {
+    Api(CallerRequest),
+    Login(Login),
+}
+
+/// A gateway login that succeeded: who logged in and the token it gets.
+#[derive(Debug)]
+pub struct Login {
+    /// The caller's label (its api key's name).
+    pub caller: Arc<str>,
+    pub token: IssuedToken,
+}
+
 /// A request that passed every check: its head, its route and its whole body.
 #[derive(Debug)]
 pub struct CallerRequest {
@@ -240,26 +273,40 @@ impl Policy {
     }
 
     /// Checks `request` in order (target, key, method, allow-list) and reads its body by
-    /// `deadline`.
+    /// `deadline`; a gateway login is checked and answered instead ([`Checked::Login`]).
     ///
     /// # Errors
     /// The first check that fails, with the route label as far as it was matched.
     pub async fn check<B>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         deadline: Instant,
-    ) -> Result<CallerRequest, Refused>
+    ) -> Result<Checked, Refused>
     where
         B: Body<Data = Bytes> + Unpin,
     {
+        let early = |refusal| Refused {
+            refusal,
+            route: Route::Other.label(),
+            caller: None,
+        };
         let (method, uri) = (request.method(), request.uri());
-        let caller = check_target(method, uri, request.version(), &self.api_authority)
+        check_request_line(method, uri, request.version(), &self.api_authority).map_err(early)?;
+        if let Some(gateway) = &self.auth.gateway {
+            if gateway.is_login(uri.path()) {
+                return self
+                    .login(gateway, request, deadline)
+                    .await
+                    .map(Checked::Login);
+            }
+            if let Some(stripped) = gateway.strip_api_path(uri) {
+                *request.uri_mut() = stripped;
+            }
+        }
+        let (method, uri) = (request.method(), request.uri());
+        let caller = check_api_path(uri.path())
             .and_then(|()| self.auth.identify(request.headers()))
-            .map_err(|refusal| Refused {
-                refusal,
-                route: Route::Other.label(),
-                caller: None,
-            })?;
+            .map_err(early)?;
         let rules = caller
             .and_then(|i| self.callers.get(i))
             .unwrap_or(&self.anonymous);
@@ -305,13 +352,67 @@ impl Policy {
         )
         .await
         .map_err(refused(&route))?;
-        Ok(CallerRequest {
+        Ok(Checked::Api(CallerRequest {
             parts,
             route,
             body,
             caller: rules.name.clone(),
             max_wait,
             _body_memory: held,
+        }))
+    }
+
+    /// A gateway login: `POST`, a body within [`gateway::LOGIN_MAX_BODY`] (and the other body
+    /// limits) by `deadline`, a caller's name and key, the client-credentials grant. Spends
+    /// nothing and reaches no upstream.
+    async fn login<B>(
+        &self,
+        gateway: &Gateway,
+        request: Request<B>,
+        deadline: Instant,
+    ) -> Result<Login, Refused>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let refused = |caller: Option<&CallerRules>| {
+            let caller = caller.map(|c| c.name.clone());
+            move |refusal| Refused {
+                refusal,
+                route: LOGIN_ROUTE,
+                caller,
+            }
+        };
+        if request.method() != Method::POST {
+            return Err(refused(None)(Refusal::MethodNotAllowed {
+                method: request.method().as_str().chars().take(32).collect(),
+                allowed: vec![RouteMethod::Post],
+            }));
+        }
+        let (parts, body) = request.into_parts();
+        let max = self.max_body_bytes.min(gateway::LOGIN_MAX_BODY);
+        let (body, _held) = read_body(&parts.headers, body, max, deadline, &self.body_memory)
+            .await
+            .map_err(refused(None))?;
+        let asked = gateway::TokenRequest::parse(&parts.headers, &body)
+            .map_err(|e| refused(None)(e.into()))?;
+        let index = asked
+            .credentials
+            .as_ref()
+            .and_then(|c| self.auth.login(c))
+            .ok_or_else(|| refused(None)(LoginError::InvalidClient.into()))?;
+        // `identify`'s indices are `self.callers`' (both in `inbound.api_keys` order).
+        let (Some(rules), Some(token)) = (
+            self.callers.get(index),
+            gateway.mint(index, gateway::unix_now()),
+        ) else {
+            return Err(refused(None)(LoginError::InvalidClient.into()));
+        };
+        asked
+            .client_credentials_grant()
+            .map_err(|e| refused(Some(rules))(e.into()))?;
+        Ok(Login {
+            caller: rules.name.clone(),
+            token,
         })
     }
 }
@@ -431,6 +532,18 @@ pub fn check_target(
     version: http::Version,
     api_authority: &http::uri::Authority,
 ) -> Result<(), Refusal> {
+    check_request_line(method, uri, version, api_authority)?;
+    check_api_path(uri.path())
+}
+
+/// The method and target host of [`check_target`]: `CONNECT` and absolute-form targets for
+/// another host are refused whatever the path.
+fn check_request_line(
+    method: &Method,
+    uri: &Uri,
+    version: http::Version,
+    api_authority: &http::uri::Authority,
+) -> Result<(), Refusal> {
     if method == Method::CONNECT {
         return Err(Refusal::ConnectRefused);
     }
@@ -443,7 +556,11 @@ pub fn check_target(
             return Err(Refusal::ForeignHost);
         }
     }
-    let path = uri.path();
+    Ok(())
+}
+
+/// The path of [`check_target`]: under `/api/v2/`, no dot segment.
+fn check_api_path(path: &str) -> Result<(), Refusal> {
     if !path.starts_with("/api/v2/") {
         return Err(Refusal::NotApiPath);
     }
@@ -549,11 +666,14 @@ fn has_dot_segment(path: &str) -> bool {
     }
 }
 
-/// Who may call: API key digests, or anyone when anonymous access is on.
+/// Who may call: API key digests, caller tokens when the gateway is on, or anyone when
+/// anonymous access is on.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     digests: Vec<(String, [u8; 32])>,
     anonymous: bool,
+    /// `inbound.gateway`: its login, and the caller tokens it verifies.
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl Authenticator {
@@ -565,7 +685,26 @@ impl Authenticator {
                 .map(|k| (k.name.clone(), k.sha256))
                 .collect(),
             anonymous: config.allow_anonymous,
+            gateway: config
+                .gateway
+                .as_ref()
+                .map(|g| Arc::new(Gateway::new(g, &config.api_keys))),
         }
+    }
+
+    /// The index in `inbound.api_keys` of the caller whose name and key `credentials`
+    /// are (a gateway login), or `None`. The key is compared in constant time, with every
+    /// caller's.
+    pub fn login(&self, credentials: &gateway::ClientCredentials) -> Option<usize> {
+        let digest: [u8; 32] = Sha256::digest(credentials.client_secret.expose().as_bytes()).into();
+        let mut found = None;
+        for (index, (name, known)) in self.digests.iter().enumerate() {
+            let key_matches = bool::from(known.ct_eq(&digest));
+            if key_matches && *name == credentials.client_id && found.is_none() {
+                found = Some(index);
+            }
+        }
+        found
     }
 
     /// The name of the key the caller presented, or `None` for an anonymous caller.
@@ -602,6 +741,14 @@ impl Authenticator {
             }
             if found.is_some() {
                 return Ok(found);
+            }
+        }
+        if let Some(gateway) = &self.gateway {
+            let now = gateway::unix_now();
+            if let Some(index) =
+                gateway::bearer_tokens(headers).find_map(|token| gateway.verify(token, now).ok())
+            {
+                return Ok(Some(index));
             }
         }
         if self.anonymous {

@@ -9,7 +9,11 @@
 //!         1. inbound::Policy::check      target (CONNECT 405, foreign host 400, not /api/v2/ 404,
 //!                                        dot segments 400), API key 401, route + method 405,
 //!                                        allow-list 403, body (413, 408, in-flight cap 503)
-//!                                        → CallerRequest { route, body }
+//!                                        → CallerRequest { route, body }; with inbound.gateway,
+//!                                        `{api_path}` stripped first, a caller token (Bearer)
+//!                                        counts as a key, and a login at
+//!                                        `{login_path}/oauth/token` is answered here with a
+//!                                        caller token (inbound::gateway; nothing spent)
 //!         on a cached route (proxy::cached): a fresh answer from cache::Store (hit), else
 //!         one upstream call per key (cache::Flights; the others wait for its answer), kept
 //!         when it may be; the last good answer instead of a 429 or an upstream failure

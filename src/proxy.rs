@@ -7,13 +7,15 @@
 //! retry (429: cool down and go elsewhere; 401: drop the token; 502/503/504 or a lost
 //! connection: back off, idempotent methods only unless the request never left) → the
 //! answer. `Exchange` records every fact once, as it happens. Refusals of every layer
-//! become answers in one place, [`Reject`].
+//! become answers in one place, [`Reject`]. A gateway login (`inbound::gateway`) is
+//! answered right after the caller checks, with the token they minted: no admission, no
+//! upstream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use tokio::time::Instant;
@@ -22,7 +24,7 @@ use tracing::{debug, warn};
 use crate::admission::{Permit, Refusal as Admission};
 use crate::config::Config;
 use crate::generation::{Generation, Live};
-use crate::inbound::{CallerRequest, Refusal};
+use crate::inbound::{CallerRequest, Checked, LOGIN_ROUTE, Login, Refusal};
 use crate::metrics::Metrics;
 use crate::pool::PoolClient;
 use crate::upstream::{BodyAborts, Outcome, Upstream, UpstreamBody};
@@ -129,7 +131,12 @@ impl Proxy {
         // No `async fn` between this and `forward`: each layer would copy the whole future.
         let mut response = match self.forward(request, &mut exchange).await {
             Ok(response) => {
-                exchange.answered(response.status(), exchange::Outcome::Forwarded);
+                let outcome = if exchange.own_answer {
+                    exchange::Outcome::Answered
+                } else {
+                    exchange::Outcome::Forwarded
+                };
+                exchange.answered(response.status(), outcome);
                 response
             }
             Err(reject) => {
@@ -171,11 +178,15 @@ impl Proxy {
         let cache = generation.cache.clone();
         let checked_under = generation.number;
         drop(generation);
-        let mut caller = checked.map_err(|refused| {
+        let checked = checked.map_err(|refused| {
             exchange.route = refused.route;
             exchange.caller = refused.caller;
             refused.refusal
         })?;
+        let mut caller = match checked {
+            Checked::Api(caller) => caller,
+            Checked::Login(login) => return Ok(logged_in(login, exchange)),
+        };
         exchange.route = caller.route.label();
         exchange.caller = Some(caller.caller.clone());
         // Before the head takes the caller's headers over: the key reads some of them.
@@ -332,6 +343,24 @@ impl Proxy {
         };
         Ok(finish_response(response, &served.client, exchange.queued()))
     }
+}
+
+/// The answer to a gateway login: the caller token, shaped as Genesys' login shapes its own
+/// (`access_token`, `token_type`, `expires_in`), never cached (RFC 6749 §5.1).
+fn logged_in(login: Login, exchange: &mut Exchange<'_>) -> Response<ProxyBody> {
+    exchange.route = LOGIN_ROUTE;
+    exchange.own_answer = true;
+    let body = serde_json::json!({
+        "access_token": login.token.access_token.expose(),
+        "token_type": "bearer",
+        "expires_in": login.token.expires_in,
+    });
+    exchange.caller = Some(login.caller);
+    let mut response = json_response(StatusCode::OK, &body);
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// The upstream answer as the caller gets it: hop-by-hop headers removed, gcpool's added.

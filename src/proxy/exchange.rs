@@ -30,12 +30,16 @@ pub(super) struct Exchange<'a> {
     pub(super) cache: Option<CacheResult>,
     /// The cached route's counters (`gcpool_cache_requests_total`).
     pub(super) cache_counts: Option<Arc<ResultCounts>>,
+    /// gcpool answered it itself, and not as a refusal (a gateway login's token).
+    pub(super) own_answer: bool,
 }
 
 /// How the request was answered, for `gcpool_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Outcome {
     Forwarded,
+    /// Answered by gcpool itself, not as a refusal: a gateway login's token.
+    Answered,
     /// Refused by gcpool, with the reason.
     Rejected(&'static str),
     /// No upstream answer to pass on.
@@ -52,6 +56,7 @@ impl<'a> Exchange<'a> {
             queued: Duration::ZERO,
             cache: None,
             cache_counts: None,
+            own_answer: false,
         }
     }
 
@@ -102,6 +107,7 @@ impl<'a> Exchange<'a> {
         let m = self.metrics;
         let label = match outcome {
             Outcome::Forwarded => "forwarded",
+            Outcome::Answered => "answered",
             Outcome::Rejected(_) => "rejected",
             Outcome::Error => "error",
         };

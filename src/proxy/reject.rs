@@ -1,6 +1,8 @@
 //! Why gcpool answered a request itself, and how that answer looks: the one place where a
 //! refusal of any layer (inbound, admission) or an upstream failure becomes an answer, with
-//! its status, Genesys-shaped JSON body, `x-gcpool-reason` and metric label.
+//! its status, Genesys-shaped JSON body, `x-gcpool-reason` and metric label. A refused
+//! gateway login gets the shape of Genesys' login errors (`error`, `description`,
+//! `error_description`).
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use serde_json::json;
 
 use super::ProxyBody;
 use crate::admission::Refusal as Admission;
-use crate::inbound::{Refusal as Inbound, allow_list};
+use crate::inbound::{LoginError, Refusal as Inbound, allow_list};
 use crate::upstream::UpstreamError;
 
 /// Response header naming why gcpool refused or failed a request.
@@ -58,6 +60,11 @@ impl Reject {
                 Inbound::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
                 Inbound::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 Inbound::BodyMemory => StatusCode::SERVICE_UNAVAILABLE,
+                // As Genesys' login: 401 for the client, 400 for the request.
+                Inbound::Login(LoginError::InvalidClient) => StatusCode::UNAUTHORIZED,
+                Inbound::Login(
+                    LoginError::InvalidRequest(_) | LoginError::UnsupportedGrantType,
+                ) => StatusCode::BAD_REQUEST,
             },
             Self::Admission(refusal) => match refusal {
                 Admission::NoHealthyClient
@@ -81,10 +88,13 @@ impl Reject {
                 | Inbound::ForeignHost
                 | Inbound::BadPath
                 | Inbound::BadBody
-                | Inbound::BadMaxWait(_) => "bad_request",
+                | Inbound::BadMaxWait(_)
+                | Inbound::Login(
+                    LoginError::InvalidRequest(_) | LoginError::UnsupportedGrantType,
+                ) => "bad_request",
                 Inbound::MethodNotAllowed { .. } => "method_not_allowed",
                 Inbound::NotApiPath => "not_found",
-                Inbound::Unauthorized => "unauthorized",
+                Inbound::Unauthorized | Inbound::Login(LoginError::InvalidClient) => "unauthorized",
                 Inbound::RouteNotAllowed(_) | Inbound::RouteNotAllowedForCaller { .. } => {
                     "route_not_allowed"
                 }
@@ -146,6 +156,14 @@ impl Reject {
     /// `limit`), else Genesys' error shape with the reason in words; `context_id` is its
     /// `contextId` (and the answer's `ININ-Correlation-Id`).
     fn body(&self, context_id: &str) -> serde_json::Value {
+        if let Self::Inbound(Inbound::Login(error)) = self {
+            // The SDKs' login code reads Genesys' login errors, not the API's.
+            return json!({
+                "error": error.code(),
+                "description": error.description(),
+                "error_description": error.description(),
+            });
+        }
         let Some(wait) = self.retry_after() else {
             return json!({
                 "message": self.to_string(),
