@@ -448,3 +448,46 @@ fn check_explains_each_caller() {
     );
     assert_eq!(inbound["api_keys"][1]["lane"], "batch", "{stdout}");
 }
+
+/// `check` prints `inbound.gateway` and explains it: where the SDKs log in, for whom, for
+/// how long, and where API calls go.
+#[test]
+fn check_explains_the_gateway() {
+    let out = check(&fixture("gateway.yaml"), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_names(
+        &stdout,
+        &[
+            "  gateway:\n    login_path: /login\n    api_path: /genesys\n    token_lifetime: 8h\n",
+            "# gateway: POST /login/oauth/token answers tokens valid 8h to callers reporting-app, \
+             terraform (client id: the caller's name, secret: its key); API calls at \
+             /genesys/api/v2/... and /api/v2/...",
+        ],
+    );
+    assert!(!stdout.contains("k1") && !stdout.contains("k2"), "{stdout}");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&stdout).expect("still YAML");
+    assert!(parsed["inbound"].get("gateway").is_some());
+}
+
+/// Gateway paths that could match something else are refused, each with its key path.
+#[test]
+fn gateway_paths_are_refused_by_name() {
+    let stderr = rejected("gateway_bad_paths.yaml");
+    assert_names(
+        &stderr,
+        &[
+            "inbound.gateway.login_path",
+            "an empty, . or .. segment",
+            "inbound.gateway.api_path",
+            "starts with /",
+            "inbound.gateway.token_lifetime",
+            "longer than 48h",
+        ],
+    );
+}
