@@ -134,6 +134,10 @@ pub struct ApiKey {
     pub name: String,
     /// sha256 of the key; the key itself is never kept.
     pub sha256: [u8; 32],
+    /// What its gateway caller tokens are signed with (`inbound.gateway`), derived from the
+    /// key itself when the config gives it (`key`, `key_file`); `None` for a key given as its
+    /// digest only (`key_sha256`), which cannot log in through the gateway.
+    pub token_key: Option<TokenKey>,
     /// What this key's caller may do beyond the global rules.
     pub caller: CallerPolicy,
 }
@@ -146,6 +150,36 @@ impl InboundConfig {
             .iter()
             .map(|k| (k.name.as_str(), &k.caller))
             .chain(std::iter::once((ANONYMOUS_CALLER, &self.anonymous_caller)))
+    }
+}
+
+/// Key material for one caller's gateway tokens: SHA-256 over a label of its own and the
+/// caller's key, so neither the key's digest (which a config may show as `key_sha256`) nor
+/// anything else gcpool prints yields it. Never printed (`Debug` says so).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    /// The domain-separation label hashed before the key.
+    const LABEL: &'static [u8] = b"gcpool gateway caller token key v1\0";
+
+    /// The token key of the API key `key`.
+    pub fn derive(key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(Self::LABEL);
+        hasher.update(key.as_bytes());
+        TokenKey(hasher.finalize().into())
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
     }
 }
 

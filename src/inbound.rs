@@ -915,6 +915,7 @@ mod tests {
             api_keys: vec![ApiKey {
                 name: "data-actions".into(),
                 sha256: Sha256::digest(key).into(),
+                token_key: None,
                 caller: CallerPolicy::default(),
             }],
             allow_anonymous: false,

@@ -21,7 +21,8 @@ use super::{
     ClientConfig, Config, ConfigError, ConfigErrors, DEFAULT_GATEWAY_LOGIN_PATH,
     DEFAULT_GATEWAY_TOKEN_LIFETIME, EndpointBudget, Env, GatewayConfig, GenesysConfig,
     InboundConfig, Lane, LaneShares, MAX_GATEWAY_TOKEN_LIFETIME, QueueConfig, RouteRule,
-    ServerConfig, SharedStateConfig, TlsConfig, UNKNOWN_CALLER, format_share, per_window, share_of,
+    ServerConfig, SharedStateConfig, TlsConfig, TokenKey, UNKNOWN_CALLER, format_share, per_window,
+    share_of,
 };
 use crate::routes::{RouteId, RouteTable};
 use crate::secret::Secret;
@@ -319,6 +320,19 @@ impl Validator<'_> {
                  (client id: a caller's name, secret: its key) refuses everyone"
                     .to_owned(),
             );
+        }
+        if inbound.gateway.is_some() {
+            for (n, k) in inbound.api_keys.iter().enumerate() {
+                if k.token_key.is_none() {
+                    warnings.push(format!(
+                        "inbound.api_keys[{n}] ({}) is given as key_sha256, so it cannot log in \
+                         through inbound.gateway: caller tokens are signed with a key derived \
+                         from the key itself, never from its digest (which a config may show); \
+                         give key or key_file for it to log in",
+                        k.name
+                    ));
+                }
+            }
         }
 
         if !cache.routes.is_empty() && cache.max_bytes / 16 < 4096 {
@@ -855,7 +869,7 @@ impl Validator<'_> {
                     names.insert(name.clone(), n);
                 }
             }
-            let sha256 = self.api_key_digest(&p, k.key_sha256, k.key, k.key_file);
+            let digests = self.api_key_digest(&p, k.key_sha256, k.key, k.key_file);
             let caller = self.caller_policy(
                 &p,
                 file::AnonymousCaller {
@@ -867,10 +881,11 @@ impl Validator<'_> {
                 },
                 &limits,
             );
-            if let (Some(name), Some(sha256)) = (name, sha256) {
+            if let (Some(name), Some((sha256, token_key))) = (name, digests) {
                 api_keys.push(ApiKey {
                     name,
                     sha256,
+                    token_key,
                     caller,
                 });
             }
@@ -1090,14 +1105,15 @@ impl Validator<'_> {
         }
     }
 
-    /// Exactly one of `key_sha256`, `key` (hashed here) or `key_file` (read, then hashed).
+    /// Exactly one of `key_sha256`, `key` (hashed here) or `key_file` (read, then hashed):
+    /// the key's digest, and its gateway token key when the key itself was given.
     fn api_key_digest(
         &mut self,
         parent: &str,
         key_sha256: Option<String>,
         key: Option<String>,
         key_file: Option<String>,
-    ) -> Option<[u8; 32]> {
+    ) -> Option<([u8; 32], Option<TokenKey>)> {
         let given = [key_sha256.is_some(), key.is_some(), key_file.is_some()];
         match given.iter().filter(|g| **g).count() {
             0 => {
@@ -1115,12 +1131,17 @@ impl Validator<'_> {
         }
         if let Some(raw) = key_sha256 {
             let path = format!("{parent}.key_sha256");
-            return self.required(&path, Some(raw), parse_sha256_hex);
+            return self
+                .required(&path, Some(raw), parse_sha256_hex)
+                .map(|digest| (digest, None));
         }
         if let Some(raw) = key {
             let path = format!("{parent}.key");
             return match self.text(&path, Some(raw)) {
-                Ok(Some(v)) if !v.is_empty() => Some(Sha256::digest(v.as_bytes()).into()),
+                Ok(Some(v)) if !v.is_empty() => Some((
+                    Sha256::digest(v.as_bytes()).into(),
+                    Some(TokenKey::derive(&v)),
+                )),
                 Ok(_) => {
                     self.error(&path, "is empty");
                     None
@@ -1130,7 +1151,10 @@ impl Validator<'_> {
         }
         let raw = key_file?;
         let value = self.secret_file(&format!("{parent}.key_file"), raw)?;
-        Some(Sha256::digest(value.as_bytes()).into())
+        Some((
+            Sha256::digest(value.as_bytes()).into(),
+            Some(TokenKey::derive(&value)),
+        ))
     }
 
     fn shared_state(&mut self, s: file::SharedState) -> SharedStateConfig {
@@ -2826,6 +2850,18 @@ inbound:
         assert_eq!(g.token_lifetime, Duration::from_secs(24 * 3600));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert!(ok(&format!("{CLIENT}{keys}")).inbound.gateway.is_none());
+        let hex = "ab".repeat(32);
+        let digest_only = ok(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: ivr, key: k1}}\n    - {{name: old, key_sha256: {hex}}}\n  gateway: {{}}\n"
+        ));
+        assert_eq!(digest_only.warnings.len(), 1, "{:?}", digest_only.warnings);
+        assert!(
+            digest_only.warnings[0].contains("inbound.api_keys[1] (old) is given as key_sha256")
+                && digest_only.warnings[0].contains("give key or key_file"),
+            "{}",
+            digest_only.warnings[0]
+        );
+        assert!(digest_only.inbound.api_keys[0].token_key.is_some());
         let explained = c.gateway_explained().expect("explained when on");
         assert!(explained.contains("POST /login/oauth/token"), "{explained}");
         assert!(

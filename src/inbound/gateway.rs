@@ -16,7 +16,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::{HeaderMap, Uri, header};
 use ring::hmac;
 
-use crate::config::{ApiKey, GatewayConfig};
+use crate::config::{ApiKey, GatewayConfig, TokenKey};
 use crate::secret::Secret;
 
 /// The `route` label of login requests (Genesys' own login operation; never forwarded).
@@ -95,7 +95,8 @@ pub struct Gateway {
     api_path: String,
     lifetime_secs: u64,
     /// Each api key's caller, in `inbound.api_keys` order: its name and signing key.
-    callers: Vec<(String, hmac::Key)>,
+    /// `None`: a key given as its digest only, which mints and verifies no token.
+    callers: Vec<(String, Option<hmac::Key>)>,
 }
 
 /// What a login request says: who it claims to be and the grant it asks for.
@@ -132,7 +133,7 @@ impl Gateway {
             lifetime_secs: config.token_lifetime.as_secs().max(1),
             callers: api_keys
                 .iter()
-                .map(|k| (k.name.clone(), signing_key(&k.sha256)))
+                .map(|k| (k.name.clone(), k.token_key.as_ref().map(signing_key)))
                 .collect(),
         }
     }
@@ -165,7 +166,9 @@ impl Gateway {
     /// A token for the `caller`th api key's caller, valid `token_lifetime` from `now`
     /// (Unix seconds); `None` for an index that is no caller.
     pub fn mint(&self, caller: usize, now: u64) -> Option<IssuedToken> {
-        let (name, key) = self.callers.get(caller)?;
+        let (name, Some(key)) = self.callers.get(caller)? else {
+            return None;
+        };
         let expiry = now.saturating_add(self.lifetime_secs).to_string();
         let tag = hmac::sign(key, &signed(name, &expiry));
         let token = format!(
@@ -215,7 +218,9 @@ impl Gateway {
             .iter()
             .position(|(known, _)| *known == name)
             .ok_or(TokenError::UnknownCaller)?;
-        let (_, key) = &self.callers[index];
+        let (_, Some(key)) = &self.callers[index] else {
+            return Err(TokenError::UnknownCaller);
+        };
         hmac::verify(key, &signed(&name, expiry), &tag).map_err(|_| TokenError::BadTag)?;
         if expires <= now {
             return Err(TokenError::Expired);
@@ -237,10 +242,14 @@ fn signed(name: &str, expiry: &str) -> Vec<u8> {
     message
 }
 
-/// A caller's signing key: HMAC-SHA256 of [`KEY_LABEL`] under its key digest. Keys can be
-/// configured as their digest only (`key_sha256`), so the digest is what every replica has.
-fn signing_key(digest: &[u8; 32]) -> hmac::Key {
-    let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, digest), KEY_LABEL);
+/// A caller's signing key: HMAC-SHA256 of [`KEY_LABEL`] under its token key, which config
+/// validation derived from the key itself ([`TokenKey`]): every replica given the same key
+/// has it, and the key's digest (`key_sha256`, which a config may show) does not yield it.
+fn signing_key(token_key: &TokenKey) -> hmac::Key {
+    let derived = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, token_key.expose()),
+        KEY_LABEL,
+    );
     hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
 }
 

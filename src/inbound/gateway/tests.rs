@@ -3,7 +3,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::config::CallerPolicy;
+use crate::config::{CallerPolicy, TokenKey};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -11,6 +11,7 @@ fn key(name: &str, key: &str) -> ApiKey {
     ApiKey {
         name: name.to_owned(),
         sha256: Sha256::digest(key).into(),
+        token_key: Some(TokenKey::derive(key)),
         caller: CallerPolicy::default(),
     }
 }
@@ -64,7 +65,7 @@ fn a_token_names_its_caller_until_it_expires() {
 
 #[test]
 fn the_same_config_verifies_it_anywhere() {
-    // Another replica: its own Gateway from the same config, the key given as its digest.
+    // Another replica: its own Gateway from the same config (the same keys).
     let mine = hour();
     let theirs = hour();
     assert_eq!(theirs.verify(&token(&mine, 0, NOW), NOW + 10), Ok(0));
@@ -89,6 +90,42 @@ fn a_rotated_or_removed_key_kills_its_tokens() {
     // Renamed with the same key: the name is signed, so the token does not move over.
     let renamed = gateway(Duration::from_secs(3600), &[key("ivr2", "k-ivr")]);
     assert_eq!(renamed.verify(&t, NOW), Err(TokenError::UnknownCaller));
+}
+
+/// Whoever knows only a caller's key digest (a config may show it as `key_sha256`) mints no
+/// token for it: tokens are signed under a key derived from the key itself. (Before, the
+/// signing key came from the digest: this forgery verified.)
+#[test]
+fn the_key_digest_alone_mints_nothing() {
+    let gateway = hour();
+    let digest: [u8; 32] = Sha256::digest("k-ivr").into();
+    let from_digest = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &digest), KEY_LABEL);
+    let forger = hmac::Key::new(hmac::HMAC_SHA256, from_digest.as_ref());
+    let expiry = (NOW + 600).to_string();
+    let tag = hmac::sign(&forger, &signed("ivr", &expiry));
+    let forged = format!(
+        "{TOKEN_PREFIX}{}.{expiry}.{}",
+        URL_SAFE_NO_PAD.encode("ivr"),
+        URL_SAFE_NO_PAD.encode(tag.as_ref())
+    );
+    assert_eq!(gateway.verify(&forged, NOW), Err(TokenError::BadTag));
+
+    // A caller configured by its digest only logs in nowhere and verifies nothing.
+    let digest_only = ApiKey {
+        token_key: None,
+        ..key("ivr", "k-ivr")
+    };
+    let gateway = gateway_of(&[digest_only]);
+    assert!(gateway.mint(0, NOW).is_none());
+    let genuine = token(&hour(), 0, NOW);
+    assert_eq!(
+        gateway.verify(&genuine, NOW),
+        Err(TokenError::UnknownCaller)
+    );
+}
+
+fn gateway_of(keys: &[ApiKey]) -> Gateway {
+    gateway(Duration::from_secs(3600), keys)
 }
 
 #[test]
