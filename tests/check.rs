@@ -14,6 +14,18 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Runs `gcpool check --config <path>` with `envs` set for the child process.
+/// `gcpool check` on `path` (no variables set) passes; its stdout.
+fn check_passes(path: &Path) -> String {
+    let out = check(path, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn check(path: &Path, envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcpool"));
     cmd.arg("check").arg("--config").arg(path);
@@ -417,14 +429,7 @@ fn a_cache_route_that_depends_on_the_token_or_writes_is_refused() {
 /// routes; as YAML comments, so stdout stays the config.
 #[test]
 fn check_explains_each_caller() {
-    let out = check(&fixture("callers.yaml"), &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_passes(&fixture("callers.yaml"));
     assert_names(
         &stdout,
         &[
@@ -453,14 +458,7 @@ fn check_explains_each_caller() {
 /// how long, and where API calls go.
 #[test]
 fn check_explains_the_gateway() {
-    let out = check(&fixture("gateway.yaml"), &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_passes(&fixture("gateway.yaml"));
     assert_names(
         &stdout,
         &[

@@ -644,6 +644,19 @@ mod tests {
             )
     }
 
+    /// A state of empty windows of `limits` (limit, length), the lanes' share applying to
+    /// the budgets `laned` marks, no cool-down.
+    fn fresh_state(limits: &[(u32, Micros)], laned: Vec<bool>) -> State {
+        State {
+            windows: limits.iter().map(|&(n, w)| Window::new(n, w)).collect(),
+            configured: limits.iter().map(|&(n, _)| n).collect(),
+            shared_by_lanes: laned,
+            client_cool: vec![0; CLIENTS],
+            route_cool: HashMap::new(),
+            pool_cool: 0,
+        }
+    }
+
     fn bits(mask: u16, ids: impl Iterator<Item = BudgetId>) -> Vec<BudgetId> {
         ids.enumerate()
             .filter(|&(k, _)| k < 16 && mask & (1 << k) != 0)
@@ -665,14 +678,7 @@ mod tests {
             steps in prop::collection::vec(step(), 1..60),
             laned in prop::collection::vec(proptest::bool::weighted(0.8), SHARED + CLIENTS * OWN),
         ) {
-            let mut state = State {
-                windows: limits.iter().map(|&(n, w)| Window::new(n, w)).collect(),
-                configured: limits.iter().map(|&(n, _)| n).collect(),
-                shared_by_lanes: laned,
-                client_cool: vec![0; CLIENTS],
-                route_cool: HashMap::new(),
-                pool_cool: 0,
-            };
+            let mut state = fresh_state(&limits, laned);
             let own_ids = |c: usize| SHARED + c * OWN..SHARED + (c + 1) * OWN;
             let mut live: Vec<(Micros, Vec<BudgetId>)> = Vec::new();
             let mut now: Micros = 0;
@@ -745,14 +751,7 @@ mod tests {
             steps in prop::collection::vec(step(), 1..80),
             laned in prop::collection::vec(proptest::bool::weighted(0.8), SHARED + CLIENTS * OWN),
         ) {
-            let mut state = State {
-                windows: limits.iter().map(|&(n, w)| Window::new(n, w)).collect(),
-                configured: limits.iter().map(|&(n, _)| n).collect(),
-                shared_by_lanes: laned.clone(),
-                client_cool: vec![0; CLIENTS],
-                route_cool: HashMap::new(),
-                pool_cool: 0,
-            };
+            let mut state = fresh_state(&limits, laned.clone());
             let own_ids = |c: usize| SHARED + c * OWN..SHARED + (c + 1) * OWN;
             // Per budget: (instant, what the request could fill of it) of each admission.
             let mut admitted: Vec<Vec<(Micros, u32)>> = vec![Vec::new(); limits.len()];
