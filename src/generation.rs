@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
@@ -30,7 +29,7 @@ use crate::admission::{Admission, BudgetTable, Caller, Permit, Refusal, Registry
 use crate::budget::{BudgetStore, Share};
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::inbound::Policy;
+use crate::inbound::{BodyMemory, Policy};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolClient};
 use crate::routes::RouteId;
@@ -106,7 +105,7 @@ pub struct Builder {
     metrics: Metrics,
     shutdown: Shutdown,
     /// Restart-only (`server.max_body_bytes_in_flight`): one for every generation.
-    body_memory: Arc<Semaphore>,
+    body_memory: BodyMemory,
     /// Stops each current client's refresher, by client name.
     refreshers: HashMap<String, CancellationToken>,
 }

@@ -111,9 +111,19 @@ pub struct Policy {
     callers: Vec<CallerRules>,
     anonymous: CallerRules,
     max_body_bytes: u64,
-    /// One permit per byte of request body held in memory (`server.max_body_bytes_in_flight`,
-    /// restart-only: shared by every generation).
-    body_memory: Arc<Semaphore>,
+    /// The memory request bodies may hold (restart-only: shared by every generation).
+    body_memory: BodyMemory,
+}
+
+/// The memory request bodies may hold in flight, one permit per byte, process-wide: what
+/// callers' bodies share (`server.max_body_bytes_in_flight`), and the gateway logins' own
+/// allowance ([`gateway::LOGIN_BODIES_IN_FLIGHT`]) for a body read before any credential
+/// was checked (credentials in the form, or none), so that unauthenticated logins can
+/// never take the room of authenticated callers' bodies.
+#[derive(Debug, Clone)]
+pub struct BodyMemory {
+    callers: Arc<Semaphore>,
+    logins: Arc<Semaphore>,
 }
 
 /// One caller's own checks (SPEC §12), from its [`CallerPolicy`].
@@ -220,7 +230,7 @@ pub struct CallerRequest {
 
 impl Policy {
     /// The checks `config` asks for; bodies count against `body_memory`.
-    pub fn new(config: &Config, body_memory: Arc<Semaphore>) -> Self {
+    pub fn new(config: &Config, body_memory: BodyMemory) -> Self {
         let allowed = &config.inbound.allow_routes;
         Self {
             api_authority: config
@@ -263,13 +273,16 @@ impl Policy {
         callers
     }
 
-    /// The semaphore counting the body bytes in flight, sized by `config` (one per process).
-    pub fn body_memory(config: &Config) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(
-            usize::try_from(config.server.max_body_bytes_in_flight)
-                .unwrap_or(Semaphore::MAX_PERMITS)
-                .min(Semaphore::MAX_PERMITS),
-        ))
+    /// The semaphores counting the body bytes in flight, sized by `config` (one per process).
+    pub fn body_memory(config: &Config) -> BodyMemory {
+        BodyMemory {
+            callers: Arc::new(Semaphore::new(
+                usize::try_from(config.server.max_body_bytes_in_flight)
+                    .unwrap_or(Semaphore::MAX_PERMITS)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            logins: Arc::new(Semaphore::new(gateway::LOGIN_BODIES_IN_FLIGHT)),
+        }
     }
 
     /// Checks `request` in order (target, key, method, allow-list) and reads its body by
@@ -348,7 +361,7 @@ impl Policy {
             body,
             self.max_body_bytes,
             deadline,
-            &self.body_memory,
+            &self.body_memory.callers,
         )
         .await
         .map_err(refused(&route))?;
@@ -389,8 +402,19 @@ impl Policy {
             }));
         }
         let (parts, body) = request.into_parts();
+        // Credentials in `Authorization` (what the SDKs send) are checked before the body is
+        // read: a wrong one holds no memory. A body read before any credential was checked
+        // (credentials in the form, or none) draws on the logins' own allowance, never on
+        // the memory that authenticated callers' bodies share.
+        let memory = match gateway::basic_client_credentials(&parts.headers) {
+            Some(credentials) if self.auth.login(&credentials).is_some() => {
+                &self.body_memory.callers
+            }
+            Some(_) => return Err(refused(None)(LoginError::InvalidClient.into())),
+            None => &self.body_memory.logins,
+        };
         let max = self.max_body_bytes.min(gateway::LOGIN_MAX_BODY);
-        let (body, _held) = read_body(&parts.headers, body, max, deadline, &self.body_memory)
+        let (body, _held) = read_body(&parts.headers, body, max, deadline, memory)
             .await
             .map_err(refused(None))?;
         let asked = gateway::TokenRequest::parse(&parts.headers, &body)

@@ -503,3 +503,138 @@ async fn no_token_or_key_is_ever_logged() {
         }
     }
 }
+
+/// A login's body is read before the credentials in it can be checked, so it must never
+/// take the memory that authenticated callers' bodies share (`max_body_bytes_in_flight`):
+/// stalled logins without credentials leave an authenticated POST its room (they draw on an
+/// allowance of their own, itself bounded), and a wrong `Authorization: Basic` (what the SDKs
+/// send) is refused before its body is read. Before, the login took the callers' memory
+/// unauthenticated: about 4,100 stalled logins, no credentials at all, held the default
+/// 64 MiB for a whole request_timeout and every authenticated call with a body got 503
+/// `body_memory`, while an unauthenticated API call is refused before its body is read.
+#[tokio::test]
+async fn stalled_logins_take_none_of_the_callers_body_memory() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let sim = Simulator::start(SimOptions::with_clients(3))
+        .await
+        .expect("simulator");
+    let gateway = "    token_lifetime: 1h\n";
+    let yaml = gateway_yaml(&sim, "127.0.0.1:0", "127.0.0.1:1", IVR_KEY, gateway).replace(
+        "server:\n",
+        "server:\n  request_timeout: 10s\n  max_body_bytes: 16384\n  \
+             max_body_bytes_in_flight: 40000\n",
+    );
+    let gcpool = support::start_config(support::config(&yaml)).await;
+    let addr = gcpool.api_addr();
+    let client = HttpClient::new();
+    let login_url = format!("http://{addr}/login/oauth/token");
+    let head = |authorization: &str| {
+        format!(
+            "POST /login/oauth/token HTTP/1.1\r\nHost: x\r\n{authorization}Content-Type: {FORM}\r\n\
+             Content-Length: 16384\r\n\r\n"
+        )
+    };
+    let stall = |authorization: String, bytes: usize| {
+        let head = head(&authorization);
+        async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(head.as_bytes()).await.expect("head");
+            s.write_all(&vec![b'a'; bytes]).await.expect("body");
+            s
+        }
+    };
+
+    // Stalled logins holding `total` body bytes between them, exactly (each sends part of a
+    // 16,384-byte body, so none ends).
+    let fill = async |holders: &mut Vec<TcpStream>, total: usize| {
+        let mut left = total;
+        while left > 0 {
+            let bytes = left.min(16_000);
+            holders.push(stall(String::new(), bytes).await);
+            left -= bytes;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+
+    info!("logins without credentials stall with as many bytes as the callers' bodies may hold");
+    let mut holders = Vec::new();
+    fill(&mut holders, 40_000).await;
+
+    info!("a wrong key in Authorization is refused before the body is read");
+    let wrong = format!("Authorization: {}\r\n", basic("ivr", "wrong-key"));
+    let mut refused = stall(wrong, 0).await;
+    let (answer, _) = support::read_until_closed(&mut refused, Duration::from_secs(2)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "answered at once, not after the body (or request_timeout): {answer:?}"
+    );
+    assert!(answer.contains("invalid_client"), "{answer}");
+
+    info!("authenticated callers' bodies still find their room");
+    let url = format!("http://{addr}/api/v2/analytics/conversations/details/query");
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    let answer = client
+        .request(
+            Method::POST,
+            &url,
+            &[("x-api-key", IVR_KEY), ("content-type", "application/json")],
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let ivr = token(&client, &login_url, "ivr", IVR_KEY).await;
+    let bearer = format!("Bearer {ivr}");
+    let answer = client
+        .request(
+            Method::POST,
+            &url,
+            &[
+                ("authorization", bearer.as_str()),
+                ("content-type", "application/json"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let answer = client
+        .request(
+            Method::POST,
+            &login_url,
+            &[("content-type", FORM)],
+            &format!("grant_type=client_credentials&client_id=batch&client_secret={BATCH_KEY}"),
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "a login with its credentials in the form too: {}",
+        answer.text()
+    );
+
+    info!("the logins' own allowance is bounded as well");
+    fill(
+        &mut holders,
+        gcpool::inbound::gateway::LOGIN_BODIES_IN_FLIGHT - 40_000,
+    )
+    .await;
+    let form = format!("grant_type=client_credentials&client_id=ivr&client_secret={IVR_KEY}");
+    let over = support::eventually(
+        "a login past the logins' allowance is refused",
+        Duration::from_secs(3),
+        async || {
+            let answer = client
+                .request(Method::POST, &login_url, &[("content-type", FORM)], &form)
+                .await;
+            if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+                Ok(answer)
+            } else {
+                Err(format!("{} {}", answer.status, answer.text()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(over.header("x-gcpool-reason"), "body_memory");
+    drop(holders);
+}

@@ -25,6 +25,11 @@ pub const LOGIN_ROUTE: &str = "/oauth/token";
 /// The login body is a few form fields: past this many bytes it is no login.
 pub const LOGIN_MAX_BODY: u64 = 16 * 1024;
 
+/// The bytes that login bodies read before any credential was checked (credentials in the
+/// form, or none) may hold in flight between them, apart from the callers'
+/// `server.max_body_bytes_in_flight`: 64 logins of the largest size, thousands of real ones.
+pub const LOGIN_BODIES_IN_FLIGHT: usize = 64 * LOGIN_MAX_BODY as usize;
+
 /// Every caller token starts with this (the format's version).
 const TOKEN_PREFIX: &str = "gcp1.";
 /// Mixed into each caller's signing key, so the key serves no other purpose than these tokens.
@@ -297,11 +302,7 @@ impl TokenRequest {
                 return Err(LoginError::InvalidRequest("a parameter is given twice"));
             }
         }
-        let basic = headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(basic_credentials);
+        let basic = basic_client_credentials(headers);
         let form = match (client_id, client_secret) {
             (Some(client_id), Some(secret)) => Some((client_id, secret)),
             (None, None) => None,
@@ -314,12 +315,11 @@ impl TokenRequest {
                     "client credentials are sent both in Authorization and in the body",
                 ));
             }
-            (Some((client_id, secret)), None) | (None, Some((client_id, secret))) => {
-                Some(ClientCredentials {
-                    client_id,
-                    client_secret: Secret::new(secret),
-                })
-            }
+            (Some(basic), None) => Some(basic),
+            (None, Some((client_id, secret))) => Some(ClientCredentials {
+                client_id,
+                client_secret: Secret::new(secret),
+            }),
             (None, None) => None,
         };
         Ok(Self {
@@ -340,6 +340,20 @@ impl TokenRequest {
             None => Err(LoginError::InvalidRequest("grant_type is missing")),
         }
     }
+}
+
+/// The client credentials of the first `Authorization: Basic` header, if any: read before
+/// the body, so a wrong one is refused without reading it.
+pub fn basic_client_credentials(headers: &HeaderMap) -> Option<ClientCredentials> {
+    let (client_id, secret) = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(basic_credentials)?;
+    Some(ClientCredentials {
+        client_id,
+        client_secret: Secret::new(secret),
+    })
 }
 
 /// `(id, secret)` of `Basic base64(id:secret)`.
