@@ -488,16 +488,30 @@ impl Config {
     /// `inbound.gateway` is off.
     pub fn gateway_explained(&self) -> Option<String> {
         let gateway = self.inbound.gateway.as_ref()?;
-        let callers: Vec<&str> = self
+        // A key given as its digest only signs no token: that caller cannot log in.
+        let (callers, digest_only): (Vec<&ApiKey>, Vec<&ApiKey>) = self
             .inbound
             .api_keys
             .iter()
-            .map(|k| k.name.as_str())
-            .collect();
-        let who = if callers.is_empty() {
-            "no caller (no inbound.api_keys: every login is refused)".to_owned()
+            .partition(|k| k.token_key.is_some());
+        let names = |keys: &[&ApiKey]| {
+            keys.iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let who = match (callers.is_empty(), digest_only.is_empty()) {
+            (false, _) => format!("callers {}", names(&callers)),
+            (true, true) => "no caller (no inbound.api_keys: every login is refused)".to_owned(),
+            (true, false) => "no caller (every login is refused)".to_owned(),
+        };
+        let cannot = if digest_only.is_empty() {
+            String::new()
         } else {
-            format!("callers {}", callers.join(", "))
+            format!(
+                "; {} cannot log in (key_sha256 only: give key or key_file)",
+                names(&digest_only)
+            )
         };
         let api = if gateway.api_path.is_empty() {
             "API calls at /api/v2/...".to_owned()
@@ -509,7 +523,7 @@ impl Config {
         };
         Some(format!(
             "gateway: POST {}/oauth/token answers tokens valid {} to {who} (client id: the \
-             caller's name, secret: its key); {api}",
+             caller's name, secret: its key){cannot}; {api}",
             gateway.login_path,
             format_duration(gateway.token_lifetime),
         ))

@@ -2862,6 +2862,21 @@ inbound:
             digest_only.warnings[0]
         );
         assert!(digest_only.inbound.api_keys[0].token_key.is_some());
+        // `check` names only the callers that can log in (before, "to callers ivr, old").
+        let explained = digest_only.gateway_explained().expect("on");
+        assert!(
+            explained.contains("to callers ivr (client id")
+                && explained.contains("old cannot log in (key_sha256 only"),
+            "{explained}"
+        );
+        let none = ok(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: old, key_sha256: {hex}}}\n  gateway: {{}}\n"
+        ));
+        let explained = none.gateway_explained().expect("on");
+        assert!(
+            explained.contains("to no caller") && explained.contains("old cannot log in"),
+            "{explained}"
+        );
         let explained = c.gateway_explained().expect("explained when on");
         assert!(explained.contains("POST /login/oauth/token"), "{explained}");
         assert!(
