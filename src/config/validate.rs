@@ -321,6 +321,14 @@ impl Validator<'_> {
                     .to_owned(),
             );
         }
+        if inbound.gateway.is_some() && server.tls.is_none() && !server.listen.ip().is_loopback() {
+            warnings.push(format!(
+                "inbound.gateway is on and server.listen ({}) is not loopback, without \
+                 server.tls: callers' keys and tokens cross the network in clear unless TLS ends \
+                 in front of gcpool (an ingress or a load balancer)",
+                server.listen
+            ));
+        }
         if inbound.gateway.is_some() {
             for (n, k) in inbound.api_keys.iter().enumerate() {
                 if k.token_key.is_none() {
@@ -831,6 +839,8 @@ impl Validator<'_> {
         let key_count = raw_keys.len();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut api_keys = Vec::new();
+        // Each key's digest, in order (a repeated key is refused).
+        let mut key_digests: Vec<(usize, [u8; 32])> = Vec::new();
         for (n, k) in raw_keys.into_iter().enumerate() {
             let p = format!("inbound.api_keys[{n}]");
             let name_path = format!("{p}.name");
@@ -870,6 +880,18 @@ impl Validator<'_> {
                 }
             }
             let digests = self.api_key_digest(&p, k.key_sha256, k.key, k.key_file);
+            if let Some((digest, _)) = &digests {
+                if let Some(&(first, _)) = key_digests.iter().find(|(_, d)| d == digest) {
+                    self.error(
+                        &p,
+                        format!(
+                            "has the same key as inbound.api_keys[{first}]: a key says who calls, \
+                             so each caller needs its own"
+                        ),
+                    );
+                }
+                key_digests.push((n, *digest));
+            }
             let caller = self.caller_policy(
                 &p,
                 file::AnonymousCaller {
@@ -2184,6 +2206,14 @@ inbound:
             "{CLIENT}inbound:\n  api_keys:\n    - {{name: 'ivr flows', key: k1}}\n    - {{name: Anonymous, key: k2}}\n"
         ));
         assert!(error_at(&odd, "inbound.api_keys[0].name").contains("letters, digits"));
+        let hex = format!("{:x}", Sha256::digest("k1"));
+        let twice = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1}}\n    - {{name: b, key: k2}}\n    - {{name: c, key_sha256: {hex}}}\n"
+        ));
+        assert!(
+            error_at(&twice, "inbound.api_keys[2]").contains("the same key as inbound.api_keys[0]"),
+            "{twice:#?}"
+        );
         assert!(error_at(&odd, "inbound.api_keys[1].name").contains("caller label"));
         let unknown = errors(&format!(
             "{CLIENT}inbound:\n  allow_anonymous: true\n  anonymous_caller:\n    lanes: fast\n"
@@ -2224,8 +2254,19 @@ inbound:
         let yaml = c.redacted_yaml();
         assert!(yaml.contains("max_wait: 1s500ms"), "{yaml}");
         assert!(yaml.contains("- GET /api/v2/groups/{groupId}"), "{yaml}");
-        let again = ok(&yaml.replace("key_sha256: <redacted>", "key: k"));
+        let again = ok(&with_keys(&yaml));
         assert_eq!(again.inbound.api_keys[0].caller.max_wait, ivr.max_wait);
+    }
+
+    /// `yaml` (a redacted config) with each redacted key replaced by a key of its own.
+    fn with_keys(yaml: &str) -> String {
+        let mut parts = yaml.split("key_sha256: <redacted>");
+        let mut out = parts.next().unwrap_or_default().to_owned();
+        for (n, part) in parts.enumerate() {
+            out.push_str(&format!("key: k{n}"));
+            out.push_str(part);
+        }
+        out
     }
 
     /// Lanes (SPEC §12): a caller's `lane`, each lane's share in `(0, 1]` (or a percentage),
@@ -2293,7 +2334,7 @@ inbound:
         );
         let yaml = c.redacted_yaml();
         assert!(yaml.contains("lane: realtime"), "{yaml}");
-        let again = ok(&yaml.replace("key_sha256: <redacted>", "key: k"));
+        let again = ok(&with_keys(&yaml));
         assert_eq!(again.inbound.lanes, lanes);
         assert_eq!(again.inbound.api_keys[1].caller.lane, Lane::Batch);
         let explained = c.callers_explained().join("\n");
@@ -2545,14 +2586,18 @@ inbound:
         std::fs::write(dir.path().join("k"), "file-key\n").unwrap();
         let hex = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
         let text = format!(
-            "{CLIENT}server: {{listen: 0.0.0.0:8080}}\ninbound:\n  api_keys:\n    - {{name: a, key_sha256: {hex}}}\n    - {{name: b, key: test}}\n    - {{name: c, key_file: k}}\n  allow_routes: ['GET /api/v2/users/{{userId}}']\n"
+            "{CLIENT}server: {{listen: 0.0.0.0:8080}}\ninbound:\n  api_keys:\n    - {{name: a, key_sha256: {hex}}}\n    - {{name: b, key: test2}}\n    - {{name: c, key_file: k}}\n  allow_routes: ['GET /api/v2/users/{{userId}}']\n"
         );
         let c = ok_in(&text, dir.path(), &no_env());
         let keys = &c.inbound.api_keys;
         assert_eq!(keys.len(), 3);
         let test_digest: [u8; 32] = Sha256::digest(b"test").into();
         assert_eq!(keys[0].sha256, test_digest, "hex is case-insensitive");
-        assert_eq!(keys[1].sha256, test_digest, "`key` is hashed at load");
+        assert_eq!(
+            keys[1].sha256,
+            <[u8; 32]>::from(Sha256::digest(b"test2")),
+            "`key` is hashed at load"
+        );
         assert_eq!(
             keys[2].sha256,
             <[u8; 32]>::from(Sha256::digest(b"file-key"))
@@ -2862,6 +2907,15 @@ inbound:
             digest_only.warnings[0]
         );
         assert!(digest_only.inbound.api_keys[0].token_key.is_some());
+        let public = ok(&format!(
+            "{CLIENT}server: {{listen: 0.0.0.0:8080}}\n{keys}  gateway: {{}}\n"
+        ));
+        assert_eq!(public.warnings.len(), 1, "{:?}", public.warnings);
+        assert!(
+            public.warnings[0].contains("cross the network in clear"),
+            "{}",
+            public.warnings[0]
+        );
         // `check` names only the callers that can log in (before, "to callers ivr, old").
         let explained = digest_only.gateway_explained().expect("on");
         assert!(
