@@ -1,0 +1,97 @@
+//! Attacks on lanes (SPEC §12, issue 15 item 2): each lane fills at most its share of
+//! every token, route and org budget. Each test here failed on the code it was written
+//! against (see the commit message).
+
+mod support;
+
+use std::time::Duration;
+
+use gcpool::sim::{SimOptions, Simulator};
+use http::{Method, StatusCode};
+use support::{HttpClient, THREE_CLIENTS, config, config_yaml, eventually, start_config};
+
+/// A reload that moves a caller to a lane with a smaller share (here `standard`, whole
+/// budgets, to `batch`, half of them) while its requests wait for slots it took under the
+/// old share: they must not then all be sent into one window, past the new share (a
+/// reload that changes a waiting request's budgets, limits or sub-pool already makes it
+/// start over: `tests/reload.rs::queued_requests_meet_a_budget_added_while_they_wait`).
+/// Found: the 4 waiting requests were sent together, filling the window the new lanes
+/// leave half of to realtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_lowers_a_callers_share_holds_its_waiting_requests_to_it() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(1)
+            .window(Duration::from_secs(2))
+            .token_limit(4),
+    )
+    .await
+    .unwrap();
+    // One client of 4 per 2 s window; batch fills 2 of them; queue up to 5 s.
+    let in_lane = |lane: &str| {
+        config_yaml(
+            &sim.base_url(),
+            "127.0.0.1:0",
+            "127.0.0.1:1",
+            &THREE_CLIENTS[..1],
+            "budgets:\n  token_per_minute: 120\n  org_per_minute: 100000\n  window: 2s\n  \
+             guard: 60ms\n  queue:\n    max_wait: 5s\n",
+        )
+        .replace(
+            "inbound:\n  allow_anonymous: true\n",
+            &format!(
+                "inbound:\n  api_keys:\n    - {{name: export, key: export-key, lane: {lane}}}\n  \
+                 lanes:\n    batch: 0.5\n"
+            ),
+        )
+    };
+    let gcpool = start_config(config(&in_lane("standard"))).await;
+    let url = format!("http://{}/api/v2/users/me", gcpool.api_addr());
+    let client = HttpClient::new();
+
+    // 8 at once: 4 fill the window now, 4 wait for the next one (~2 s).
+    let started = tokio::time::Instant::now();
+    let export: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let answer = client
+                    .request(Method::GET, &url, &[("x-api-key", "export-key")], "")
+                    .await;
+                (answer.status, started.elapsed())
+            })
+        })
+        .collect();
+    let admission = gcpool.admission();
+    eventually(
+        "4 requests queued",
+        Duration::from_secs(5),
+        async || match admission.pending() {
+            4 => Ok(()),
+            n => Err(format!("{n} pending")),
+        },
+    )
+    .await;
+    gcpool.reload(config(&in_lane("batch"))).unwrap();
+
+    let mut answered = Vec::new();
+    for task in export {
+        answered.push(task.await.unwrap());
+    }
+    answered.sort_by_key(|&(_, at)| at);
+    let sent: Vec<Duration> = answered
+        .iter()
+        .filter(|&&(status, _)| status == StatusCode::OK)
+        .map(|&(_, at)| at)
+        .skip(4)
+        .collect();
+    // Batch may fill 2 of every window: no 3 of the requests sent after the reload within
+    // one window (a margin of 0.5 s for scheduling).
+    let crowded = sent
+        .windows(3)
+        .find(|three| three[2] - three[0] < Duration::from_millis(1500));
+    assert!(
+        crowded.is_none(),
+        "3 batch requests within one 2 s window after the reload: {answered:?}"
+    );
+    assert_eq!(sim.stats().rejected_429, 0);
+}
