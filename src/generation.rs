@@ -134,8 +134,8 @@ impl Live {
     ///
     /// # Errors
     /// As [`Admission::admit`], and [`Refusal::Reconfigured`] when a reload changed the
-    /// budgets the chosen client meets for `route` while the request waited (its slot is
-    /// given back).
+    /// budgets the chosen client meets for `route`, or lowered the share of them the
+    /// caller's lane may fill, while the request waited (its slot is given back).
     ///
     /// `caller`: the request's caller label, as the generation numbered `checked_under`
     /// knew it; a caller confined to a sub-pool is admitted only on its clients. A caller
@@ -174,10 +174,14 @@ impl Live {
             )
             .await?;
         let now = self.current.load();
+        // A reload while it waited: other budgets or limits, a sub-pool without its client,
+        // or a smaller share of every budget (its lane's) than its slot was taken under all
+        // make it start over under the new config.
         if now.number != generation.number
-            && !generation
+            && (!generation
                 .admission
                 .same_budgets(&now.admission, permit.client, route, caller)
+                || now.share(caller) < share)
             || !now.serves(caller, permit.client)
         {
             let waited = permit.waited;
