@@ -95,3 +95,67 @@ async fn a_reload_that_lowers_a_callers_share_holds_its_waiting_requests_to_it()
     );
     assert_eq!(sim.stats().rejected_429, 0);
 }
+
+/// A lane whose share of a budget rounds down to nothing (`check` warns of it) is never
+/// admitted where that budget applies; its local 429 must name that budget, as every other
+/// local 429 names the one that binds. Found: `x-gcpool-reason: org_budget` with no `limit`,
+/// for a route budget of 1 per window while the org budget was untouched, so the operator
+/// looks at the wrong budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_left_nothing_of_a_budget_is_told_which() {
+    let sim = Simulator::start(SimOptions::with_clients(1)).await.unwrap();
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS[..1],
+        "budgets:\n  window: 10s\n  queue:\n    max_wait: 5s\n  endpoints:\n    \
+         - {route: 'GET /api/v2/users/me', per_minute: 6}\n",
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        "inbound:\n  api_keys:\n    - {name: export, key: export-key, lane: batch}\n    \
+         - {name: ivr, key: ivr-key, lane: realtime}\n  lanes:\n    batch: 0.5\n",
+    );
+    let config = config(&yaml);
+    assert!(
+        config.warnings.iter().any(|w| w.contains("(export)")),
+        "{:?}",
+        config.warnings
+    );
+    let gcpool = start_config(config).await;
+    let base = format!("http://{}", gcpool.api_addr());
+    let client = HttpClient::new();
+
+    let me = format!("{base}/api/v2/users/me");
+    let refused = client
+        .request(Method::GET, &me, &[("x-api-key", "export-key")], "")
+        .await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.header("x-gcpool-reason"),
+        "endpoint_budget",
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        refused.json()["limit"]["key"],
+        "endpoint:GET /api/v2/users/me",
+        "{}",
+        refused.text()
+    );
+    // Elsewhere the lane is admitted, and the route still serves realtime.
+    let users = client
+        .request(
+            Method::GET,
+            &format!("{base}/api/v2/users"),
+            &[("x-api-key", "export-key")],
+            "",
+        )
+        .await;
+    assert_eq!(users.status, StatusCode::OK, "{}", users.text());
+    let ivr = client
+        .request(Method::GET, &me, &[("x-api-key", "ivr-key")], "")
+        .await;
+    assert_eq!(ivr.status, StatusCode::OK, "{}", ivr.text());
+}
