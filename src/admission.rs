@@ -629,9 +629,35 @@ impl Admission {
             .map_err(|_| Refusal::QueueFull)?;
         let reservation = match decision {
             Decision::Admitted(reservation) => reservation,
-            Decision::Refused(refused) => return Err(self.local_429(&refused)),
+            Decision::Refused(mut refused) => {
+                if refused.wait.is_none() && refused.binding.is_none() {
+                    // Never admitted: name a budget the lane's share leaves nothing of, if
+                    // that is why (the stores only say "never").
+                    refused.binding = self
+                        .emptied_by_share(&candidates, caller.share)
+                        .map(Binding::Budget);
+                }
+                return Err(self.local_429(&refused));
+            }
         };
         Ok((candidates[reservation.candidate].client, reservation))
+    }
+
+    /// The first budget of `candidates` of which `share` fills nothing (by its configured
+    /// limit), if `share` is less than whole.
+    fn emptied_by_share(&self, candidates: &[Candidate], share: Share) -> Option<BudgetId> {
+        if share == Share::WHOLE {
+            return None;
+        }
+        candidates
+            .iter()
+            .flat_map(|c| c.budgets.iter().copied())
+            .find(|&b| {
+                self.table
+                    .defs
+                    .get(b)
+                    .is_some_and(|d| Share::applies_to(d.kind) && share.of(d.limit) == 0)
+            })
     }
 
     /// The local 429 a store's refusal means: `Deadline` when a slot comes within
