@@ -2350,6 +2350,54 @@ inbound:
         );
     }
 
+    /// The warning that a lane's share leaves it nothing of a budget names only the callers
+    /// that budget can apply to: not a caller confined to a sub-pool without that client,
+    /// nor one whose routes leave out that route budget's route. Found: `check` warned that
+    /// `export` "can never be admitted" because of pool-01's budget, which it never uses.
+    #[test]
+    fn an_empty_lane_warns_only_for_the_callers_a_budget_applies_to() {
+        let with_export_on = |client: &str| {
+            format!(
+                "clients:
+  - {{name: pool-01, client_id: id-01, client_secret: s-01, requests_per_minute: 1}}
+  - {{name: pool-02, client_id: id-02, client_secret: s-02}}
+budgets:
+  endpoints:
+    - {{route: 'PUT /api/v2/architect/ivrs/{{ivrId}}', per_minute: 1}}
+inbound:
+  api_keys:
+    - {{name: ivr, key: k1, lane: realtime, clients: [pool-01]}}
+    - {{name: export, key: k2, lane: batch, clients: [{client}], allow_routes: ['GET /api/v2/users']}}
+    - {{name: sync, key: k3, lane: batch}}
+  lanes:
+    batch: 0.5
+"
+            )
+        };
+        let c = ok(&with_export_on("pool-02"));
+        assert_eq!(c.warnings.len(), 2, "{:#?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("token budget of client pool-01")
+                && c.warnings[0].contains("its callers (sync) can never"),
+            "{}",
+            c.warnings[0]
+        );
+        assert!(
+            c.warnings[1].contains("PUT /api/v2/architect/ivrs/{ivrId}")
+                && c.warnings[1].contains("its callers (sync) can never"),
+            "{}",
+            c.warnings[1]
+        );
+        // Confined to pool-01, export is warned about with it.
+        let confined = ok(&with_export_on("pool-01"));
+        assert!(
+            confined.warnings[0].contains("token budget of client pool-01")
+                && confined.warnings[0].contains("its callers (export, sync) can never"),
+            "{:#?}",
+            confined.warnings
+        );
+    }
+
     /// Budget and allow-list routes must be operations of the route table, exactly.
     #[test]
     fn routes_must_be_genesys_operations() {
