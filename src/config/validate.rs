@@ -1353,56 +1353,88 @@ fn parse_positive_usize(s: &str) -> Result<usize, String> {
 }
 
 /// Lanes in use whose share rounds some budget down to nothing: their callers can never be
-/// admitted where that budget applies.
+/// admitted where that budget applies. A budget counts only for the callers it can apply to:
+/// a client's token budget for those whose sub-pool holds that client, a route's budget for
+/// those the route is allowed to (globally and by their own list).
 fn empty_lanes(
     budgets: &BudgetsConfig,
     clients: &[ClientConfig],
     inbound: &InboundConfig,
 ) -> Vec<String> {
+    /// Whom a budget applies to: every caller, those who may use a client, those who may
+    /// call a route.
+    enum Applies<'a> {
+        All,
+        Client(&'a str),
+        Route(RouteId),
+    }
+    let allowed = |rules: &[RouteRule], route: RouteId| {
+        rules.is_empty() || rules.iter().any(|r| r.route == route)
+    };
+    let applies = |to: &Applies<'_>, caller: &CallerPolicy| match *to {
+        Applies::All => true,
+        Applies::Client(name) => {
+            caller.clients.is_empty() || caller.clients.iter().any(|c| c == name)
+        }
+        Applies::Route(route) => {
+            allowed(&inbound.allow_routes, route) && allowed(&caller.allow_routes, route)
+        }
+    };
     let window = budgets.window;
-    let mut limits: Vec<(String, u32)> = clients
+    let mut limits: Vec<(String, u32, Applies<'_>)> = clients
         .iter()
         .map(|c| {
             (
                 format!("the token budget of client {}", c.name),
                 per_window(c.requests_per_minute.get(), window),
+                Applies::Client(&c.name),
             )
         })
         .collect();
     limits.push((
         "budgets.org_per_minute".to_owned(),
         per_window(budgets.org_per_minute.get(), window),
+        Applies::All,
     ));
     for e in &budgets.endpoints {
         limits.push((
             format!("the budget of \"{} {}\"", e.method, e.path),
             per_window(e.per_minute.get(), window),
+            Applies::Route(e.route),
         ));
     }
     let mut warnings = Vec::new();
     for lane in Lane::ALL {
         let share = inbound.lanes.permille(lane);
-        let callers: Vec<&str> = inbound
+        if share == 1000 {
+            continue;
+        }
+        let in_lane: Vec<(&str, &CallerPolicy)> = inbound
             .callers()
             .filter(|&(name, c)| {
                 c.lane == lane && (name != ANONYMOUS_CALLER || inbound.allow_anonymous)
             })
-            .map(|(name, _)| name)
             .collect();
-        if share == 1000 || callers.is_empty() {
-            continue;
-        }
-        for (budget, limit) in &limits {
-            if share_of(share, *limit) == 0 {
-                warnings.push(format!(
-                    "inbound.lanes.{} is {}: of {budget} ({limit} per {} window) it fills \
-                     nothing, so its callers ({}) can never be admitted where it applies",
-                    lane.name(),
-                    format_share(share),
-                    format_duration(window),
-                    callers.join(", ")
-                ));
+        for (budget, limit, to) in &limits {
+            if share_of(share, *limit) != 0 {
+                continue;
             }
+            let callers: Vec<&str> = in_lane
+                .iter()
+                .filter(|&&(_, c)| applies(to, c))
+                .map(|&(name, _)| name)
+                .collect();
+            if callers.is_empty() {
+                continue;
+            }
+            warnings.push(format!(
+                "inbound.lanes.{} is {}: of {budget} ({limit} per {} window) it fills \
+                 nothing, so its callers ({}) can never be admitted where it applies",
+                lane.name(),
+                format_share(share),
+                format_duration(window),
+                callers.join(", ")
+            ));
         }
     }
     warnings
