@@ -423,6 +423,75 @@ async fn large_windows_are_read_in_chunks_with_the_same_result() {
     run_scenario(&scenario, &store, Some(view)).await.unwrap();
 }
 
+/// A lane's share must not make the script walk a whole window: with a full org window
+/// of 3,000, a batch request (half of it) that is refused reads as few instants as one of
+/// a whole lane. Found: the walk stepped through every group of 1,500 consecutive
+/// instants before `now`, fetching them 64 at a time (~50 `ZRANGE`s, 2.6 ms per call on
+/// loopback against 0.3 ms), so a refused batch flood held the one-threaded Redis that
+/// every replica's admissions wait on for `shared_state.timeout`.
+#[tokio::test]
+async fn a_lanes_share_of_a_full_window_reads_no_more_of_it() {
+    let server = RedisServer::start();
+    let window = Duration::from_secs(61);
+    let defs = vec![
+        def(BudgetKind::Token, "token:a", 100_000_000, window),
+        def(BudgetKind::Org, "org", 3000, window),
+    ];
+    let store = connect(&server, "share-cost", &defs, &["a".into()]).await;
+    let candidates = [Candidate {
+        client: 0,
+        budgets: vec![1, 0],
+    }];
+    for _ in 0..3000 {
+        admitted(admit(&store, &candidates, Duration::ZERO).await);
+    }
+    let mut con = raw(&server).await;
+    let mut reads = Vec::new();
+    for share in [1000, 900, 500, 1] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            let decision = store
+                .admit(AdmitRequest {
+                    candidates: &candidates,
+                    route: None,
+                    max_wait: Duration::ZERO,
+                    share: Share::from_permille(share),
+                })
+                .await
+                .unwrap();
+            assert!(matches!(decision, Decision::Refused(_)), "{decision:?}");
+        }
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let zrange = stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_zrange:"))
+            .and_then(|l| {
+                l.split(',')
+                    .find(|f| f.starts_with("cmdstat_zrange:calls="))
+            })
+            .and_then(|f| {
+                f.trim_start_matches("cmdstat_zrange:calls=")
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        reads.push((share, zrange));
+    }
+    let whole = reads[0].1;
+    assert!(
+        reads.iter().all(|&(_, zrange)| zrange <= whole),
+        "ZRANGE calls for 20 refused admissions, by share (permille): {reads:?}"
+    );
+}
+
 // === Redis-only facts ===
 
 /// The memory store's unit test, on Redis: spread over clients, then the org cap binds,
