@@ -185,8 +185,14 @@ local function earliest(i, from)
     return known
   end
   local w = lens[i]
-  -- First group whose forbidden interval can reach past `from`: instant + w > from.
+  -- First group whose forbidden interval can reach past `from`: instant + w > from; and of
+  -- the groups wholly at or before `from`, only the last can move the instant (window.rs
+  -- `Window::walk`): the walk starts there, not at every past group of a lane's share.
   local first = redis.call('ZCOUNT', KEYS[4 + i], '-inf', fmt(from - w)) + 1
+  local last_past = redis.call('ZCOUNT', KEYS[4 + i], '-inf', fmt(from)) - n + 1
+  if last_past > first then
+    first = last_past
+  end
   local t = from
   for g = first, s.card - n + 1 do
     local a = instant(i, s, g)

@@ -107,9 +107,16 @@ impl Window {
         let w = self.length;
         let mut t = from;
         // The first group whose forbidden interval can still reach past `from`: lo + W > from.
+        // Of the groups that lie wholly at or before `from`, only the last can move `t`: an
+        // earlier one has a lower `lo` (so a forbidden interval ending no later), and when
+        // the last spans W or more, its `lo` and every earlier one are at or before
+        // `from - W`. So the walk starts there: with a share below the limit (n smaller than
+        // the window holds), it would otherwise step through every past group, one by one.
+        let past = self.times.partition_point(|&x| x <= from);
         let start = self
             .times
-            .partition_point(|&lo| lo.saturating_add(w) <= from);
+            .partition_point(|&lo| lo.saturating_add(w) <= from)
+            .max(past.saturating_sub(n));
         for i in start..=(self.times.len() - n) {
             let lo = self.times[i];
             let hi = self.times[i + n - 1];

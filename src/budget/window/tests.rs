@@ -268,3 +268,34 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `earliest_within(from, k)` against brute force, on windows holding far more than `k`
+    /// (every lane's admissions, queued ones included): the first instant from `from` on
+    /// such that every window holding it has fewer than `k` admissions, `None` for `k = 0`.
+    #[test]
+    fn earliest_within_a_share_is_the_first_free_instant(
+        limit in 1u32..12,
+        length in 1u64..40,
+        times in prop::collection::vec(0u64..160, 0..40),
+        within in 0u32..12,
+        from in 0u64..160,
+    ) {
+        let mut w = Window::new(limit, length);
+        for &t in &times {
+            w.reserve(t);
+        }
+        w.prune(from);
+        let k = within.min(limit);
+        let free = |c: Micros| {
+            (c..c + length).all(|s| {
+                let held = times.iter().filter(|&&x| x + length > s && x <= s).count();
+                held < k as usize
+            })
+        };
+        let expected = (k > 0).then(|| (from..).find(|&c| free(c)).expect("free past the last"));
+        prop_assert_eq!(w.earliest_within(from, within), expected, "times {:?}", times);
+    }
+}
