@@ -159,3 +159,82 @@ async fn a_lane_left_nothing_of_a_budget_is_told_which() {
         .await;
     assert_eq!(ivr.status, StatusCode::OK, "{}", ivr.text());
 }
+
+/// A realtime request on a cached route must not wait behind a batch request that leads
+/// the same key's flight and is itself queued for a slot its lane's share has not got:
+/// realtime's headroom is there, at once. Found: the realtime request follows the batch
+/// leader and, with no wait allowed, gets a local 429 (`deadline`) at once; with a cap of
+/// seconds it would wait for batch's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_does_not_follow_a_queued_batch_flight() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(1)
+            .window(Duration::from_secs(2))
+            .token_limit(4),
+    )
+    .await
+    .unwrap();
+    // One client of 4 per 2 s window; batch fills 2 of them; the queues route cached.
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS[..1],
+        "budgets:\n  token_per_minute: 120\n  org_per_minute: 100000\n  window: 2s\n  \
+         guard: 60ms\n  queue:\n    max_wait: 5s\n\
+         cache:\n  routes:\n    - {route: 'GET /api/v2/routing/queues/{queueId}', ttl: 5m, \
+         ignore_upstream_cache_headers: true}\n",
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        "inbound:\n  api_keys:\n    - {name: export, key: export-key, lane: batch}\n    \
+         - {name: ivr, key: ivr-key, lane: realtime}\n  lanes:\n    batch: 0.5\n",
+    );
+    let gcpool = start_config(config(&yaml)).await;
+    let base = format!("http://{}", gcpool.api_addr());
+    let client = HttpClient::new();
+    let export = [("x-api-key", "export-key")];
+
+    // Batch fills its share of the window.
+    for _ in 0..2 {
+        let answer = client
+            .request(Method::GET, &format!("{base}/api/v2/users/me"), &export, "")
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    // A batch request leads the flight of queues/q-1 and queues for batch's next slot.
+    let queue = format!("{base}/api/v2/routing/queues/q-1");
+    let leader = {
+        let (client, queue) = (client.clone(), queue.clone());
+        tokio::spawn(async move { client.request(Method::GET, &queue, &export, "").await })
+    };
+    let admission = gcpool.admission();
+    eventually(
+        "the batch leader queued",
+        Duration::from_secs(5),
+        async || match admission.pending() {
+            1 => Ok(()),
+            n => Err(format!("{n} pending")),
+        },
+    )
+    .await;
+
+    let ivr = client
+        .request(
+            Method::GET,
+            &queue,
+            &[("x-api-key", "ivr-key"), ("x-gcpool-max-wait", "0s")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        ivr.status,
+        StatusCode::OK,
+        "realtime has 2 of the window's 4 slots: {}",
+        ivr.text()
+    );
+    assert_eq!(ivr.header("x-gcpool-wait-ms"), "0");
+    let leader = leader.await.unwrap();
+    assert_eq!(leader.status, StatusCode::OK, "{}", leader.text());
+    assert_eq!(sim.stats().rejected_429, 0);
+}
