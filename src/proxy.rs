@@ -191,10 +191,14 @@ impl Proxy {
         exchange.caller = Some(caller.caller.clone());
         // Before the head takes the caller's headers over: the key reads some of them.
         let mut cached = cached::Cached::of(cache.as_ref(), &caller);
-        if let Some(cached) = &mut cached
-            && let Some(answer) = Box::pin(cached.before(deadline, caller.max_wait, exchange)).await
-        {
-            return answer;
+        if let Some(cached) = &mut cached {
+            // Its lane's share, on a miss: a request follows no flight a lower lane leads.
+            let share = || self.inner.live.current().share(&caller.caller);
+            if let Some(answer) =
+                Box::pin(cached.before(deadline, caller.max_wait, share, exchange)).await
+            {
+                return answer;
+            }
         }
         // After the cache: a hit needs no upstream head. A path refused here was never
         // answered upstream, so no kept answer has its key.

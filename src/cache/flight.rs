@@ -2,7 +2,9 @@
 //! the others follow and get its answer.
 //!
 //! A leader that fails, or whose caller goes away, lands nothing: each follower then joins
-//! again, and the first of them leads. No follower waits on a leader that is gone, since a
+//! again, and the first of them leads. A request never follows the leader of a lane below
+//! its own (a smaller share of every budget, SPEC §12): that leader may wait for a slot
+//! the higher lane has at once, so the request calls upstream on its own instead. No follower waits on a leader that is gone, since a
 //! dropped [`Lead`] lands `Failed`; how long a follower waits at all is its own deadline,
 //! which the caller of [`Follow::wait`] puts around it.
 //!
@@ -22,10 +24,11 @@ use tokio::sync::watch;
 
 use super::{Entry, Key};
 
-/// The requests in flight upstream, one per key.
+/// The requests in flight upstream, one per key, with their leader's share of every budget
+/// (its lane's, in thousandths: `budget::Share::permille`).
 #[derive(Debug, Default)]
 pub struct Flights {
-    flying: Mutex<HashMap<Key, watch::Sender<Landing>, foldhash::fast::RandomState>>,
+    flying: Mutex<HashMap<Key, (watch::Sender<Landing>, u16), foldhash::fast::RandomState>>,
 }
 
 /// What a flight ends with, as its followers see it.
@@ -53,6 +56,8 @@ pub enum Role {
     Leader(Lead),
     /// Wait for the leader's answer.
     Follower(Follow),
+    /// Call upstream without a flight: the one under way is a lower lane's.
+    Alone,
 }
 
 /// The leader's side: lands the flight once.
@@ -87,16 +92,21 @@ impl Flights {
         Arc::new(Self::default())
     }
 
-    /// Leads the flight for `key` when none flies, else follows it.
-    pub fn join(self: &Arc<Self>, key: &Key) -> Role {
+    /// Leads the flight for `key` when none flies, else follows it, unless its leader's
+    /// share of every budget is smaller than `share` (a lower lane's; in thousandths):
+    /// then alone.
+    pub fn join(self: &Arc<Self>, key: &Key, share: u16) -> Role {
         let mut flying = self.flying.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(landing) = flying.get(key) {
+        if let Some((landing, leader)) = flying.get(key) {
+            if *leader < share {
+                return Role::Alone;
+            }
             return Role::Follower(Follow {
                 landing: landing.subscribe(),
             });
         }
         let (landing, _) = watch::channel(Landing::Flying);
-        flying.insert(key.clone(), landing.clone());
+        flying.insert(key.clone(), (landing.clone(), share));
         Role::Leader(Lead {
             flights: self.clone(),
             key: key.clone(),
@@ -146,10 +156,10 @@ impl Lead {
             .unwrap_or_else(PoisonError::into_inner);
         // One lookup: the flight under the key is this one, but for a leader whose flight
         // a successor replaced (never so far: a flight leaves the map only here).
-        if let Some(landing) = flying.remove(&self.key)
-            && !landing.same_channel(&self.landing)
+        if let Some(flight) = flying.remove(&self.key)
+            && !flight.0.same_channel(&self.landing)
         {
-            flying.insert(self.key.clone(), landing);
+            flying.insert(self.key.clone(), flight);
         }
     }
 }

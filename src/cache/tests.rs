@@ -224,14 +224,18 @@ async fn of_concurrent_identical_requests_one_leads_and_the_others_get_its_answe
     let mut leaders = Vec::new();
     let mut followers = Vec::new();
     for _ in 0..100 {
-        match flights.join(&k) {
+        match flights.join(&k, 1000) {
             Role::Leader(lead) => leaders.push(lead),
             Role::Follower(follow) => followers.push(tokio::spawn(follow.wait())),
+            Role::Alone => panic!("one lane: every request leads or follows"),
         }
     }
     assert_eq!(leaders.len(), 1);
     // Another key flies on its own.
-    assert!(matches!(flights.join(&key("/other")), Role::Leader(_)));
+    assert!(matches!(
+        flights.join(&key("/other"), 1000),
+        Role::Leader(_)
+    ));
     let answer = entry(5, Duration::from_secs(1), Duration::ZERO);
     leaders.pop().expect("a leader").land(answer.clone());
     for follower in followers {
@@ -242,7 +246,7 @@ async fn of_concurrent_identical_requests_one_leads_and_the_others_get_its_answe
     }
     assert_eq!(flights.flying(), 0);
     assert!(
-        matches!(flights.join(&k), Role::Leader(_)),
+        matches!(flights.join(&k, 1000), Role::Leader(_)),
         "once landed, the next request leads a new flight"
     );
 }
@@ -251,13 +255,13 @@ async fn of_concurrent_identical_requests_one_leads_and_the_others_get_its_answe
 async fn a_leader_that_fails_hands_over_to_a_follower() {
     let flights = Flights::new();
     let k = key("/api/v2/routing/queues/q1");
-    let Role::Leader(lead) = flights.join(&k) else {
+    let Role::Leader(lead) = flights.join(&k, 1000) else {
         panic!("the first request leads");
     };
     let followers: Vec<_> = (0..3)
-        .map(|_| match flights.join(&k) {
+        .map(|_| match flights.join(&k, 1000) {
             Role::Follower(follow) => tokio::spawn(follow.wait()),
-            Role::Leader(_) => panic!("a second leader"),
+            Role::Leader(_) | Role::Alone => panic!("a second leader, or none"),
         })
         .collect();
     // The leader's caller went away, or its upstream call failed.
@@ -269,10 +273,10 @@ async fn a_leader_that_fails_hands_over_to_a_follower() {
         ));
     }
     // They join again: one leads, the others follow it.
-    let Role::Leader(next) = flights.join(&k) else {
+    let Role::Leader(next) = flights.join(&k, 1000) else {
         panic!("a follower takes over");
     };
-    let Role::Follower(follow) = flights.join(&k) else {
+    let Role::Follower(follow) = flights.join(&k, 1000) else {
         panic!("the others follow the new leader");
     };
     next.land(entry(1, Duration::ZERO, Duration::ZERO));
@@ -283,10 +287,10 @@ async fn a_leader_that_fails_hands_over_to_a_follower() {
 async fn a_declined_flight_sends_its_followers_upstream_on_their_own() {
     let flights = Flights::new();
     let k = key("/api/v2/routing/queues/q1");
-    let Role::Leader(lead) = flights.join(&k) else {
+    let Role::Leader(lead) = flights.join(&k, 1000) else {
         panic!("the first request leads");
     };
-    let Role::Follower(follow) = flights.join(&k) else {
+    let Role::Follower(follow) = flights.join(&k, 1000) else {
         panic!("the second follows");
     };
     lead.decline();
@@ -298,13 +302,31 @@ async fn a_declined_flight_sends_its_followers_upstream_on_their_own() {
 async fn a_follower_that_joins_just_before_the_landing_still_gets_it() {
     let flights = Flights::new();
     let k = key("/x");
-    let Role::Leader(lead) = flights.join(&k) else {
+    let Role::Leader(lead) = flights.join(&k, 1000) else {
         panic!("the first request leads");
     };
-    let Role::Follower(follow) = flights.join(&k) else {
+    let Role::Follower(follow) = flights.join(&k, 1000) else {
         panic!("the second follows");
     };
     // Landed before the follower starts waiting: the landing is not missed.
     lead.land(entry(1, Duration::ZERO, Duration::ZERO));
     assert!(matches!(follow.wait().await, Waited::Answered(_)));
+}
+
+/// A request follows no flight of a lower lane's leader (a smaller share of every
+/// budget, SPEC §12: that leader may wait for a slot the higher lane has at once); it
+/// goes alone. Lanes at or below the leader's follow it, as before.
+#[test]
+fn no_request_follows_a_lower_lanes_leader() {
+    let flights = Flights::new();
+    let k = key("/x");
+    let (batch, standard) = (500, 900);
+    let Role::Leader(lead) = flights.join(&k, standard) else {
+        panic!("the first request leads");
+    };
+    assert!(matches!(flights.join(&k, 1000), Role::Alone));
+    assert!(matches!(flights.join(&k, standard), Role::Follower(_)));
+    assert!(matches!(flights.join(&k, batch), Role::Follower(_)));
+    drop(lead);
+    assert_eq!(flights.flying(), 0, "the alone ones never entered the map");
 }

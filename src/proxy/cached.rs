@@ -26,6 +26,7 @@ use super::{
     CallerRequest, Proxy, ProxyBody, Served, WAIT_HEADER_NAME, finish_response, whole_body,
 };
 use crate::admission::Refusal as Admission;
+use crate::budget::Share;
 use crate::cache::{
     Cache, CacheResult, Entry, Freshness, Key, Lead, NotStored, ResultCounts, Role, RoutePolicy,
     Waited, storable,
@@ -118,11 +119,14 @@ impl Cached {
     ///
     /// `wait_cap`: the request's own cap on its wait (the caller's `max_wait`,
     /// `x-gcpool-max-wait`): a follower waits for its flight no longer than that either,
-    /// since the flight's leader may itself be waiting for a slot.
+    /// since the flight's leader may itself be waiting for a slot. `share`: the caller's
+    /// lane's share of every budget (asked only on a miss); it follows no flight of a
+    /// lower lane's leader.
     pub(super) async fn before(
         &mut self,
         deadline: Instant,
         wait_cap: Option<Duration>,
+        share: impl Fn() -> Share,
         exchange: &mut Exchange<'_>,
     ) -> Option<Result<Response<ProxyBody>, Reject>> {
         let wait_until = wait_cap.map_or(deadline, |cap| deadline.min(Instant::now() + cap));
@@ -140,7 +144,7 @@ impl Cached {
             if self.refresh {
                 return None;
             }
-            match self.cache.flights.join(&self.key) {
+            match self.cache.flights.join(&self.key, share().permille()) {
                 Role::Leader(lead) => {
                     // A flight's leader stores its answer before it leaves the map: a
                     // request that looked before the store and joined after the leave finds
@@ -153,6 +157,9 @@ impl Cached {
                     self.lead = Some(lead);
                     return None;
                 }
+                // A lower lane leads, and may wait for a slot this lane has: upstream, alone
+                // (the answer is still stored).
+                Role::Alone => return None,
                 Role::Follower(follow) => {
                     match tokio::time::timeout_at(wait_until, follow.wait()).await {
                         Ok(Waited::Answered(entry)) => {
