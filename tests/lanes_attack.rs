@@ -238,3 +238,96 @@ async fn realtime_does_not_follow_a_queued_batch_flight() {
     assert_eq!(leader.status, StatusCode::OK, "{}", leader.text());
     assert_eq!(sim.stats().rejected_429, 0);
 }
+
+/// `queue.max_pending` bounds the requests that wait; a batch flood that fills it must not
+/// refuse a realtime request that waits for nothing (its lane's headroom is free). Found:
+/// every request was refused `queue_full` while `max_pending` requests waited, whatever
+/// its lane, before the store was asked, so a batch flood shut realtime out entirely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_flood_that_fills_the_queue_leaves_realtime_its_headroom() {
+    let sim = Simulator::start(
+        SimOptions::with_clients(1)
+            .window(Duration::from_secs(2))
+            .token_limit(8),
+    )
+    .await
+    .unwrap();
+    // One client of 8 per 2 s window; batch fills 4 of them; at most 4 requests wait.
+    let yaml = config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS[..1],
+        "budgets:\n  token_per_minute: 240\n  org_per_minute: 100000\n  window: 2s\n  \
+         guard: 60ms\n  queue:\n    max_wait: 5s\n    max_pending: 4\n",
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        "inbound:\n  api_keys:\n    - {name: export, key: export-key, lane: batch}\n    \
+         - {name: ivr, key: ivr-key, lane: realtime}\n  lanes:\n    batch: 0.5\n",
+    );
+    let gcpool = start_config(config(&yaml)).await;
+    let url = format!("http://{}/api/v2/users/me", gcpool.api_addr());
+    let client = HttpClient::new();
+
+    // 12 batch requests: 4 now, 4 waiting (the queue's bound), 4 refused queue_full.
+    let batch: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .request(Method::GET, &url, &[("x-api-key", "export-key")], "")
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let admission = gcpool.admission();
+    eventually(
+        "the queue full",
+        Duration::from_secs(5),
+        async || match admission.pending() {
+            4 => Ok(()),
+            n => Err(format!("{n} pending")),
+        },
+    )
+    .await;
+
+    let mut realtime = Vec::new();
+    for _ in 0..4 {
+        let answer = client
+            .request(
+                Method::GET,
+                &url,
+                &[("x-api-key", "ivr-key"), ("x-gcpool-max-wait", "0s")],
+                "",
+            )
+            .await;
+        realtime.push((
+            answer.status,
+            answer
+                .headers
+                .get("x-gcpool-reason")
+                .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        ));
+    }
+    assert_eq!(
+        realtime,
+        vec![(StatusCode::OK, None); 4],
+        "realtime has 4 of the window's 8 slots"
+    );
+    // A fifth finds the window full: it would wait, and the queue is full.
+    let fifth = client
+        .request(Method::GET, &url, &[("x-api-key", "ivr-key")], "")
+        .await;
+    assert_eq!(fifth.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(fifth.header("x-gcpool-reason"), "queue_full");
+    for task in batch {
+        let status = task.await.unwrap();
+        assert!(
+            [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status),
+            "{status}"
+        );
+    }
+    assert_eq!(sim.stats().rejected_429, 0);
+}
