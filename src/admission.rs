@@ -608,9 +608,10 @@ impl Admission {
         if order.is_empty() {
             return Err(Refusal::NoHealthyClient);
         }
-        if self.pending.load(Ordering::Relaxed) >= self.max_pending {
-            return Err(Refusal::QueueFull);
-        }
+        // `max_pending` bounds the requests that wait: past it, a request is admitted only
+        // if it waits for nothing (a higher lane's headroom, a budget others do not wait
+        // on), else refused `queue_full`.
+        let queue_full = self.pending.load(Ordering::Relaxed) >= self.max_pending;
         let quota = self.table.caller_budget(caller.name);
         let candidates = self
             .candidate_lists
@@ -619,7 +620,11 @@ impl Admission {
         let request = AdmitRequest {
             candidates: &candidates,
             route,
-            max_wait: max_wait.min(until_deadline),
+            max_wait: if queue_full {
+                Duration::ZERO
+            } else {
+                max_wait.min(until_deadline)
+            },
             share: caller.share,
         };
         let decision = self
@@ -629,6 +634,9 @@ impl Admission {
             .map_err(|_| Refusal::QueueFull)?;
         let reservation = match decision {
             Decision::Admitted(reservation) => reservation,
+            Decision::Refused(refused) if queue_full && refused.wait.is_some() => {
+                return Err(Refusal::QueueFull);
+            }
             Decision::Refused(mut refused) => {
                 if refused.wait.is_none() && refused.binding.is_none() {
                     // Never admitted: name a budget the lane's share leaves nothing of, if
