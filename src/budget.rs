@@ -212,13 +212,6 @@ impl Share {
     /// All of every budget.
     pub const WHOLE: Share = Share(1000);
 
-    /// `fraction` (clamped to `0..=1`) to the nearest thousandth.
-    pub fn from_fraction(fraction: f64) -> Self {
-        let permille = (fraction.clamp(0.0, 1.0) * 1000.0).round();
-        // In 0..=1000 after the clamp: the cast neither truncates nor wraps.
-        Share(permille as u16)
-    }
-
     /// `permille` thousandths (at most 1000).
     pub fn from_permille(permille: u16) -> Self {
         Share(permille.min(1000))

@@ -61,16 +61,7 @@ async fn a_reload_that_lowers_a_callers_share_holds_its_waiting_requests_to_it()
             })
         })
         .collect();
-    let admission = gcpool.admission();
-    eventually(
-        "4 requests queued",
-        Duration::from_secs(5),
-        async || match admission.pending() {
-            4 => Ok(()),
-            n => Err(format!("{n} pending")),
-        },
-    )
-    .await;
+    until_pending(&gcpool, 4, "4 requests queued").await;
     gcpool.reload(config(&in_lane("batch"))).unwrap();
 
     let mut answered = Vec::new();
@@ -208,16 +199,7 @@ async fn realtime_does_not_follow_a_queued_batch_flight() {
         let (client, queue) = (client.clone(), queue.clone());
         tokio::spawn(async move { client.request(Method::GET, &queue, &export, "").await })
     };
-    let admission = gcpool.admission();
-    eventually(
-        "the batch leader queued",
-        Duration::from_secs(5),
-        async || match admission.pending() {
-            1 => Ok(()),
-            n => Err(format!("{n} pending")),
-        },
-    )
-    .await;
+    until_pending(&gcpool, 1, "the batch leader queued").await;
 
     let ivr = client
         .request(
@@ -282,16 +264,7 @@ async fn a_batch_flood_that_fills_the_queue_leaves_realtime_its_headroom() {
             })
         })
         .collect();
-    let admission = gcpool.admission();
-    eventually(
-        "the queue full",
-        Duration::from_secs(5),
-        async || match admission.pending() {
-            4 => Ok(()),
-            n => Err(format!("{n} pending")),
-        },
-    )
-    .await;
+    until_pending(&gcpool, 4, "the queue full").await;
 
     let mut realtime = Vec::new();
     for _ in 0..4 {
@@ -330,4 +303,18 @@ async fn a_batch_flood_that_fills_the_queue_leaves_realtime_its_headroom() {
         );
     }
     assert_eq!(sim.stats().rejected_429, 0);
+}
+
+/// Waits until `n` requests wait for a slot (`what` names it if they never do). Generous: on
+/// a loaded machine a flood's requests can be slow to arrive; once there, they wait for the
+/// next window.
+async fn until_pending(gcpool: &gcpool::app::Gcpool, n: usize, what: &str) {
+    let admission = gcpool.admission();
+    eventually(what, Duration::from_secs(15), async || {
+        match admission.pending() {
+            pending if pending == n => Ok(()),
+            pending => Err(format!("{pending} pending")),
+        }
+    })
+    .await;
 }

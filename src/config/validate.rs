@@ -1091,34 +1091,41 @@ impl Validator<'_> {
         let Some(raw) = raw else {
             return LaneShares::default();
         };
+        // Each lane's share and whether the config wrote it (`None`: refused above).
         let mut share = |path: &str, raw: Option<String>| match self.parse(path, raw, parse_share) {
-            Ok(share) => Some(share.unwrap_or(1000)),
+            Ok(share) => Some((share.unwrap_or(1000), share.is_some())),
             Err(Reported) => None,
         };
-        let parsed = [
+        let given = [
             share("inbound.lanes.realtime", raw.realtime),
             share("inbound.lanes.standard", raw.standard),
             share("inbound.lanes.batch", raw.batch),
         ];
         // Lanes whose share was refused above are not compared: one error each.
         for pair in [(0, 1), (1, 2), (0, 2)] {
-            let (Some(high), Some(low)) = (parsed[pair.0], parsed[pair.1]) else {
+            let (Some((high, high_written)), Some((low, low_written))) =
+                (given[pair.0], given[pair.1])
+            else {
                 continue;
             };
             let (higher, lower) = (Lane::ALL[pair.0], Lane::ALL[pair.1]);
-            if low > high && (pair != (0, 2) || parsed[1].is_none()) {
+            if low > high && (pair != (0, 2) || given[1].is_none()) {
+                let default = |written: bool| if written { "" } else { " (its default)" };
                 self.error(
                     format!("inbound.lanes.{}", lower.name()),
                     format!(
-                        "{} is more than {}'s {}: a lane may fill no more of a budget than the \
-                         lanes above it",
+                        "{}{} is more than {}'s {}{}: a lane may fill no more of a budget than \
+                         the lanes above it",
                         format_share(low),
+                        default(low_written),
                         higher.name(),
-                        format_share(high)
+                        format_share(high),
+                        default(high_written)
                     ),
                 );
             }
         }
+        let parsed = given.map(|g| g.map(|(share, _)| share));
         let [realtime, standard, batch] = parsed.map(|p| p.unwrap_or(1000));
         LaneShares {
             realtime,
@@ -2323,6 +2330,14 @@ inbound:
         ));
         assert!(error_at(&fine, "inbound.lanes.batch").contains("thousandth"));
         assert!(error_at(&fine, "inbound.lanes.standard").contains("not in (0, 1]"));
+        let unwritten = errors(&format!(
+            "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1}}\n  lanes:\n    realtime: 0.5\n"
+        ));
+        assert!(
+            error_at(&unwritten, "inbound.lanes.standard")
+                .contains("1.0 (its default) is more than realtime's 0.5:"),
+            "{unwritten:#?}"
+        );
 
         let absent = ok(&format!(
             "{CLIENT}inbound:\n  api_keys:\n    - {{name: a, key: k1, lane: batch}}\n"
