@@ -19,29 +19,14 @@ use support::{HttpClient, THREE_CLIENTS, config, config_yaml, eventually, start_
 /// leave half of to realtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_lowers_a_callers_share_holds_its_waiting_requests_to_it() {
-    let sim = Simulator::start(
-        SimOptions::with_clients(1)
-            .window(Duration::from_secs(2))
-            .token_limit(4),
-    )
-    .await
-    .unwrap();
+    let sim = one_client(4).await;
     // One client of 4 per 2 s window; batch fills 2 of them; queue up to 5 s.
     let in_lane = |lane: &str| {
-        config_yaml(
-            &sim.base_url(),
-            "127.0.0.1:0",
-            "127.0.0.1:1",
-            &THREE_CLIENTS[..1],
-            "budgets:\n  token_per_minute: 120\n  org_per_minute: 100000\n  window: 2s\n  \
-             guard: 60ms\n  queue:\n    max_wait: 5s\n",
-        )
-        .replace(
-            "inbound:\n  allow_anonymous: true\n",
-            &format!(
-                "inbound:\n  api_keys:\n    - {{name: export, key: export-key, lane: {lane}}}\n  \
-                 lanes:\n    batch: 0.5\n"
-            ),
+        one_client_config(
+            &sim,
+            4,
+            "",
+            &format!("    - {{name: export, key: export-key, lane: {lane}}}\n"),
         )
     };
     let gcpool = start_config(config(&in_lane("standard"))).await;
@@ -158,28 +143,14 @@ async fn a_lane_left_nothing_of_a_budget_is_told_which() {
 /// seconds it would wait for batch's slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_does_not_follow_a_queued_batch_flight() {
-    let sim = Simulator::start(
-        SimOptions::with_clients(1)
-            .window(Duration::from_secs(2))
-            .token_limit(4),
-    )
-    .await
-    .unwrap();
+    let sim = one_client(4).await;
     // One client of 4 per 2 s window; batch fills 2 of them; the queues route cached.
-    let yaml = config_yaml(
-        &sim.base_url(),
-        "127.0.0.1:0",
-        "127.0.0.1:1",
-        &THREE_CLIENTS[..1],
-        "budgets:\n  token_per_minute: 120\n  org_per_minute: 100000\n  window: 2s\n  \
-         guard: 60ms\n  queue:\n    max_wait: 5s\n\
-         cache:\n  routes:\n    - {route: 'GET /api/v2/routing/queues/{queueId}', ttl: 5m, \
+    let yaml = one_client_config(
+        &sim,
+        4,
+        "cache:\n  routes:\n    - {route: 'GET /api/v2/routing/queues/{queueId}', ttl: 5m, \
          ignore_upstream_cache_headers: true}\n",
-    )
-    .replace(
-        "inbound:\n  allow_anonymous: true\n",
-        "inbound:\n  api_keys:\n    - {name: export, key: export-key, lane: batch}\n    \
-         - {name: ivr, key: ivr-key, lane: realtime}\n  lanes:\n    batch: 0.5\n",
+        EXPORT_AND_IVR,
     );
     let gcpool = start_config(config(&yaml)).await;
     let base = format!("http://{}", gcpool.api_addr());
@@ -227,27 +198,9 @@ async fn realtime_does_not_follow_a_queued_batch_flight() {
 /// its lane, before the store was asked, so a batch flood shut realtime out entirely.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_flood_that_fills_the_queue_leaves_realtime_its_headroom() {
-    let sim = Simulator::start(
-        SimOptions::with_clients(1)
-            .window(Duration::from_secs(2))
-            .token_limit(8),
-    )
-    .await
-    .unwrap();
+    let sim = one_client(8).await;
     // One client of 8 per 2 s window; batch fills 4 of them; at most 4 requests wait.
-    let yaml = config_yaml(
-        &sim.base_url(),
-        "127.0.0.1:0",
-        "127.0.0.1:1",
-        &THREE_CLIENTS[..1],
-        "budgets:\n  token_per_minute: 240\n  org_per_minute: 100000\n  window: 2s\n  \
-         guard: 60ms\n  queue:\n    max_wait: 5s\n    max_pending: 4\n",
-    )
-    .replace(
-        "inbound:\n  allow_anonymous: true\n",
-        "inbound:\n  api_keys:\n    - {name: export, key: export-key, lane: batch}\n    \
-         - {name: ivr, key: ivr-key, lane: realtime}\n  lanes:\n    batch: 0.5\n",
-    );
+    let yaml = one_client_config(&sim, 8, "    max_pending: 4\n", EXPORT_AND_IVR);
     let gcpool = start_config(config(&yaml)).await;
     let url = format!("http://{}/api/v2/users/me", gcpool.api_addr());
     let client = HttpClient::new();
@@ -317,4 +270,45 @@ async fn until_pending(gcpool: &gcpool::app::Gcpool, n: usize, what: &str) {
         }
     })
     .await;
+}
+
+/// Two callers: `export` (key `export-key`) in lane batch, `ivr` (`ivr-key`) in realtime.
+const EXPORT_AND_IVR: &str = "    - {name: export, key: export-key, lane: batch}\n    \
+                              - {name: ivr, key: ivr-key, lane: realtime}\n";
+
+/// The simulator with one client of `per_window` admissions per 2 s window.
+async fn one_client(per_window: u32) -> Simulator {
+    Simulator::start(
+        SimOptions::with_clients(1)
+            .window(Duration::from_secs(2))
+            .token_limit(per_window),
+    )
+    .await
+    .expect("simulator")
+}
+
+/// gcpool before `sim`'s one client, budgeted as the simulator (`per_window` per 2 s), queueing
+/// up to 5 s; `after_queue`: more lines under `budgets.queue` (4 spaces in) or top-level
+/// sections; `api_keys`: its callers (under `inbound.api_keys`), with `lanes: {batch: 0.5}`.
+fn one_client_config(
+    sim: &Simulator,
+    per_window: u32,
+    after_queue: &str,
+    api_keys: &str,
+) -> String {
+    config_yaml(
+        &sim.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+        &THREE_CLIENTS[..1],
+        &format!(
+            "budgets:\n  token_per_minute: {}\n  org_per_minute: 100000\n  window: 2s\n  \
+             guard: 60ms\n  queue:\n    max_wait: 5s\n{after_queue}",
+            per_window * 30
+        ),
+    )
+    .replace(
+        "inbound:\n  allow_anonymous: true\n",
+        &format!("inbound:\n  api_keys:\n{api_keys}  lanes:\n    batch: 0.5\n"),
+    )
 }
