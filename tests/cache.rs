@@ -436,9 +436,13 @@ async fn a_flood_of_distinct_keys_keeps_both_bounds() {
             "after batch {batch}: {entries} entries, {bytes} bytes"
         );
         eprintln!("after batch {batch}: {entries} entries, {bytes} bytes");
-        assert!(
-            bytes > MAX_BYTES * 0.75,
-            "the large answers fill max_bytes: {bytes}"
-        );
+        // Once the large answers came (batch 0 of 50 × 7 KiB already exceeds max_bytes), they
+        // fill it; the small ones after may evict some (TinyLFU), so this says nothing then.
+        if body_bytes != "0" {
+            assert!(
+                bytes > MAX_BYTES * 0.75,
+                "the large answers fill max_bytes: {bytes}"
+            );
+        }
     }
 }
